@@ -1,0 +1,349 @@
+"""The `actindex` command line: thin Typer commands that build configs and call jobs/ and queries/.
+
+    actindex demo --out demo/
+    actindex layers resnet50
+    actindex index PHOTOS/ --model resnet50 --weights DEFAULT --layers 'layer*' --k 100 --out idx/
+    actindex top idx/ --layer layer4 --unit 17 --k 9
+    actindex grid idx/ --layer layer4 --units 0-15 --k 9 --out layer4.png
+    actindex sql idx/ "SELECT layer, count(*) FROM activations GROUP BY 1"
+
+Heavy modules (torch, ray, duckdb) are imported inside the commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="actindex: which images most excite unit k in layer L? Index a dataset, query it with SQL, draw grids.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+IndexDir = Annotated[Path, typer.Argument(help="Index directory written by `actindex index`.")]
+LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer name as indexed (see the layers table).")]
+KOpt = Annotated[int, typer.Option("--k", "-k", min=1, help="How many top images per unit.")]
+
+USER_ERRORS = (LookupError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    """One line on stderr, exit code 2, no traceback: for errors the user can fix."""
+    typer.echo(f"Error: {exc}", err=True)
+    return typer.Exit(code=2)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=200 if not sys.stdout.isatty() else None)
+
+
+def parse_units(text: str) -> list[int]:
+    """'0-3,7' -> [0, 1, 2, 3, 7]."""
+    units: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            units.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a unit list like 0-15 or 3,7,9") from None
+    if not units:
+        raise typer.BadParameter("no units given")
+    return units
+
+
+def parse_floats(text: str | None) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) != 3:
+        raise typer.BadParameter(f"{text!r} needs three comma-separated numbers, e.g. 0.485,0.456,0.406")
+    return values  # type: ignore[return-value]
+
+
+@app.command()
+def index(
+    source: Annotated[
+        str, typer.Argument(help="Image folder (recursive; subfolders = labels), glob, or .txt/.csv list.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
+    layers: Annotated[
+        str, typer.Option("--layers", help="Comma-separated layer names or globs, e.g. 'layer*,fc'.")
+    ],
+    model: Annotated[
+        str, typer.Option(help="torchvision name, timm:NAME, efficientnet_lite0, or a TorchScript file.")
+    ] = "resnet50",
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="DEFAULT (pretrained, needs internet) or a .pth state dict; default: random, or the built-in weights."
+        ),
+    ] = None,
+    k: KOpt = 100,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Images per shard (unit of output and resume).")
+    ] = 1024,
+    executor: Annotated[
+        str, typer.Option(help="ray (local Ray unless --address) or local (one process, no Ray).")
+    ] = "ray",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Model actors (default: one per GPU, or one).")
+    ] = None,
+    resize: Annotated[int | None, typer.Option(help="Override: shorter side after resize.")] = None,
+    crop: Annotated[int | None, typer.Option(help="Override: center-crop size (model input).")] = None,
+    interpolation: Annotated[
+        str | None, typer.Option(help="Override: nearest, bilinear, bicubic or lanczos.")
+    ] = None,
+    mean: Annotated[str | None, typer.Option(help="Override: per-channel mean, e.g. 0.5,0.5,0.5.")] = None,
+    std: Annotated[str | None, typer.Option(help="Override: per-channel std.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an index made with other parameters.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Index images: per image and unit, the max activation, where it peaked and its receptive-field box."""
+    from jobs.config import IndexConfig
+    from jobs.index import IndexMismatchError, run_index
+
+    try:
+        config = IndexConfig(
+            source=source,
+            out=str(out),
+            layers=tuple(p.strip() for p in layers.split(",") if p.strip()),
+            model=model,
+            weights=weights,
+            k=k,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            executor=executor,
+            address=address,
+            device=device,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+            preprocessing=_preprocessing(model, weights, resize, crop, interpolation, mean, std),
+        )
+        summary = run_index(config)
+    except (*USER_ERRORS, IndexMismatchError) as exc:
+        raise _fail(exc) from None
+    _print_summary(summary)
+
+
+def _preprocessing(model, weights, resize, crop, interpolation, mean, std):
+    overrides = {
+        key: value
+        for key, value in dict(
+            resize=resize,
+            crop=crop,
+            interpolation=interpolation,
+            mean=parse_floats(mean),
+            std=parse_floats(std),
+        ).items()
+        if value is not None
+    }
+    if not overrides:
+        return None
+    import dataclasses
+
+    from pipeline.models import load_model
+
+    return dataclasses.replace(load_model(model, weights).preprocessing, **overrides)
+
+
+def _print_summary(summary) -> None:
+    typer.echo(
+        f"{summary.images} images: {summary.indexed} indexed, {summary.failed} failed"
+        + (
+            f" (see: actindex sql {summary.out} \"select * from images where status='error'\")"
+            if summary.failed
+            else ""
+        )
+    )
+    typer.echo(
+        f"{summary.activation_rows:,} activation rows, {summary.topk_rows:,} top-k rows; "
+        f"{summary.bytes_on_disk / 1e6:.1f} MB in {summary.out}; {summary.seconds:.1f} s "
+        f"({summary.images_per_second:.1f} images/s)"
+        + (
+            f"; {summary.shards_done_before} shards reused from an earlier run"
+            if summary.shards_done_before
+            else ""
+        )
+    )
+
+
+@app.command()
+def layers(
+    model: Annotated[
+        str, typer.Argument(help="torchvision name, timm:NAME, efficientnet_lite0, or a TorchScript file.")
+    ],
+    weights: Annotated[
+        str | None, typer.Option(help="DEFAULT or a .pth state dict (shapes do not depend on it).")
+    ] = None,
+    pattern: Annotated[str, typer.Option(help="Only layers matching this glob.")] = "**",
+    input_size: Annotated[
+        int | None, typer.Option(help="Model input side in pixels (default: the model's crop).")
+    ] = None,
+) -> None:
+    """List every named layer: type, channels, output size, receptive field size and stride."""
+    from rich.table import Table
+
+    from pipeline.layers import describe_all
+    from pipeline.models import load_model
+
+    try:
+        loaded = load_model(model, weights)
+        size = input_size or loaded.preprocessing.crop
+        rows = describe_all(loaded.module, pattern, (size, size))
+    except USER_ERRORS as exc:
+        raise _fail(exc) from None
+    table = Table(title=f"{model}: layers at input {size}x{size}")
+    for column in ("layer", "type", "channels", "output", "rf size", "rf jump", "rf start"):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    for info, rf in rows:
+        output = f"{info.height}x{info.width}" if rf is None or not rf.is_global else "global"
+        if rf is None:
+            table.add_row(info.name, info.type, str(info.channels), output, "-", "-", "-")
+        else:
+            table.add_row(
+                info.name, info.type, str(info.channels), output,
+                f"{rf.size_y}x{rf.size_x}", f"{rf.jump_y}x{rf.jump_x}", f"{rf.start_y},{rf.start_x}",
+            )  # fmt: skip
+    _console().print(table)
+
+
+@app.command()
+def top(
+    index_dir: IndexDir,
+    layer: LayerOpt,
+    unit: Annotated[int, typer.Option("--unit", "-u", help="Unit (channel) number.")],
+    k: KOpt = 9,
+) -> None:
+    """Show the top-k images for one unit: activation, label, file and receptive-field box."""
+    from rich.table import Table
+
+    from queries.db import connect, top_images
+
+    try:
+        rows = top_images(connect(index_dir), layer, [unit], k)
+    except USER_ERRORS as exc:
+        raise _fail(exc) from None
+    table = Table(title=f"top {k} images for {layer} unit {unit}")
+    for column in ("rank", "act", "label", "uri", "box (x0,y0,x1,y1)"):
+        table.add_column(column, justify="right" if column in ("rank", "act") else "left")
+    for row in rows.to_pylist():
+        box = f"{row['x0']},{row['y0']},{row['x1']},{row['y1']}"
+        table.add_row(str(row["rank"]), f"{row['act']:.4g}", str(row["label"] or ""), row["uri"], box)
+    _console().print(table)
+
+
+@app.command()
+def grid(
+    index_dir: IndexDir,
+    layer: LayerOpt,
+    units: Annotated[str, typer.Option("--units", "-u", help="Units, e.g. 0-15 or 3,7,9.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    k: KOpt = 9,
+    tile: Annotated[int, typer.Option(min=16, help="Tile side in pixels.")] = 96,
+    layout: Annotated[
+        str, typer.Option(help="row (one row per unit) or block (a square block per unit).")
+    ] = "row",
+) -> None:
+    """Draw the receptive-field crops of each unit's top-k images into one PNG sheet."""
+    from queries.db import connect, top_images
+    from queries.grid import render_grid
+
+    try:
+        rows = top_images(connect(index_dir), layer, parse_units(units), k)
+        sheet = render_grid(rows, tile=tile, layout=layout)
+    except USER_ERRORS as exc:
+        raise _fail(exc) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    typer.echo(
+        f"wrote {out} ({sheet.width}x{sheet.height}, {len(set(rows.column('unit').to_pylist()))} units)"
+    )
+
+
+@app.command()
+def sql(
+    index_dir: IndexDir,
+    query: Annotated[str, typer.Argument(help="SQL over the views images, layers, activations, topk.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the result to .csv or .parquet.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Rows to print (files get every row).")] = 50,
+) -> None:
+    """Run any SQL query against the index's views; print a table or write CSV/Parquet."""
+    import duckdb
+
+    from queries.db import arrow_table, connect
+
+    try:
+        result = connect(index_dir).sql(query)
+        table = arrow_table(result) if result is not None else None
+    except (*USER_ERRORS, duckdb.Error) as exc:
+        raise _fail(exc) from None
+    if table is None:
+        typer.echo("ok")
+    elif out is not None:
+        _write_result(table, out)
+        typer.echo(f"wrote {table.num_rows} rows to {out}")
+    else:
+        _print_arrow(table, limit)
+
+
+def _write_result(table, out: Path) -> None:
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    if out.suffix == ".csv":
+        pyarrow.csv.write_csv(table, out)
+    elif out.suffix == ".parquet":
+        pyarrow.parquet.write_table(table, out)
+    else:
+        raise _fail(ValueError(f"--out {out}: use a .csv or .parquet file name"))
+
+
+def _print_arrow(table, limit: int) -> None:
+    from rich.table import Table
+
+    view = Table(
+        caption=f"{table.num_rows} rows" + (f" (first {limit} shown)" if table.num_rows > limit else "")
+    )
+    for name in table.column_names:
+        view.add_column(name)
+    for row in table.slice(0, limit).to_pylist():
+        view.add_row(
+            *("" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values())
+        )
+    _console().print(view)
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for the photos, the index and the grids.")
+    ] = Path("actindex-demo"),
+    executor: Annotated[str, typer.Option(help="ray (a local Ray) or local (one process).")] = "ray",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Index scikit-image's photos with the built-in EfficientNet-Lite0 and draw top-image grids."""
+    from jobs.demo import run_demo
+
+    try:
+        run_demo(out, executor=executor, progress=progress, echo=typer.echo)
+    except USER_ERRORS as exc:
+        raise _fail(exc) from None
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,13 @@
+"""actindex's library: what happens to one batch of images, with no cluster in sight.
+
+    from pipeline.models import load_model
+    from pipeline.recorder import ActivationRecorder
+    loaded = load_model("resnet18")
+    recorder = ActivationRecorder(loaded.module, ["layer4"], loaded.preprocessing)
+
+Modules: `sources` (image lists), `decode` (bytes to pixels), `preprocess` (geometry), `models`,
+`layers` (names and globs), `receptive_field`, `recorder` (forward + per-unit max/argmax), `topk`,
+`schema` (one pyarrow schema per table) and `writer` (atomic shard output). Nothing here imports ray.
+"""
+
+__version__ = "0.1.0"

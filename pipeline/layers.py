@@ -1,0 +1,106 @@
+"""Select layers by their PyTorch names, with globs, and describe what they output.
+
+    names = resolve_layers(model, ["layer*", "fc"])   # ['layer1', 'layer2', 'layer3', 'layer4', 'fc']
+    infos = describe_layers(model, names, (224, 224))   # type, channels, feature-map size per layer
+
+In a pattern `*` matches within one dotted component (`layer*` is layer1..layer4, not layer1.0.conv1)
+and `**` matches across dots (`features.**`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str  # named_modules() path
+    type: str  # module class name
+    channels: int  # number of units
+    height: int  # feature-map height (1 for (B, C) outputs)
+    width: int  # feature-map width (1 for (B, C) outputs)
+
+
+def module_names(model: torch.nn.Module) -> list[str]:
+    """Hookable module names: TorchScript submodules cannot carry forward hooks, so they are left out."""
+    return [name for name, m in model.named_modules() if name and not isinstance(m, torch.jit.ScriptModule)]
+
+
+def pattern_regex(pattern: str) -> re.Pattern:
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    wildcard = {"**": ".*", "*": "[^.]*", "?": "[^.]"}
+    return re.compile("".join(wildcard.get(part, re.escape(part)) for part in parts) + r"\Z")
+
+
+def resolve_layers(model: torch.nn.Module, patterns: Sequence[str], model_name: str = "MODEL") -> list[str]:
+    """Names matched by `patterns`, in module order, each once; an unmatched pattern raises LookupError."""
+    names = module_names(model)
+    chosen: set[str] = set()
+    for pattern in patterns:
+        regex = pattern_regex(pattern)
+        matched = [name for name in names if regex.match(name)]
+        if not matched:
+            close = difflib.get_close_matches(pattern.replace("*", ""), names, n=5, cutoff=0.4)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise LookupError(f"layer {pattern!r} not found; {hint}see: actindex layers {model_name}")
+        chosen.update(matched)
+    return [name for name in names if name in chosen]
+
+
+def describe_layers(
+    model: torch.nn.Module, names: Sequence[str], input_size: tuple[int, int]
+) -> dict[str, LayerInfo]:
+    """Run one zeros image through `model` and report each named layer's output shape."""
+    modules = dict(model.named_modules())
+    shapes = output_shapes(model, names, input_size)
+    return {name: _info(name, type(modules[name]).__name__, shapes.get(name)) for name in names}
+
+
+def _info(name: str, type_name: str, shape: tuple[int, ...] | None) -> LayerInfo:
+    if shape is None:
+        raise ValueError(f"layer {name!r} ({type_name}) produced no tensor output; choose another layer")
+    if len(shape) == 4:
+        return LayerInfo(name, type_name, shape[1], shape[2], shape[3])
+    if len(shape) == 2:
+        return LayerInfo(name, type_name, shape[1], 1, 1)
+    raise ValueError(f"layer {name!r} ({type_name}) outputs shape {shape}; only (B, C, H, W) and (B, C) work")
+
+
+def output_shapes(model: torch.nn.Module, names: Sequence[str], input_size: tuple[int, int]) -> dict:
+    """{name: output shape} from one zeros image; modules that return no tensor are left out."""
+    modules = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def hook(name):
+        def record(_module, _inputs, output):
+            if isinstance(output, torch.Tensor) and name not in shapes:
+                shapes[name] = tuple(output.shape)
+
+        return record
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in names]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def describe_all(model: torch.nn.Module, pattern: str, input_size: tuple[int, int]) -> list:
+    """[(LayerInfo, ReceptiveField)] for every layer matching `pattern` whose output is 4-D or 2-D."""
+    from pipeline.receptive_field import compute_receptive_fields
+
+    regex = pattern_regex(pattern)
+    modules = dict(model.named_modules())
+    names = [name for name in module_names(model) if regex.match(name)]
+    shapes = output_shapes(model, names, input_size)
+    usable = [name for name in names if len(shapes.get(name, ())) in (2, 4)]
+    rfs = compute_receptive_fields(model, usable, input_size) if usable else {}
+    return [(_info(name, type(modules[name]).__name__, shapes[name]), rfs[name]) for name in usable]

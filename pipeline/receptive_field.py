@@ -1,0 +1,596 @@
+"""Receptive fields of CNN feature positions, in model-input pixel coordinates.
+
+Usage::
+
+    >>> import numpy as np
+    >>> import torchvision
+    >>> from pipeline.receptive_field import boxes, compute_receptive_fields
+    >>> model = torchvision.models.resnet50(weights=None)
+    >>> rfs = compute_receptive_fields(model, ["layer3", "layer4", "fc"], input_size=(224, 224))
+    >>> rf = rfs["layer4"]
+    >>> (rf.size_y, rf.jump_y, rf.start_y)
+    (427, 32, -213)
+    >>> rf.box(3, 3)  # (x0, y0, x1, y1), x1/y1 exclusive, may reach outside the image
+    (-117, -117, 310, 310)
+    >>> rf.clipped_box(3, 3, 224, 224)
+    (0, 0, 224, 224)
+    >>> boxes(rfs["layer3"], np.array([0, 13]), np.array([0, 13])).tolist()
+    [[-133, -133, 134, 134], [75, 75, 342, 342]]
+    >>> rfs["fc"].is_global, rfs["fc"].box(0, 0)
+    (True, (0, 0, 224, 224))
+
+How it works: one forward pass of the model on a zeros image of the requested size runs under a
+``TorchDispatchMode`` that sees every aten op and attaches a receptive-field annotation to each output
+tensor derived from the image; forward hooks read the annotation of each requested module's output.
+Because the real graph runs, residual adds, concatenations, asymmetric and input-size-dependent padding
+(timm's TF "same" padding), ceil-mode pooling and dilation are all accounted for.
+
+Per spatial axis an annotation is ``(jump, start, end)``: feature position ``i`` covers input pixels
+``start + i * jump ... end + i * jump`` (inclusive); ``start`` may be negative and ``end`` may exceed the
+image where padding is read.
+
+"Global" layers: when every position depends on the whole image (outputs that are not feature maps such
+as ``(B, C)`` from flatten/linear/global pooling, spatial reductions, squeeze-excitation products) the
+layer is reported with ``is_global=True``, ``size = input size``, ``jump = input size``, ``start = 0``,
+and ``box`` / ``boxes`` return the whole image for every position.
+
+Limitations: boxes are affine extrapolations, so a position whose window reads only padding (e.g. the
+last row of a stride-2 conv after a large bottom pad) still gets a box that may overlap the image although
+it depends on no pixel; a box is always a superset of the true dependency. Transposed convolutions raise
+``NotImplementedError`` (only when a requested layer depends on one); ops the tracer does not understand
+(interpolation, group norm, NHWC permutes, ...) make their output global and a ``RuntimeWarning`` names
+the op. A module called several times reports its last call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Receptive field of one layer's feature positions in model-input pixels (inclusive bounds)."""
+
+    size_y: int  # end - start + 1
+    size_x: int
+    jump_y: int  # stride between neighbouring feature positions
+    jump_x: int
+    start_y: int  # first input pixel covered by feature position 0 (may be < 0: padding)
+    start_x: int
+    is_global: bool  # every position sees the whole input (e.g. (B, C) outputs)
+
+    def box(self, y: int, x: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) in model-input pixels, x1/y1 exclusive, NOT clipped."""
+        if self.is_global:
+            return (0, 0, self.size_x, self.size_y)
+        y0 = self.start_y + y * self.jump_y
+        x0 = self.start_x + x * self.jump_x
+        return (x0, y0, x0 + self.size_x, y0 + self.size_y)
+
+    def clipped_box(self, y: int, x: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """Like ``box`` but clipped to an image of ``height`` x ``width`` pixels."""
+        x0, y0, x1, y1 = self.box(y, x)
+        return (_clip(x0, width), _clip(y0, height), _clip(x1, width), _clip(y1, height))
+
+
+def boxes(rf: ReceptiveField, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Vectorised ``rf.box``: int64 array of shape (N, 4) with rows (x0, y0, x1, y1), unclipped."""
+    y, x = np.broadcast_arrays(np.asarray(y, dtype=np.int64), np.asarray(x, dtype=np.int64))
+    y, x = y.reshape(-1), x.reshape(-1)
+    if rf.is_global:
+        return np.tile(np.array([0, 0, rf.size_x, rf.size_y], dtype=np.int64), (len(y), 1))
+    y0 = rf.start_y + y * rf.jump_y
+    x0 = rf.start_x + x * rf.jump_x
+    return np.stack([x0, y0, x0 + rf.size_x, y0 + rf.size_y], axis=1)
+
+
+def compute_receptive_fields(
+    model: torch.nn.Module, layers: Sequence[str], input_size: tuple[int, int]
+) -> dict[str, ReceptiveField]:
+    """Receptive field of each named module's output for an input image of ``input_size`` = (H, W)."""
+    modules = _resolve_layers(model, layers)
+    height, width = (int(v) for v in input_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"input_size must be positive, got {input_size}")
+    records = _trace(model, modules, height, width)
+    return {name: _to_receptive_field(name, records[name], height, width) for name in modules}
+
+
+def _clip(value: int, limit: int) -> int:
+    return min(max(value, 0), limit)
+
+
+# --- internal annotations -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Axis:
+    jump: int
+    start: int
+    end: int
+
+    def window(self, kernel: int, stride: int, padding: int, dilation: int) -> _Axis:
+        # Output i reads input positions i*stride - padding + t*dilation for t in [0, kernel).
+        reach = ((kernel - 1) * dilation - padding) * self.jump
+        return _Axis(self.jump * stride, self.start - padding * self.jump, self.end + reach)
+
+    def shift(self, offset: int, step: int = 1) -> _Axis:
+        # Output i is input position offset + i*step (padding: negative offset; slicing: positive).
+        return _Axis(self.jump * step, self.start + offset * self.jump, self.end + offset * self.jump)
+
+
+@dataclass(frozen=True)
+class _Local:
+    y: _Axis
+    x: _Axis
+
+
+@dataclass(frozen=True)
+class _Global:
+    reason: str | None = None  # set when global only because an op was not understood: worth a warning
+
+
+@dataclass(frozen=True)
+class _Unsupported:
+    reason: str
+
+
+_Annotation = _Local | _Global | _Unsupported
+_IMAGE = _Local(_Axis(1, 0, 0), _Axis(1, 0, 0))
+
+
+def _merge_nonlocal(annotations: Sequence[_Annotation]) -> _Annotation:
+    # Global and unsupported are absorbing: anything computed from them inherits them.
+    unsupported = [a for a in annotations if isinstance(a, _Unsupported)]
+    if unsupported:
+        return unsupported[0]
+    reasons = [a.reason for a in annotations if isinstance(a, _Global) and a.reason]
+    return _Global(reasons[0] if reasons else None)
+
+
+def _union(rfs: Sequence[_Local]) -> _Annotation:
+    jumps = sorted({(rf.y.jump, rf.x.jump) for rf in rfs})
+    if len(jumps) > 1:
+        return _Unsupported(f"cannot merge feature maps with different strides {jumps}")
+    y = _Axis(jumps[0][0], min(rf.y.start for rf in rfs), max(rf.y.end for rf in rfs))
+    x = _Axis(jumps[0][1], min(rf.x.start for rf in rfs), max(rf.x.end for rf in rfs))
+    return _Local(y, x)
+
+
+# --- tracing --------------------------------------------------------------------------------------
+
+
+class _Tracer(TorchDispatchMode):
+    """Annotates every tensor derived from the traced image with its receptive field."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Weak, id-keyed: the tensors seen here are the very objects hooks receive, and dead ones drop out.
+        self.annotations: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+    def __torch_dispatch__(
+        self, func: torch._ops.OpOverload, types: Sequence[type], args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        # Read inputs before running: in-place ops (relu_, add_) return their input, re-annotated below.
+        inputs = [(t, a) for t in _tensors((args, kwargs)) if (a := self.annotations.get(t)) is not None]
+        out = func(*args, **kwargs)
+        outputs = _tensors(out)
+        if inputs and outputs:
+            annotation = _propagate(func, _bind(func, args, kwargs), inputs, outputs[0])
+            if annotation is not None:
+                for tensor in outputs:
+                    self.annotations[tensor] = _for_output(annotation, tensor)
+        return out
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+
+def _for_output(annotation: _Annotation, tensor: torch.Tensor) -> _Annotation:
+    # Side outputs without two trailing spatial dims (batch-norm statistics, (B, C) tensors) see everything.
+    if isinstance(annotation, _Local) and tensor.dim() < 3:
+        return _Global()
+    return annotation
+
+
+def _bind(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict[str, Any]:
+    params = {}
+    for i, arg in enumerate(func._schema.arguments):
+        if i < len(args):
+            params[arg.name] = args[i]
+        elif arg.name in kwargs:
+            params[arg.name] = kwargs[arg.name]
+        else:
+            params[arg.name] = arg.default_value if arg.has_default_value() else None
+    return params
+
+
+def _trace(
+    model: torch.nn.Module, modules: dict[str, torch.nn.Module], height: int, width: int
+) -> dict[str, list[_Annotation | None]]:
+    tracer = _Tracer()
+    records: dict[str, list[_Annotation | None]] = {name: [] for name in modules}
+    image = torch.zeros(1, 3, height, width, **_input_placement(model))
+    tracer.annotations[image] = _IMAGE
+    with _eval_mode(model), _recording_hooks(modules, tracer, records), torch.no_grad(), tracer:
+        model(image)
+    return records
+
+
+def _input_placement(model: torch.nn.Module) -> dict[str, Any]:
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_floating_point():
+            return {"device": tensor.device, "dtype": tensor.dtype}
+    return {}
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    # Per-module flags: a training model may hold deliberately frozen (eval) submodules.
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+@contextlib.contextmanager
+def _recording_hooks(
+    modules: dict[str, torch.nn.Module], tracer: _Tracer, records: dict[str, list[_Annotation | None]]
+) -> Iterator[None]:
+    handles = [
+        module.register_forward_hook(_recorder(name, tracer, records)) for name, module in modules.items()
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _recorder(
+    name: str, tracer: _Tracer, records: dict[str, list[_Annotation | None]]
+) -> Callable[[torch.nn.Module, Any, Any], None]:
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer {name!r} returns {type(output).__name__}, expected a tensor")
+        records[name].append(tracer.annotations.get(output))
+
+    return hook
+
+
+def _resolve_layers(model: torch.nn.Module, layers: Sequence[str]) -> dict[str, torch.nn.Module]:
+    if isinstance(layers, str):
+        raise TypeError("layers must be a sequence of module names, not a single string")
+    named = dict(model.named_modules())
+    missing = [name for name in layers if name not in named]
+    if missing:
+        hints = {name: difflib.get_close_matches(name, list(named), n=5) for name in missing}
+        raise LookupError(f"unknown layer(s) {missing}; close matches: {hints}")
+    return {name: named[name] for name in layers}
+
+
+def _to_receptive_field(
+    name: str, calls: list[_Annotation | None], height: int, width: int
+) -> ReceptiveField:
+    if not calls:
+        raise ValueError(f"layer {name!r} was not called during the forward pass")
+    if len(set(calls)) > 1:
+        warnings.warn(
+            f"layer {name!r} was called with differing receptive fields; using its last call",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    annotation = calls[-1]
+    if annotation is None:
+        raise ValueError(f"output of layer {name!r} does not depend on the model input")
+    if isinstance(annotation, _Unsupported):
+        raise NotImplementedError(f"layer {name!r}: {annotation.reason}")
+    if isinstance(annotation, _Global):
+        if annotation.reason:
+            warnings.warn(
+                f"layer {name!r}: receptive field set to the whole input because {annotation.reason}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return ReceptiveField(height, width, height, width, 0, 0, is_global=True)
+    y, x = annotation.y, annotation.x
+    return ReceptiveField(y.end - y.start + 1, x.end - x.start + 1, y.jump, x.jump, y.start, x.start, False)
+
+
+# --- propagation rules ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call:
+    func: torch._ops.OpOverload
+    params: dict[str, Any]
+    inputs: list[tuple[torch.Tensor, _Local]]
+    output: torch.Tensor
+
+    def main(self, name: str = "self") -> _Local | _Global:
+        """Annotation of the op's main tensor argument (e.g. a conv's input, not its weight)."""
+        tensor = self.params[name]
+        found = [a for t, a in self.inputs if t is tensor]
+        if not found or len(found) < len(self.inputs):
+            return _Global(f"{self.func} has image-dependent arguments other than {name!r}")
+        return found[0]
+
+    def spatial_axis(self, dim: int, ndim: int | None = None) -> int | None:
+        """0 for the y axis, 1 for x, None for a non-spatial dim (spatial = two trailing dims)."""
+        ndim = self.params["self"].dim() if ndim is None else ndim
+        axis = dim % ndim - (ndim - 2)
+        return axis if axis >= 0 else None
+
+
+_Handler = Callable[[_Call], _Annotation | None]
+
+
+def _propagate(
+    func: torch._ops.OpOverload,
+    params: dict[str, Any],
+    inputs: list[tuple[torch.Tensor, _Annotation]],
+    output: torch.Tensor,
+) -> _Annotation | None:
+    nonlocal_inputs = [a for _, a in inputs if not isinstance(a, _Local)]
+    if nonlocal_inputs:
+        return _merge_nonlocal(nonlocal_inputs)
+    handler = (
+        _elementwise if torch.Tag.pointwise in func.tags else _HANDLERS.get(func.overloadpacket, _unknown)
+    )
+    return handler(_Call(func, params, inputs, output))
+
+
+def _pair(value: int | Sequence[int], default: Sequence[int] | None = None) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if len(value) == 0 and default is not None:
+        return _pair(default)
+    return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
+
+
+def _window(rf: _Local, kernel: Any, stride: Any, padding: Any, dilation: Any) -> _Local:
+    k, s, p, d = _pair(kernel), _pair(stride, default=kernel), _pair(padding), _pair(dilation)
+    return _Local(rf.y.window(k[0], s[0], p[0], d[0]), rf.x.window(k[1], s[1], p[1], d[1]))
+
+
+def _is_feature_map(tensor: torch.Tensor) -> bool:
+    return tensor.dim() >= 3 and tuple(tensor.shape[-2:]) != (1, 1)
+
+
+def _unknown(call: _Call) -> _Annotation:
+    # Reductions to (B, C) or 1x1 genuinely see everything; anything else spatial is a guess worth a warning.
+    if not _is_feature_map(call.output):
+        return _Global()
+    return _Global(f"{call.func} is not understood by the receptive-field tracer")
+
+
+def _no_dependency(call: _Call) -> None:
+    return None  # zeros_like & co. only read the input's shape
+
+
+def _elementwise(call: _Call) -> _Annotation:
+    spatial = tuple(call.output.shape[-2:]) if call.output.dim() >= 3 else None
+    for tensor, _ in call.inputs:
+        if tensor.dim() < 3 or tuple(tensor.shape[-2:]) != spatial:
+            # Broadcasting one position over the map makes every output position see it.
+            return _Global(f"{call.func} broadcasts a feature map over another spatial size")
+    return _union([a for _, a in call.inputs])
+
+
+def _batch_norm(call: _Call) -> _Annotation:
+    if call.params.get("training"):
+        return _Global(f"{call.func} normalises with batch statistics over all positions")
+    return call.main("input")
+
+
+def _convolution(call: _Call) -> _Annotation:
+    if call.params["transposed"]:
+        return _Unsupported("transposed convolutions are not supported")
+    rf, weight = call.main("input"), call.params["weight"]
+    if not isinstance(rf, _Local):
+        return rf
+    if weight.dim() != 4:
+        return _Global(f"{call.func} with a {weight.dim() - 2}-d kernel is not a 2-d convolution")
+    p = call.params
+    return _window(rf, tuple(weight.shape[-2:]), p["stride"], p["padding"], p["dilation"])
+
+
+def _constant_pad(call: _Call) -> _Annotation:
+    rf, pad = call.main(), list(call.params["pad"])
+    if not isinstance(rf, _Local):
+        return rf
+    # pad is (left, right, top, bottom, ...); only the leading side moves position 0.
+    x = rf.x.shift(-pad[0])
+    y = rf.y.shift(-pad[2]) if len(pad) >= 4 else rf.y
+    return _Local(y, x)
+
+
+def _max_pool(call: _Call) -> _Annotation:
+    rf, p = call.main(), call.params
+    return (
+        rf
+        if not isinstance(rf, _Local)
+        else _window(rf, p["kernel_size"], p["stride"], p["padding"], p["dilation"])
+    )
+
+
+def _avg_pool(call: _Call) -> _Annotation:
+    rf, p = call.main(), call.params
+    return rf if not isinstance(rf, _Local) else _window(rf, p["kernel_size"], p["stride"], p["padding"], 1)
+
+
+def _adaptive_pool(call: _Call) -> _Annotation:
+    rf = call.main()
+    if not isinstance(rf, _Local):
+        return rf
+    sizes_in, sizes_out = tuple(call.params["self"].shape[-2:]), _pair(call.params["output_size"])
+    if sizes_out == (1, 1):
+        return _Global()
+    if any(n % m for n, m in zip(sizes_in, sizes_out, strict=True)):
+        return _Global(f"{call.func} from {sizes_in} to {sizes_out} has uneven bins")
+    kernel = tuple(n // m for n, m in zip(sizes_in, sizes_out, strict=True))
+    return _window(rf, kernel, kernel, 0, 1)
+
+
+def _cat(call: _Call) -> _Annotation:
+    tensors = [t for t in call.params["tensors"] if t.dim() > 1]  # legacy empty tensors are skipped by cat
+    if call.spatial_axis(call.params["dim"], tensors[0].dim()) is not None:
+        return _Global(f"{call.func} concatenates along a spatial dim")
+    return _elementwise(call)
+
+
+def _reshape(call: _Call) -> _Annotation:
+    # A row-major reshape keeping the two trailing sizes keeps every (y, x) position in place.
+    rf, source = call.main(), call.params["self"]
+    if not isinstance(rf, _Local) or source.dim() < 3 or call.output.dim() < 3:
+        return _unknown(call)
+    return rf if tuple(call.output.shape[-2:]) == tuple(source.shape[-2:]) else _unknown(call)
+
+
+def _permute(call: _Call) -> _Annotation:
+    ndim = call.params["self"].dim()
+    dims = [d % ndim for d in call.params["dims"]]
+    return call.main() if ndim >= 3 and dims[-2:] == [ndim - 2, ndim - 1] else _unknown(call)
+
+
+def _transpose(call: _Call) -> _Annotation:
+    dims = (call.params["dim0"], call.params["dim1"])
+    if call.params["self"].dim() < 3 or dims[0] == dims[1]:
+        return _reshape(call)
+    return _unknown(call) if any(call.spatial_axis(d) is not None for d in dims) else call.main()
+
+
+def _along_dim(call: _Call) -> _Annotation:
+    # split / unbind / select along channels or batch leave positions untouched.
+    if call.params["self"].dim() < 3 or call.spatial_axis(call.params["dim"]) is not None:
+        return _unknown(call)
+    return call.main()
+
+
+def _slice(call: _Call) -> _Annotation:
+    rf, source, p = call.main(), call.params["self"], call.params
+    axis = call.spatial_axis(p["dim"]) if source.dim() >= 3 else None
+    if axis is None or not isinstance(rf, _Local):
+        return rf if source.dim() >= 3 else _unknown(call)
+    size = source.shape[p["dim"]]
+    start = 0 if p["start"] is None else p["start"]
+    start = _clip(start + size if start < 0 else start, size)
+    if axis == 0:
+        return _Local(rf.y.shift(start, p["step"]), rf.x)
+    return _Local(rf.y, rf.x.shift(start, p["step"]))
+
+
+def _reduction(call: _Call) -> _Annotation:
+    source, dims = call.params["self"], call.params.get("dim")
+    if isinstance(dims, int):
+        dims = [dims]
+    if not dims or not all(isinstance(d, int) for d in dims):
+        return _Global()
+    if source.dim() < 3 or any(call.spatial_axis(d) is not None for d in dims):
+        return _Global()  # a reduction over positions really does depend on all of them
+    return call.main()
+
+
+def _packets(*names: str) -> list[Any]:
+    return [getattr(aten, name) for name in names if hasattr(aten, name)]
+
+
+def _handler_table() -> dict[Any, _Handler]:
+    groups: list[tuple[list[Any], _Handler]] = [
+        (_packets("convolution"), _convolution),
+        (_packets("constant_pad_nd"), _constant_pad),
+        (_packets("max_pool2d", "max_pool2d_with_indices"), _max_pool),
+        (_packets("avg_pool2d"), _avg_pool),
+        (_packets("_adaptive_avg_pool2d", "adaptive_max_pool2d"), _adaptive_pool),
+        (_packets("cat"), _cat),
+        (
+            _packets(
+                "native_batch_norm", "_native_batch_norm_legit", "cudnn_batch_norm", "miopen_batch_norm"
+            ),
+            _batch_norm,
+        ),
+        (
+            _packets(
+                "_native_batch_norm_legit_no_training",
+                "native_dropout",
+                "dropout",
+                "_to_copy",
+                "copy_",
+                "copy",
+                "clone",
+                "detach",
+                "alias",
+                "lift_fresh",
+                "lift_fresh_copy",
+                "contiguous",
+            ),
+            _elementwise,
+        ),
+        (
+            _packets("view", "_unsafe_view", "reshape", "_reshape_alias", "expand", "unsqueeze", "squeeze"),
+            _reshape,
+        ),
+        (_packets("permute"), _permute),
+        (_packets("transpose"), _transpose),
+        (_packets("select", "split", "split_with_sizes", "unbind", "narrow"), _along_dim),
+        (_packets("slice"), _slice),
+        (
+            _packets(
+                "mean",
+                "sum",
+                "amax",
+                "amin",
+                "max",
+                "min",
+                "var",
+                "std",
+                "var_mean",
+                "logsumexp",
+                "softmax",
+                "_softmax",
+                "log_softmax",
+                "_log_softmax",
+                "argmax",
+                "argmin",
+            ),
+            _reduction,
+        ),
+        (
+            _packets(
+                "empty_like",
+                "zeros_like",
+                "ones_like",
+                "full_like",
+                "rand_like",
+                "randn_like",
+                "new_empty",
+                "new_zeros",
+                "new_ones",
+                "new_full",
+                "new_empty_strided",
+            ),
+            _no_dependency,
+        ),
+    ]
+    return {packet: handler for packets, handler in groups for packet in packets}
+
+
+_HANDLERS = _handler_table()

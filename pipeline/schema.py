@@ -1,0 +1,98 @@
+"""One pyarrow schema per table of the index; writers, readers, SQL views and docs all use these.
+
+    import pipeline.schema as schema
+    schema.ACTIVATIONS.names   # ['image_id', 'layer', 'unit', 'act', 'y', 'x']
+    print(schema.markdown(schema.TOPK))
+
+Each field carries its description in the field metadata (key b"doc"); docs/tables.md is generated from it.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+def _field(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+IMAGES = pa.schema(
+    [
+        _field(
+            "image_id", pa.int64(), "stable id: 63-bit blake2b hash of the path relative to the dataset root"
+        ),
+        _field("uri", pa.string(), "absolute path of the file that was read"),
+        _field("relpath", pa.string(), "path relative to the dataset root"),
+        _field(
+            "width", pa.int32(), "width of the upright (EXIF-rotated) original in pixels; 0 if unreadable"
+        ),
+        _field("height", pa.int32(), "height of the upright original in pixels; 0 if unreadable"),
+        _field(
+            "label", pa.string(), "class label (ImageFolder subfolder or list-file column)", nullable=True
+        ),
+        _field("status", pa.string(), "'ok', or 'error' when the image could not be decoded"),
+        _field("error", pa.string(), "short reason when status is 'error'", nullable=True),
+        _field("shard", pa.int32(), "shard the image was indexed in"),
+    ]
+)
+
+LAYERS = pa.schema(
+    [
+        _field("layer", pa.string(), "named_modules() path of the layer"),
+        _field("type", pa.string(), "module class name"),
+        _field("channels", pa.int32(), "number of units"),
+        _field("height", pa.int32(), "feature-map height (1 for (B, C) outputs such as logits)"),
+        _field("width", pa.int32(), "feature-map width (1 for (B, C) outputs)"),
+        _field("rf_size_y", pa.int32(), "receptive-field height in model-input pixels"),
+        _field("rf_size_x", pa.int32(), "receptive-field width in model-input pixels"),
+        _field("rf_jump_y", pa.int32(), "model-input pixels between vertically adjacent feature positions"),
+        _field("rf_jump_x", pa.int32(), "model-input pixels between horizontally adjacent feature positions"),
+        _field("rf_start_y", pa.int32(), "first model-input row seen by feature row 0 (negative: padding)"),
+        _field("rf_start_x", pa.int32(), "first model-input column seen by feature column 0"),
+        _field("rf_global", pa.bool_(), "every unit sees the whole input (e.g. (B, C) outputs)"),
+        _field("resize", pa.int32(), "preprocessing: shorter side resized to this many pixels"),
+        _field("crop", pa.int32(), "preprocessing: side of the square center crop (the model input)"),
+        _field("interpolation", pa.string(), "preprocessing: resize filter"),
+        _field("mean", pa.list_(pa.float32()), "preprocessing: per-channel mean on [0, 1] pixels"),
+        _field("std", pa.list_(pa.float32()), "preprocessing: per-channel std on [0, 1] pixels"),
+    ]
+)
+
+ACTIVATIONS = pa.schema(
+    [
+        _field("image_id", pa.int64(), "images.image_id"),
+        _field("layer", pa.string(), "layers.layer"),
+        _field("unit", pa.int32(), "channel index within the layer"),
+        _field("act", pa.float32(), "maximum of the unit's feature map over all positions"),
+        _field("y", pa.int16(), "feature-map row of the maximum (first one on ties)"),
+        _field("x", pa.int16(), "feature-map column of the maximum"),
+    ]
+)
+
+TOPK = pa.schema(
+    [
+        _field("layer", pa.string(), "layers.layer"),
+        _field("unit", pa.int32(), "channel index within the layer"),
+        _field("rank", pa.int32(), "1 = highest act; ties broken by smaller image_id"),
+        _field("image_id", pa.int64(), "images.image_id"),
+        _field("act", pa.float32(), "the unit's maximum activation on this image"),
+        _field("y", pa.int16(), "feature-map row of the maximum"),
+        _field("x", pa.int16(), "feature-map column of the maximum"),
+        _field("x0", pa.int32(), "receptive-field box of the peak in original-image pixels: left"),
+        _field("y0", pa.int32(), "top"),
+        _field("x1", pa.int32(), "right (exclusive), clipped to the image"),
+        _field("y1", pa.int32(), "bottom (exclusive), clipped to the image"),
+    ]
+)
+
+TABLES = {"images": IMAGES, "layers": LAYERS, "activations": ACTIVATIONS, "topk": TOPK}
+
+
+def markdown(schema: pa.Schema) -> str:
+    """A markdown table of the schema's columns, types and descriptions."""
+    lines = ["| column | type | description |", "| --- | --- | --- |"]
+    for field in schema:
+        doc = field.metadata[b"doc"].decode()
+        nullable = " (nullable)" if field.nullable else ""
+        lines.append(f"| `{field.name}` | {field.type}{nullable} | {doc} |")
+    return "\n".join(lines)

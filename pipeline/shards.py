@@ -1,0 +1,46 @@
+"""Deterministic shards of the sorted image list: the unit of work, of output files and of resume.
+
+    shards = plan_shards(list_images("photos/"), shard_size=1024)
+    shards[0].index, shards[0].digest, len(shards[0].refs)
+
+A shard's digest hashes its image ids, so a marker left by an earlier run is reused only when the shard
+holds exactly the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from pipeline.sources import ImageRef
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # position in the plan; names the shard's files (shard-00003)
+    refs: tuple[ImageRef, ...]  # the shard's images, in sorted order
+    digest: str  # sha256 over the image ids: identifies the shard's content
+
+    def items(self) -> list[dict]:
+        """One row per image, as the executors pass them to the decode stage."""
+        return [
+            {
+                "image_id": r.image_id,
+                "uri": r.uri,
+                "relpath": r.relpath,
+                "label": r.label,
+                "shard": self.index,
+            }
+            for r in self.refs
+        ]
+
+
+def plan_shards(refs: list[ImageRef], shard_size: int) -> list[Shard]:
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1 (got {shard_size})")
+    shards = []
+    for index, start in enumerate(range(0, len(refs), shard_size)):
+        chunk = tuple(refs[start : start + shard_size])
+        digest = hashlib.sha256(b"".join(r.image_id.to_bytes(8, "big") for r in chunk)).hexdigest()
+        shards.append(Shard(index, chunk, digest))
+    return shards

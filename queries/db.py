@@ -1,0 +1,78 @@
+"""DuckDB over an index directory: views `images`, `layers`, `activations`, `topk`, and named queries.
+
+    con = connect("idx/")
+    con.sql("SELECT layer, count(*) FROM activations GROUP BY 1").show()
+    rows = run_sql_file(con, "top_images", layer="layer4", units=[17], k=9)
+
+Views list only the files of completed shards (from their markers), so a query never sees half a shard.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from pipeline import schema
+from pipeline.writer import IndexLayout
+
+
+class NotAnIndexError(FileNotFoundError):
+    """The directory has no run.json: it is not an actindex index."""
+
+
+def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    layout = IndexLayout(index_dir)
+    if not layout.manifest.is_file():
+        raise NotAnIndexError(
+            f"{index_dir} is not an actindex index (no run.json); build one with: actindex index IMAGES --out {index_dir}"
+        )
+    con = duckdb.connect()
+    files = [layout.root / f for marker in layout.completed_shards().values() for f in marker["files"]]
+    _view(con, "images", [f for f in files if f.parts[len(layout.root.parts)] == "images"])
+    _view(con, "activations", [f for f in files if f.parts[len(layout.root.parts)] == "activations"])
+    _view(con, "layers", [layout.layers] if layout.layers.is_file() else [])
+    _view(con, "topk", sorted((layout.root / "topk").glob("*.parquet")))
+    return con
+
+
+def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> None:
+    if files:
+        con.read_parquet([str(f) for f in files]).create_view(name)
+    else:
+        con.register(name, schema.TABLES[name].empty_table())
+
+
+def sql_text(name: str) -> str:
+    return resources.files("queries").joinpath(f"{name}.sql").read_text()
+
+
+def run_sql_file(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table:
+    """Run queries/<name>.sql with bound parameters; returns an Arrow table."""
+    return arrow_table(con.sql(sql_text(name), params=params))
+
+
+def arrow_table(result) -> pa.Table:
+    """The result as an Arrow table (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
+    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
+    return fetch()
+
+
+def layer_channels(con: duckdb.DuckDBPyConnection, layer: str) -> int:
+    """Units in `layer`; a missing layer raises LookupError naming the indexed ones."""
+    info = run_sql_file(con, "layer_info", layer=layer)
+    if info.num_rows == 0:
+        names = run_sql_file(con, "layer_names").column("layer").to_pylist()
+        raise LookupError(f"layer {layer!r} is not in this index; indexed layers: {', '.join(names)}")
+    return int(info.column("channels")[0].as_py())
+
+
+def top_images(con: duckdb.DuckDBPyConnection, layer: str, units: list[int], k: int) -> pa.Table:
+    """Top-k rows (joined with images) for `units` of `layer`; units are checked against the layer."""
+    channels = layer_channels(con, layer)
+    bad = [u for u in units if not 0 <= u < channels]
+    if bad:
+        raise ValueError(f"unit {bad[0]} is out of range: layer {layer!r} has units 0-{channels - 1}")
+    return run_sql_file(con, "top_images", layer=layer, units=units, k=k)

@@ -1,0 +1,108 @@
+"""Render "top images for unit k" sheets: receptive-field crops of the originals, one row per unit.
+
+    con = connect("idx/")
+    sheet = render_grid(top_images(con, "layer4", [0, 1, 2], k=9), tile=96)
+    sheet.save("layer4.png")
+
+Layout "row" puts a unit's k crops in one row after a caption; "block" packs them in a square block
+(3x3 for k=9) with the caption above. Each tile is the peak's receptive-field box, cut from the upright
+original file and fitted into the tile, with its activation underneath.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import pyarrow as pa
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from pipeline.decode import to_rgb
+
+BACKGROUND = (250, 250, 248)
+INK = (30, 30, 30)
+MUTED = (110, 110, 110)
+MISSING = (225, 225, 225)
+LAYOUTS = ("row", "block")
+
+
+def render_grid(rows: pa.Table, tile: int = 96, layout: str = "row") -> Image.Image:
+    """One sheet for the units in `rows` (the columns of queries/top_images.sql)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if rows.num_rows == 0:
+        raise ValueError("no top-k rows to draw: is the unit indexed and the index complete?")
+    by_unit: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for row in rows.to_pylist():
+        by_unit[(row["layer"], row["unit"])].append(row)
+    k = max(len(v) for v in by_unit.values())
+    font = _font(max(10, tile // 8))
+    panels = [
+        _panel(key, sorted(v, key=lambda r: r["rank"]), k, tile, layout, font) for key, v in by_unit.items()
+    ]
+    return _stack(panels, layout)
+
+
+def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font) -> Image.Image:
+    caption_h = font.size + 6
+    tiles = [_tile(row, tile, font) for row in rows]
+    tile_h = tile + caption_h
+    if layout == "row":
+        label_w = tile + 16
+        panel = Image.new("RGB", (label_w + k * (tile + 4), tile_h + 4), BACKGROUND)
+        _text(panel, (6, tile // 2 - font.size), f"{key[0]}\nunit {key[1]}", font, INK)
+        for i, image in enumerate(tiles):
+            panel.paste(image, (label_w + i * (tile + 4), 2))
+        return panel
+    side = math.ceil(math.sqrt(k))
+    panel = Image.new("RGB", (side * (tile + 4) + 4, caption_h + 4 + side * (tile_h + 4)), BACKGROUND)
+    _text(panel, (6, 2), f"{key[0]} · unit {key[1]}", font, INK)
+    for i, image in enumerate(tiles):
+        panel.paste(image, (4 + (i % side) * (tile + 4), caption_h + 4 + (i // side) * (tile_h + 4)))
+    return panel
+
+
+def _tile(row: dict, tile: int, font) -> Image.Image:
+    caption_h = font.size + 6
+    out = Image.new("RGB", (tile, tile + caption_h), BACKGROUND)
+    out.paste(_crop(row, tile), (0, 0))
+    _text(out, (2, tile + 2), f"#{row['rank']}  {row['act']:.3g}", font, MUTED)
+    return out
+
+
+def _crop(row: dict, tile: int) -> Image.Image:
+    """The receptive-field crop fitted (aspect kept) into a tile; a grey tile if the file is gone."""
+    try:
+        with Image.open(row["uri"]) as img:
+            upright = to_rgb(ImageOps.exif_transpose(img))
+            crop = upright.crop((row["x0"], row["y0"], row["x1"], row["y1"]))
+    except OSError:
+        return Image.new("RGB", (tile, tile), MISSING)
+    crop = ImageOps.contain(crop, (tile, tile), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (tile, tile), BACKGROUND)
+    canvas.paste(crop, ((tile - crop.width) // 2, (tile - crop.height) // 2))
+    return canvas
+
+
+def _stack(panels: list[Image.Image], layout: str) -> Image.Image:
+    if layout == "row":
+        width, height = max(p.width for p in panels), sum(p.height for p in panels)
+        sheet = Image.new("RGB", (width, height), BACKGROUND)
+        for i, panel in enumerate(panels):
+            sheet.paste(panel, (0, sum(p.height for p in panels[:i])))
+        return sheet
+    per_line = min(4, len(panels))
+    w, h = max(p.width for p in panels), max(p.height for p in panels)
+    lines = math.ceil(len(panels) / per_line)
+    sheet = Image.new("RGB", (per_line * (w + 8), lines * (h + 8)), BACKGROUND)
+    for i, panel in enumerate(panels):
+        sheet.paste(panel, ((i % per_line) * (w + 8), (i // per_line) * (h + 8)))
+    return sheet
+
+
+def _font(size: int):
+    return ImageFont.load_default(size=size)
+
+
+def _text(image: Image.Image, xy: tuple[int, int], text: str, font, fill) -> None:
+    ImageDraw.Draw(image).multiline_text(xy, text, font=font, fill=fill, spacing=2)

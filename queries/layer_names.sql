@@ -1,0 +1,2 @@
+-- Every indexed layer, in index order.
+SELECT layer, channels FROM layers;

@@ -1,0 +1,24 @@
+-- Top images for one unit of one layer, best first, with the receptive-field box of each peak.
+-- Parameters: $layer (text), $units (list of integers), $k (integer).
+SELECT
+    t.layer,
+    t.unit,
+    t.rank,
+    t.act,
+    t.image_id,
+    i.label,
+    i.uri,
+    i.width,
+    i.height,
+    t.y,
+    t.x,
+    t.x0,
+    t.y0,
+    t.x1,
+    t.y1
+FROM topk AS t
+JOIN images AS i USING (image_id)
+WHERE t.layer = $layer
+  AND list_contains($units, t.unit)
+  AND t.rank <= $k
+ORDER BY t.unit, t.rank;

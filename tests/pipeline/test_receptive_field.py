@@ -1,0 +1,315 @@
+"""Receptive fields checked against an independent gradient probe and against published values.
+
+The probe makes a copy of the model linear with strictly positive weights (activations -> Identity,
+max pooling -> average pooling, batch norm -> identity, weights -> positive averages), feeds an all-ones
+float64 image, and backpropagates one feature position: the pixels with a nonzero gradient are exactly
+the pixels that position can see, so their bounding box must equal the clipped receptive-field box.
+"""
+
+from __future__ import annotations
+
+import copy
+import doctest
+import functools
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from pipeline import receptive_field
+from pipeline.receptive_field import ReceptiveField, boxes, compute_receptive_fields
+
+EFFICIENTNET_BLOCKS = [f"blocks.{i}" for i in range(7)]
+
+
+class DilatedPadConcat(nn.Module):
+    """Dilation, asymmetric F.pad, concatenated branches with different kernels, ceil-mode pooling, a crop."""
+
+    def __init__(self, pad_bottom: int = 2) -> None:
+        super().__init__()
+        self.pad_bottom = pad_bottom
+        self.dilated = nn.Conv2d(3, 4, 3, dilation=2, padding=2)
+        self.narrow = nn.Conv2d(4, 4, 3, stride=2)
+        self.wide = nn.Conv2d(4, 4, 5, stride=2, padding=1)
+        self.merge = nn.Conv2d(8, 4, 1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.crop = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.dilated(x))
+        x = F.pad(x, (2, 0, 1, self.pad_bottom))  # left, right, top, bottom
+        x = self.merge(torch.cat([self.narrow(x), self.wide(x)], dim=1))
+        return self.crop(F.pad(self.pool(x), (-1, 0, 0, -1)))  # negative pads crop
+
+
+class Upsampling(nn.Module):
+    def __init__(self, transposed: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2) if transposed else nn.Upsample(scale_factor=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.conv(x))
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "alexnet": lambda: torchvision.models.alexnet(weights=None),
+    "vgg16": lambda: torchvision.models.vgg16(weights=None),
+    "resnet18": lambda: torchvision.models.resnet18(weights=None),
+    "resnet50": lambda: torchvision.models.resnet50(weights=None),
+    "tf_efficientnet_lite0": lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
+    "dilated_pad_concat": DilatedPadConcat,
+}
+
+
+@functools.cache
+def get_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return MODELS[name]().eval()
+
+
+def strict_receptive_fields(model: nn.Module, layers: Sequence[str], size: tuple[int, int]) -> dict:
+    # Every op of the tested models must be understood: a fallback warning here is a bug.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return compute_receptive_fields(model, layers, size)
+
+
+# --- gradient probe -------------------------------------------------------------------------------
+
+ACTIVATIONS = tuple(
+    cls
+    for cls in vars(nn.modules.activation).values()
+    if isinstance(cls, type)
+    and issubclass(cls, nn.Module)
+    and cls.__module__ == nn.modules.activation.__name__
+)
+
+
+def linearised(model: nn.Module) -> nn.Module:
+    """Copy in which every feature position's gradient support is its exact dependency set."""
+    probe = copy.deepcopy(model).eval().double().requires_grad_(False)
+    for parent in list(probe.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, ACTIVATIONS):
+                setattr(parent, name, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, as_avg_pool(child))
+    for module in probe.modules():
+        make_positive(module)
+    return probe
+
+
+def as_avg_pool(pool: nn.MaxPool2d) -> nn.AvgPool2d:
+    assert pool.dilation in (1, (1, 1)), "AvgPool2d has no dilation"
+    return nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
+
+
+def make_positive(module: nn.Module) -> None:
+    # Positive weights on a positive image keep every value positive: functional ReLUs pass gradients,
+    # and no gradient cancels to zero. Normalising to averages keeps float64 far from overflow.
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.reset_parameters()  # weight 1, bias 0, running mean 0, running var 1
+    elif isinstance(module, (nn.Conv2d, nn.Linear)):
+        weight = module.weight.abs() + 0.01
+        module.weight.copy_(weight / weight.sum(dim=tuple(range(1, weight.dim())), keepdim=True))
+        if module.bias is not None:
+            module.bias.zero_()
+
+
+class _Captured(Exception):
+    pass
+
+
+def probe_outputs(probe: nn.Module, layers: Sequence[str], image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs of `layers`, stopping the forward pass once all are seen (the head is not needed)."""
+    outputs: dict[str, torch.Tensor] = {}
+    modules = dict(probe.named_modules())
+
+    def hook(name: str) -> Callable:
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            outputs[name] = output
+            if len(outputs) == len(layers):
+                raise _Captured
+
+        return record
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
+    try:
+        probe(image)
+    except _Captured:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def support_box(grad: torch.Tensor) -> tuple[int, int, int, int]:
+    seen = grad[0].abs().sum(dim=0) > 0
+    rows, cols = seen.any(dim=1).nonzero()[:, 0], seen.any(dim=0).nonzero()[:, 0]
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+def probe_positions(output: torch.Tensor) -> list[tuple[int, int]]:
+    if output.dim() == 2:
+        return [(0, 0)]
+    h, w = output.shape[-2:]
+    candidates = [(0, 0), (h - 1, w - 1), (h // 2, w // 2), (min(1, h - 1), max(w - 3, 0))]
+    return list(dict.fromkeys(candidates))  # corners check offsets, centre the size, the last asymmetry
+
+
+def probed_boxes(model: nn.Module, layers: Sequence[str], size: tuple[int, int]) -> dict[tuple, tuple]:
+    image = torch.ones(1, 3, *size, dtype=torch.float64, requires_grad=True)
+    outputs = probe_outputs(linearised(model), layers, image)
+    found = {}
+    for layer in layers:
+        for y, x in probe_positions(outputs[layer]):
+            target = outputs[layer][0] if outputs[layer].dim() == 2 else outputs[layer][0, :, y, x]
+            (grad,) = torch.autograd.grad(target.sum(), image, retain_graph=True)
+            found[layer, y, x] = support_box(grad)
+    return found
+
+
+# --- tests against the probe ----------------------------------------------------------------------
+
+PROBE_CASES = [
+    # model, input (H, W), layers, layers whose centre position must be unclipped (full-size check)
+    ("alexnet", (256, 256), ["features.2", "features.5", "features.12"], ["features.12"]),
+    ("vgg16", (224, 224), ["features.4", "features.16", "features.30"], ["features.30"]),
+    ("resnet18", (224, 224), ["relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "fc"], ["layer3"]),
+    ("resnet50", (448, 448), ["layer1", "layer2", "layer3", "layer4"], ["layer4"]),
+    ("tf_efficientnet_lite0", (224, 224), ["conv_stem", *EFFICIENTNET_BLOCKS, "classifier"], ["blocks.3"]),
+    ("tf_efficientnet_lite0", (231, 231), ["conv_stem", *EFFICIENTNET_BLOCKS, "classifier"], ["blocks.3"]),
+    ("dilated_pad_concat", (29, 35), ["dilated", "narrow", "wide", "merge", "pool", "crop"], ["merge"]),
+]
+
+
+@pytest.mark.parametrize(
+    "model_name, size, layers, unclipped",
+    PROBE_CASES,
+    ids=[f"{c[0]}-{c[1][0]}x{c[1][1]}" for c in PROBE_CASES],
+)
+def test_boxes_match_gradient_probe(
+    model_name: str, size: tuple[int, int], layers: list, unclipped: list
+) -> None:
+    model = get_model(model_name)
+    rfs = strict_receptive_fields(model, layers, size)
+    probed = probed_boxes(model, layers, size)
+    expected = {(layer, y, x): rfs[layer].clipped_box(y, x, *size) for layer, y, x in probed}
+    assert probed == expected
+    for layer in unclipped:  # some position must see its whole field, so the size itself is probed
+        assert any(rfs[layer].box(y, x) == box for (name, y, x), box in probed.items() if name == layer)
+
+
+# --- analytic values ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model_name, layer, size, jump",
+    [
+        ("resnet50", "layer4", 427, 32),
+        ("resnet18", "layer4", 435, 32),
+        ("alexnet", "features.12", 195, 32),
+        ("vgg16", "features.30", 212, 32),
+        ("resnet18", "layer1", 43, 4),
+        ("vgg16", "features.16", 44, 8),
+    ],
+)
+def test_published_sizes(model_name: str, layer: str, size: int, jump: int) -> None:
+    rf = strict_receptive_fields(get_model(model_name), [layer], (224, 224))[layer]
+    assert (rf.size_y, rf.size_x, rf.jump_y, rf.jump_x, rf.is_global) == (size, size, jump, jump, False)
+    assert rf.start_y == rf.start_x
+
+
+def test_efficientnet_same_padding_depends_on_input_size() -> None:
+    # TF "same" pads stride-2 convs (0, 1) for even inputs and (1, 1) for odd ones: only the start moves.
+    layers = ["conv_stem", "blocks.6"]
+    even = strict_receptive_fields(get_model("tf_efficientnet_lite0"), layers, (224, 224))
+    odd = strict_receptive_fields(get_model("tf_efficientnet_lite0"), layers, (231, 231))
+    assert (even["conv_stem"].start_y, odd["conv_stem"].start_y) == (0, -1)
+    assert (even["blocks.6"].size_y, even["blocks.6"].jump_y) == (
+        odd["blocks.6"].size_y,
+        odd["blocks.6"].jump_y,
+    )
+    assert even["blocks.6"].start_y > odd["blocks.6"].start_y
+
+
+def test_hand_computed_tiny_model() -> None:
+    rfs = strict_receptive_fields(get_model("dilated_pad_concat"), ["dilated", "merge", "crop"], (29, 35))
+    assert rfs["dilated"] == ReceptiveField(5, 5, 1, 1, -2, -2, False)
+    # Padding top 1 / left 2 moves the narrow branch (k3, p0) to start (-3, -4); the wide branch (k5, p1)
+    # reaches one pixel further on both sides and so bounds the concatenation.
+    assert rfs["merge"] == ReceptiveField(9, 9, 2, 2, -4, -5, False)
+    # ceil-mode pool k3 s2 p1 (one step of 2 px of padding), then a crop of one column on the left
+    assert rfs["crop"] == ReceptiveField(13, 13, 4, 4, -6, -3, False)
+
+
+def test_positions_reading_only_padding_keep_the_extrapolated_box() -> None:
+    # A 3-px bottom pad gives the k3/s2 branch a last row that reads padding only: it depends on no pixel,
+    # yet (jump, start, end) extrapolates a box that overlaps the image. The box stays a superset.
+    model, size = DilatedPadConcat(pad_bottom=3).eval(), (29, 35)
+    rf = strict_receptive_fields(model, ["narrow"], size)["narrow"]
+    image = torch.ones(1, 3, *size, dtype=torch.float64, requires_grad=True)
+    out = probe_outputs(linearised(model), ["narrow"], image)["narrow"]
+    last = out.shape[-2] - 1
+    (grad,) = torch.autograd.grad(out[0, :, last, 0].sum(), image)
+    assert not grad.any() and rf.clipped_box(last, 0, *size) == (0, 27, 3, 29)
+
+
+# --- API behaviour --------------------------------------------------------------------------------
+
+
+def test_global_layers_cover_the_whole_image_at_every_position() -> None:
+    rf = strict_receptive_fields(get_model("resnet18"), ["fc"], (200, 300))["fc"]
+    assert rf == ReceptiveField(200, 300, 200, 300, 0, 0, True)
+    assert rf.box(0, 0) == rf.box(5, 7) == rf.clipped_box(3, 3, 200, 300) == (0, 0, 300, 200)
+    assert boxes(rf, np.array([0, 4]), np.array([0, 9])).tolist() == [[0, 0, 300, 200]] * 2
+
+
+def test_vectorised_boxes_match_box() -> None:
+    rf = ReceptiveField(size_y=7, size_x=5, jump_y=4, jump_x=2, start_y=-3, start_x=-1, is_global=False)
+    y, x = np.array([0, 1, 5]), np.array([2, 0, 9])
+    got = boxes(rf, y, x)
+    assert got.dtype == np.int64 and got.shape == (3, 4)
+    assert got.tolist() == [list(rf.box(int(a), int(b))) for a, b in zip(y, x, strict=True)]
+    assert rf.box(0, 0) == (-1, -3, 4, 4) and rf.clipped_box(0, 0, 3, 3) == (0, 0, 3, 3)
+
+
+def test_unknown_layer_lists_close_names() -> None:
+    with pytest.raises(LookupError, match="layer4"):
+        compute_receptive_fields(get_model("resnet18"), ["layer5"], (64, 64))
+
+
+def test_restores_training_flags_and_removes_hooks() -> None:
+    model = torchvision.models.resnet18(weights=None).train()
+    model.layer1.eval()  # a deliberately frozen submodule must stay frozen
+    compute_receptive_fields(model, ["layer1", "layer2"], (64, 64))
+    assert model.training and model.layer2.training and not model.layer1.training
+    assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_unrecognised_op_is_global_with_warning() -> None:
+    model = Upsampling()
+    with pytest.warns(RuntimeWarning, match="upsample"):
+        rfs = compute_receptive_fields(model, ["conv", "up"], (16, 16))
+    assert not rfs["conv"].is_global and rfs["up"].is_global
+
+
+def test_transposed_convolution_raises_only_for_layers_after_it() -> None:
+    model = Upsampling(transposed=True)
+    assert compute_receptive_fields(model, ["conv"], (16, 16))["conv"].size_y == 3
+    with pytest.raises(NotImplementedError, match="transposed"):
+        compute_receptive_fields(model, ["up"], (16, 16))
+    assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_module_docstring_example_runs() -> None:
+    result = doctest.testmod(receptive_field, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
