@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
-    help="actindex: which images most excite unit k in layer L? Index a dataset, query it with SQL, draw grids.",
+    help="actindex: which images most excite unit k in layer L? Index a dataset, query it with SQL, draw grids.",  # noqa: E501
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -82,7 +82,7 @@ def index(
     weights: Annotated[
         str | None,
         typer.Option(
-            help="DEFAULT (pretrained, needs internet) or a .pth state dict; default: random, or the built-in weights."
+            help="DEFAULT (pretrained; needs internet) or a .pth state dict. Default: random or built-in."
         ),
     ] = None,
     k: KOpt = 100,

@@ -5,12 +5,14 @@
     summary = run_index(IndexConfig(source="photos/", out="idx/", model="resnet18", layers=("layer4",)))
 
 As a cluster batch job (same options as `actindex index`):
-    ray job submit --working-dir . -- python -m jobs.index PHOTOS/ --model resnet50 --layers 'layer*' --out idx/
+    ray job submit --working-dir . -- \
+        python -m jobs.index PHOTOS/ --model resnet50 --layers 'layer*' --out idx/
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 import time
 from collections import defaultdict
@@ -29,7 +31,7 @@ from pipeline.layers import LayerInfo, describe_layers, resolve_layers
 from pipeline.models import load_model
 from pipeline.preprocess import Preprocessing
 from pipeline.receptive_field import ReceptiveField, boxes, compute_receptive_fields
-from pipeline.shards import Shard, plan_shards
+from pipeline.shards import Shard, plan_shards, shard_batches
 from pipeline.sources import dataset_root, list_images
 from pipeline.topk import RunningTopK
 from pipeline.writer import (
@@ -95,7 +97,7 @@ def plan_job(config: IndexConfig) -> _Plan:
         rfs=compute_receptive_fields(loaded.module, layers, size),
         preprocessing=prep,
         shards=plan_shards(refs, config.shard_size),
-        params=params,
+        params=json.loads(json.dumps(params)),  # the form it has when read back from run.json
     )
 
 
@@ -178,7 +180,9 @@ def images_table(rows: dict[str, np.ndarray]) -> pa.Table:
             "height": rows["height"].astype(np.int32),
             "label": labels,
             "status": np.where(ok, "ok", "error"),
-            "error": [None if good else str(err) for good, err in zip(ok, rows["error"].tolist())],
+            "error": [
+                None if good else str(err) for good, err in zip(ok, rows["error"].tolist(), strict=True)
+            ],
             "shard": rows["shard"].astype(np.int32),
         },
         schema=schema.IMAGES,
@@ -198,10 +202,10 @@ def run_index(config: IndexConfig) -> Summary:
     pending = [shard for shard in plan.shards if shard.index not in done]
     tops = {layer: RunningTopK(plan.infos[layer].channels, config.k) for layer in plan.layers}
     assembler = ShardAssembler(plan, ShardWriter(layout, plan.params), tops)
-    items = [item for shard in pending for item in shard.items()]
+    batches = shard_batches(pending, config.batch_size)
     total = sum(len(s.refs) for s in plan.shards)
-    with _progress(config.progress, total, total - len(items)) as advance:
-        for batch in _execute(config, plan, items):
+    with _progress(config.progress, total, total - sum(len(s.refs) for s in pending)) as advance:
+        for batch in _execute(config, plan, batches):
             assembler.add(batch)
             advance(len(batch["image_id"]))
     if assembler.pending():
@@ -213,17 +217,17 @@ def run_index(config: IndexConfig) -> Summary:
     return _finish(layout, manifest, plan, topk_rows, len(done), started)
 
 
-def _execute(config: IndexConfig, plan: _Plan, items: list[dict]) -> Iterator[dict[str, np.ndarray]]:
-    if not items:
+def _execute(config: IndexConfig, plan: _Plan, batches: list[list[dict]]) -> Iterator[dict[str, np.ndarray]]:
+    if not batches:
         return iter(())
     spec = StageSpec(config.model, config.weights, tuple(plan.layers), plan.preprocessing, config.device)
     if config.executor == "local":
         from jobs.local import run_local
 
-        return run_local(items, spec, config.batch_size)
+        return run_local(batches, spec)
     from jobs.ray_runner import run_ray
 
-    return run_ray(items, spec, config.batch_size, config.address, config.workers)
+    return run_ray(batches, spec, config.address, config.workers)
 
 
 def _marker_valid(marker: dict, shards: list[Shard]) -> bool:

@@ -1,6 +1,6 @@
 """Plain single-process executor: the same stages as the Ray job, in one loop, no Ray needed.
 
-    for out in run_local(items, spec, batch_size=32):
+    for out in run_local(shard_batches(shards, 32), spec):
         ...   # dicts with the columns record_batch produces
 
 Used by `actindex index --executor local`, by GPU machines without Ray, and as the baseline Ray is
@@ -25,8 +25,8 @@ def columns(items: list[dict]) -> dict[str, np.ndarray]:
     return out
 
 
-def run_local(items: list[dict], spec: StageSpec, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def run_local(batches: list[list[dict]], spec: StageSpec) -> Iterator[dict[str, np.ndarray]]:
     decoder = spec.decoder()
     record = RecordStage(spec)
-    for start in range(0, len(items), batch_size):
-        yield record(decoder.decode_batch(columns(items[start : start + batch_size])))
+    for items in batches:
+        yield record(decoder.decode_batch(columns(items)))

@@ -1,6 +1,6 @@
 """Ray Data executor: decode in CPU tasks, run the model in actors (one per GPU, or CPU actors).
 
-    for out in run_ray(items, spec, batch_size=32, address=None, workers=None):
+    for out in run_ray(shard_batches(shards, 32), spec, address=None, workers=None):
         ...   # the same column batches as jobs.local.run_local
 
 With no address (and no RAY_ADDRESS) a local Ray starts; `ray job submit -- python -m jobs.index ...`
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from jobs.local import columns
 from jobs.stages import RecordStage, StageSpec
-
 
 DECODE_MEMORY = 256 * 2**20  # bytes reserved per decode task (a batch of decoded crops and its inputs)
 
@@ -51,12 +51,20 @@ def actor_plan(workers: int | None) -> tuple[int, dict]:
     return count, {"num_cpus": max(1, cpus // (2 * count))}
 
 
+class DecodeGroup:
+    """Decode stage over dataset rows that each hold one whole batch (lists of the batch's items)."""
+
+    def __init__(self, spec: StageSpec):
+        self.decoder = spec.decoder()
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        flat = {key: [v for row in values for v in row] for key, values in rows.items()}
+        items = [dict(zip(flat, values, strict=True)) for values in zip(*flat.values(), strict=True)]
+        return self.decoder.decode_batch(columns(items))
+
+
 def run_ray(
-    items: list[dict],
-    spec: StageSpec,
-    batch_size: int,
-    address: str | None = None,
-    workers: int | None = None,
+    batches: list[list[dict]], spec: StageSpec, address: str | None = None, workers: int | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     import ray.data
 
@@ -65,26 +73,21 @@ def run_ray(
     ctx.execution_options.preserve_order = True  # shards complete in order: bounded driver memory
     ctx.enable_progress_bars = False  # the job draws its own progress bar
     count, resources = actor_plan(workers)
-    num_blocks = max(1, min(len(items) // batch_size, 10_000))
-    ds = ray.data.from_items(items, override_num_blocks=num_blocks)
+    # One dataset row per batch, one block per row: the model sees exactly the batches the plain loop sees.
+    rows = [{key: [item[key] for item in batch] for key in batch[0]} for batch in batches]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     # The memory reservation also keeps Ray from fusing decoding into the model actors (fusion needs
     # equal remote args): decoding stays in its own CPU tasks and overlaps the forward passes.
     ds = ds.map_batches(
-        spec.decoder().decode_batch,
-        batch_size=batch_size,
-        batch_format="numpy",
-        num_cpus=1,
-        memory=DECODE_MEMORY,
+        DecodeGroup(spec), batch_size=1, batch_format="numpy", num_cpus=1, memory=DECODE_MEMORY
     )
+    threads = None if "num_gpus" in resources else resources["num_cpus"]
     ds = ds.map_batches(
         RecordStage,
-        fn_constructor_kwargs={
-            "spec": spec,
-            "threads": None if "num_gpus" in resources else resources["num_cpus"],
-        },
-        batch_size=batch_size,
+        fn_constructor_kwargs={"spec": spec, "threads": threads},
+        batch_size=None,
         batch_format="numpy",
-        concurrency=count,
+        compute=ray.data.ActorPoolStrategy(size=count),
         **resources,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)

@@ -128,7 +128,7 @@ def _builtin_efficientnet(weights: str | None) -> tuple[torch.nn.Module, Preproc
     if len(state) != len(target):
         raise ValueError(f"built-in weights have {len(state)} tensors, tf_efficientnet_lite0 {len(target)}")
     renamed = {}
-    for (src_key, tensor), (dst_key, dst) in zip(state.items(), target.items()):
+    for (src_key, tensor), (dst_key, dst) in zip(state.items(), target.items(), strict=True):
         if tensor.shape != dst.shape:
             raise ValueError(f"built-in weight {src_key} {tuple(tensor.shape)} does not fit {dst_key}")
         renamed[dst_key] = tensor

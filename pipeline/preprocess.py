@@ -67,7 +67,7 @@ class Preprocessing:
         origin and scaled by the resize factor; ends round outwards so the box covers every pixel it touches.
         """
         out = np.empty((len(boxes), 4), dtype=np.int32)
-        for i, (box, w, h) in enumerate(zip(boxes, widths, heights)):
+        for i, (box, w, h) in enumerate(zip(boxes, widths, heights, strict=True)):
             out[i] = self._box_to_original(box, int(w), int(h))
         return out
 

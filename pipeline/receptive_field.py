@@ -34,18 +34,21 @@ as ``(B, C)`` from flatten/linear/global pooling, spatial reductions, squeeze-ex
 layer is reported with ``is_global=True``, ``size = input size``, ``jump = input size``, ``start = 0``,
 and ``box`` / ``boxes`` return the whole image for every position.
 
-Limitations: boxes are affine extrapolations, so a position whose window reads only padding (e.g. the
-last row of a stride-2 conv after a large bottom pad) still gets a box that may overlap the image although
-it depends on no pixel; a box is always a superset of the true dependency. Transposed convolutions raise
-``NotImplementedError`` (only when a requested layer depends on one); ops the tracer does not understand
-(interpolation, group norm, NHWC permutes, ...) make their output global and a ``RuntimeWarning`` names
-the op. A module called several times reports its last call.
+Limitations: a box is always a superset of the true dependency but not always tight: boxes are affine
+extrapolations, so a position whose window reads only padding (e.g. the last row of a stride-2 conv after
+a large bottom pad) still gets a box that may overlap the image although it depends on no pixel, and with
+dilation a border position may skip the image pixels nearest the border (a dilation hole) although its
+clipped box includes them. Transposed convolutions raise ``NotImplementedError`` (only when a requested
+layer depends on one); ops the tracer does not understand (interpolation, group norm, NHWC permutes, ...)
+make their output global and a ``RuntimeWarning`` names the op. A module called several times reports
+its last call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -106,7 +109,10 @@ def compute_receptive_fields(
     if height < 1 or width < 1:
         raise ValueError(f"input_size must be positive, got {input_size}")
     records = _trace(model, modules, height, width)
-    return {name: _to_receptive_field(name, records[name], height, width) for name in modules}
+    fields = {}
+    for name in modules:  # a loop, not a comprehension, so warnings' stacklevel reaches the caller
+        fields[name] = _to_receptive_field(name, records[name], height, width)
+    return fields
 
 
 def _clip(value: int, limit: int) -> int:
@@ -202,10 +208,9 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
 
 
 def _for_output(annotation: _Annotation, tensor: torch.Tensor) -> _Annotation:
-    # Side outputs without two trailing spatial dims (batch-norm statistics, (B, C) tensors) see everything.
-    if isinstance(annotation, _Local) and tensor.dim() < 3:
-        return _Global()
-    return annotation
+    # Outputs without two trailing spatial dims ((B, C) tensors, batch-norm statistics) see the whole image
+    # by definition, whatever made the feature maps before them global or unsupported.
+    return _Global() if tensor.dim() < 3 else annotation
 
 
 def _bind(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -352,10 +357,22 @@ def _propagate(
     nonlocal_inputs = [a for _, a in inputs if not isinstance(a, _Local)]
     if nonlocal_inputs:
         return _merge_nonlocal(nonlocal_inputs)
-    handler = (
-        _elementwise if torch.Tag.pointwise in func.tags else _HANDLERS.get(func.overloadpacket, _unknown)
-    )
-    return handler(_Call(func, params, inputs, output))
+    return _handler(func)(_Call(func, params, inputs, output))
+
+
+def _handler(func: torch._ops.OpOverload) -> _Handler:
+    if torch.Tag.pointwise in func.tags:
+        return _elementwise
+    packet = func.overloadpacket
+    if packet in _HANDLERS:
+        return _HANDLERS[packet]
+    return _elementwise if _has_pointwise_overload(packet) else _unknown
+
+
+@functools.cache
+def _has_pointwise_overload(packet: torch._ops.OpOverloadPacket) -> bool:
+    # The pointwise tag is often missing on out= and scalar overloads of elementwise ops (relu.out, ...).
+    return any(torch.Tag.pointwise in getattr(packet, name).tags for name in packet.overloads())
 
 
 def _pair(value: int | Sequence[int], default: Sequence[int] | None = None) -> tuple[int, int]:
@@ -452,6 +469,8 @@ def _adaptive_pool(call: _Call) -> _Annotation:
 
 def _cat(call: _Call) -> _Annotation:
     tensors = [t for t in call.params["tensors"] if t.dim() > 1]  # legacy empty tensors are skipped by cat
+    if not tensors:
+        return _unknown(call)
     if call.spatial_axis(call.params["dim"], tensors[0].dim()) is not None:
         return _Global(f"{call.func} concatenates along a spatial dim")
     return _elementwise(call)
@@ -541,6 +560,23 @@ def _handler_table() -> dict[Any, _Handler]:
                 "lift_fresh",
                 "lift_fresh_copy",
                 "contiguous",
+                # activations and fills whose overloads lack the pointwise tag
+                "hardswish",
+                "hardswish_",
+                "gelu_",
+                "mish_",
+                "threshold_",
+                "_prelu_kernel",
+                "prelu",
+                "log_sigmoid_forward",
+                "rrelu_with_noise",
+                "rrelu_with_noise_",
+                "where",
+                "masked_fill",
+                "masked_fill_",
+                "fill_",
+                "zero_",
+                "bernoulli_",
             ),
             _elementwise,
         ),
@@ -550,7 +586,7 @@ def _handler_table() -> dict[Any, _Handler]:
         ),
         (_packets("permute"), _permute),
         (_packets("transpose"), _transpose),
-        (_packets("select", "split", "split_with_sizes", "unbind", "narrow"), _along_dim),
+        (_packets("select", "split", "split_with_sizes", "unbind", "narrow", "glu"), _along_dim),
         (_packets("slice"), _slice),
         (
             _packets(

@@ -96,3 +96,15 @@ def markdown(schema: pa.Schema) -> str:
         nullable = " (nullable)" if field.nullable else ""
         lines.append(f"| `{field.name}` | {field.type}{nullable} | {doc} |")
     return "\n".join(lines)
+
+
+def tables_markdown() -> str:
+    """docs/tables.md: every table's columns (`python -m pipeline.schema > docs/tables.md` rewrites it)."""
+    parts = ["# Index tables", "", "Generated from `pipeline/schema.py` by `python -m pipeline.schema`.", ""]
+    for name, table in TABLES.items():
+        parts += [f"## {name}", "", markdown(table), ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(tables_markdown(), end="")

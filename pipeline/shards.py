@@ -35,6 +35,16 @@ class Shard:
         ]
 
 
+def shard_batches(shards: list[Shard], batch_size: int) -> list[list[dict]]:
+    """Items grouped into batches that never cross a shard: every executor computes the same batches,
+    so their floating-point results agree bit for bit (a GEMM's rounding depends on the batch)."""
+    batches = []
+    for shard in shards:
+        items = shard.items()
+        batches.extend(items[start : start + batch_size] for start in range(0, len(items), batch_size))
+    return batches
+
+
 def plan_shards(refs: list[ImageRef], shard_size: int) -> list[Shard]:
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1 (got {shard_size})")

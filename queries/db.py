@@ -27,7 +27,8 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
     layout = IndexLayout(index_dir)
     if not layout.manifest.is_file():
         raise NotAnIndexError(
-            f"{index_dir} is not an actindex index (no run.json); build one with: actindex index IMAGES --out {index_dir}"
+            f"{index_dir} is not an actindex index (no run.json); "
+            f"build one with: actindex index IMAGES --out {index_dir}"
         )
     con = duckdb.connect()
     files = [layout.root / f for marker in layout.completed_shards().values() for f in marker["files"]]

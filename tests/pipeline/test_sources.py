@@ -76,7 +76,9 @@ def test_image_ids_are_stable_and_survive_moving_the_dataset(dataset: Path, tmp_
     moved = tmp_path / "elsewhere" / "renamed"
     shutil.move(str(dataset), str(moved))
     after = list_images(str(moved))
-    assert [(r.relpath, r.image_id, r.label) for r in after] == [(r.relpath, r.image_id, r.label) for r in first]
+    assert [(r.relpath, r.image_id, r.label) for r in after] == [
+        (r.relpath, r.image_id, r.label) for r in first
+    ]
     assert all(r.uri.startswith(str(moved.resolve())) for r in after)
 
 

@@ -1,0 +1,150 @@
+"""Every command through typer's CliRunner: exit codes and what the user reads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow.csv
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from jobs.cli import app, parse_units
+
+runner = CliRunner()
+PLANTED = "python:tests.conftest:PlantedNet"
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def planted_cli_index(planted_dataset, tmp_path_factory):
+    folder, _ = planted_dataset
+    out = tmp_path_factory.mktemp("cli") / "idx"
+    result = invoke(
+        "index", folder, "--out", out, "--model", PLANTED, "--layers", "relu*,head", "--k", "3",
+        "--executor", "local", "--resize", "64", "--crop", "64", "--interpolation", "nearest",
+        "--mean", "0,0,0", "--std", "1,1,1", "--no-progress", "--shard-size", "4",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_index_prints_a_summary(planted_cli_index):
+    _, output = planted_cli_index
+    assert "9 images: 9 indexed, 0 failed" in output
+    assert "54 activation rows, 18 top-k rows" in output
+
+
+def test_top_lists_the_planted_images_in_order(planted_cli_index):
+    out, _ = planted_cli_index
+    result = invoke("top", out, "--layer", "relu1", "--unit", "0", "--k", "3")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if ".png" in line]
+    assert [next(n for n in ("red0", "red1", "red2") if n in line) for line in lines] == [
+        "red0",
+        "red1",
+        "red2",
+    ]
+
+
+def test_top_rejects_an_out_of_range_unit_and_a_missing_layer(planted_cli_index):
+    out, _ = planted_cli_index
+    result = invoke("top", out, "--layer", "relu1", "--unit", "7")
+    assert result.exit_code == 2 and "unit 7 is out of range" in result.output and "0-1" in result.output
+    result = invoke("top", out, "--layer", "x'; drop table images; --", "--unit", "0")
+    assert result.exit_code == 2 and "not in this index" in result.output and "relu1" in result.output
+    assert invoke("top", out, "--layer", "relu1", "--unit", "0").exit_code == 0  # nothing was dropped
+
+
+def test_grid_writes_a_sheet_whose_first_tile_is_red(planted_cli_index, tmp_path):
+    out, _ = planted_cli_index
+    png = tmp_path / "grid.png"
+    result = invoke(
+        "grid", out, "--layer", "relu2", "--units", "0-1", "--k", "3", "--out", png, "--tile", "64"
+    )
+    assert result.exit_code == 0, result.output
+    sheet = Image.open(png).convert("RGB")
+    label_w, tile = 64 + 16, 64
+    assert sheet.width == label_w + 3 * (tile + 4)
+    # the red unit's best crop is centred on the red square: its middle pixel is red
+    r, g, b = sheet.getpixel((label_w + tile // 2, 2 + tile // 2))
+    assert r > 150 and g < 60 and b < 60
+    assert sheet.height > 2 * tile
+
+
+def test_sql_prints_tables_and_writes_csv_and_parquet(planted_cli_index, tmp_path):
+    out, _ = planted_cli_index
+    result = invoke("sql", out, "SELECT layer, count(*) AS n FROM activations GROUP BY 1 ORDER BY 1")
+    assert result.exit_code == 0, result.output
+    assert "head" in result.output and "relu2" in result.output and "18" in result.output
+    invoke("sql", out, "SELECT * FROM topk ORDER BY layer, unit, rank", "--out", tmp_path / "t.csv")
+    assert pyarrow.csv.read_csv(tmp_path / "t.csv").num_rows == 18
+    invoke("sql", out, "SELECT * FROM images", "--out", tmp_path / "i.parquet")
+    assert pq.read_table(tmp_path / "i.parquet").num_rows == 9
+
+
+def test_sql_error_is_one_line_with_exit_code_2(planted_cli_index):
+    out, _ = planted_cli_index
+    result = invoke("sql", out, "SELECT nope FROM activations")
+    assert result.exit_code == 2 and result.output.startswith("Error:") and "Traceback" not in result.output
+
+
+def test_not_an_index(tmp_path):
+    result = invoke("top", tmp_path, "--layer", "a", "--unit", "0")
+    assert result.exit_code == 2 and "is not an actindex index" in result.output
+
+
+def test_index_errors_name_the_fix(natural_dataset, tmp_path):
+    result = invoke(
+        "index", natural_dataset, "--out", tmp_path / "a", "--model", "resnet18", "--layers", "layer5"
+    )
+    assert (
+        result.exit_code == 2
+        and "did you mean" in result.output
+        and "actindex layers resnet18" in result.output
+    )
+    result = invoke("index", natural_dataset, "--out", tmp_path / "b", "--model", "resnet1", "--layers", "x")
+    assert (
+        result.exit_code == 2 and "unknown model 'resnet1'" in result.output and "resnet18" in result.output
+    )
+    result = invoke(
+        "index", natural_dataset, "--out", tmp_path / "c", "--layers", "fc", "--weights", "no.pth"
+    )
+    assert result.exit_code == 2 and "weights file 'no.pth' does not exist" in result.output
+    result = invoke("index", tmp_path / "nothing", "--out", tmp_path / "d", "--layers", "fc")
+    assert result.exit_code == 2 and "nothing" in result.output
+
+
+def test_layers_lists_shapes_and_receptive_fields():
+    result = invoke("layers", "resnet18", "--pattern", "layer?")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "layer4" in line)
+    assert "512" in row and "7x7" in row and "435x435" in row and "32x32" in row
+    assert "layer1.0" not in result.output
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = invoke("demo", "--out", tmp_path / "demo", "--executor", "local", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "classifier unit 967 (espresso): top image coffee.png" in result.output
+    assert Image.open(tmp_path / "demo" / "grid_classes.png").width > 400
+
+
+def test_help_is_fast_and_imports_no_torch_or_ray():
+    code = "import sys, jobs.cli; print(sorted(m for m in ('torch', 'ray', 'duckdb') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("demo", "layers", "index", "top", "grid", "sql"):
+        assert command in result.output
+        assert invoke(command, "--help").exit_code == 0
+
+
+def test_parse_units():
+    assert parse_units("0-3,7") == [0, 1, 2, 3, 7]
+    assert parse_units("5") == [5]
