@@ -94,7 +94,8 @@ def activations_by_relpath(index_dir):
     rows = (
         connect(index_dir)
         .sql(
-            "SELECT layer, relpath, unit, act, y, x FROM activations JOIN images USING (image_id) ORDER BY ALL"
+            "SELECT layer, relpath, unit, act, y, x "
+            "FROM activations JOIN images USING (image_id) ORDER BY ALL"
         )
         .fetchall()
     )
@@ -110,7 +111,7 @@ def assert_matches_reference(index_dir, expected):
     for layer, images in expected.items():
         assert sorted(actual[layer]) == sorted(images), layer
         for relpath, (act, y, x) in images.items():
-            units, got_act, got_y, got_x = map(np.array, zip(*actual[layer][relpath]))
+            units, got_act, got_y, got_x = map(np.array, zip(*actual[layer][relpath], strict=True))
             assert units.tolist() == list(range(len(act)))
             np.testing.assert_allclose(got_act, act, rtol=1e-5, atol=1e-5, err_msg=f"{layer} {relpath}")
             assert (got_y == y).all() and (got_x == x).all(), f"{layer} {relpath}: peak positions differ"
@@ -130,7 +131,8 @@ def test_topk_equals_brute_force_sort_and_boxes(local_index, expected, natural_d
     }
     for layer, images in expected.items():
         got = con.execute(
-            "SELECT unit, rank, image_id, act, x0, y0, x1, y1, x, y FROM topk WHERE layer = ? ORDER BY unit, rank",
+            "SELECT unit, rank, image_id, act, x0, y0, x1, y1, x, y "
+            "FROM topk WHERE layer = ? ORDER BY unit, rank",
             [layer],
         ).fetchall()
         units = len(next(iter(images.values()))[0])
@@ -139,7 +141,7 @@ def test_topk_equals_brute_force_sort_and_boxes(local_index, expected, natural_d
             ranked = sorted(images, key=lambda p: (-images[p][0][unit], ids[p]))[:K]
             rows = [r for r in got if r[0] == unit]
             assert [r[2] for r in rows] == [ids[p] for p in ranked], (layer, unit)
-            for row, relpath in zip(rows, ranked):
+            for row, relpath in zip(rows, ranked, strict=True):
                 assert row[4:8] == reference_box(*rf[layer], row[8], row[9], *sizes[relpath]), (
                     layer,
                     unit,

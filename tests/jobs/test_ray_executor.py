@@ -33,15 +33,14 @@ def assert_same_tables(left, right):
 
 
 def assert_close_tables(left, right):
-    """Equal but for float rounding: a different torch thread count may round a batch-of-one GEMM differently."""
+    """Equal but for float rounding: another torch thread count may round a batch-of-one GEMM differently."""
     assert table_rows(left, "images") == table_rows(right, "images")
-    for name, act_column in (("activations", 3), ("topk", 4)):
+    for name, act in (("activations", 3), ("topk", 4)):
         a, b = table_rows(left, name), table_rows(right, name)
-        drop = lambda rows: [r[:act_column] + r[act_column + 1 :] for r in rows]  # noqa: E731
-        assert len(a) == len(b) and sorted(drop(a)) == sorted(drop(b)), name
-        key = lambda r: r[:act_column]  # noqa: E731
-        a_act = np.array([r[act_column] for r in sorted(a, key=key)])
-        b_act = np.array([r[act_column] for r in sorted(b, key=key)])
+        assert len(a) == len(b), name
+        assert sorted(r[:act] + r[act + 1 :] for r in a) == sorted(r[:act] + r[act + 1 :] for r in b), name
+        a_act = np.array([r[act] for r in sorted(a, key=lambda r: r[:act])])  # noqa: B023
+        b_act = np.array([r[act] for r in sorted(b, key=lambda r: r[:act])])  # noqa: B023
         np.testing.assert_allclose(a_act, b_act, rtol=1e-5, atol=1e-6)
 
 
