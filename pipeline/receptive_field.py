@@ -442,16 +442,16 @@ def _constant_pad(call: _Call) -> _Annotation:
 
 def _max_pool(call: _Call) -> _Annotation:
     rf, p = call.main(), call.params
-    return (
-        rf
-        if not isinstance(rf, _Local)
-        else _window(rf, p["kernel_size"], p["stride"], p["padding"], p["dilation"])
-    )
+    if not isinstance(rf, _Local):
+        return rf
+    return _window(rf, p["kernel_size"], p["stride"], p["padding"], p["dilation"])
 
 
 def _avg_pool(call: _Call) -> _Annotation:
     rf, p = call.main(), call.params
-    return rf if not isinstance(rf, _Local) else _window(rf, p["kernel_size"], p["stride"], p["padding"], 1)
+    if not isinstance(rf, _Local):
+        return rf
+    return _window(rf, p["kernel_size"], p["stride"], p["padding"], 1)
 
 
 def _adaptive_pool(call: _Call) -> _Annotation:

@@ -222,3 +222,21 @@ def test_record_batch_with_no_good_rows_does_not_run_the_model() -> None:
     assert counter.calls == 0
     assert out["act_0"].shape == (2, 2) and np.isnan(out["act_0"]).all()
     assert np.all(out["pos_0"] == -1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="recorder.py:62 reduce_units returns the (B, C) output tensor itself (output.float() is a no-op "
+    "for float32), so an in-place op run later in the same forward (ReLU(inplace=True) after a Linear, as "
+    "in VGG/AlexNet classifiers) overwrites the recorded values when a later layer is also chosen",
+)
+def test_linear_layer_values_survive_a_later_inplace_relu() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)).eval()
+    recorder = ActivationRecorder(model, ["1", "3"], Preprocessing(resize=4, crop=4))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 4), dtype=np.uint8)
+    expected, logits = plain_outputs(model, normalized(pixels, Preprocessing(resize=4, crop=4)), ["1"])
+    assert (expected["1"] < 0).any()  # the pre-ReLU values include negatives
+    out = recorder(pixels)
+    np.testing.assert_allclose(out["3"][0], logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["1"][0], expected["1"], rtol=1e-5, atol=1e-6)
