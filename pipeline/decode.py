@@ -41,6 +41,10 @@ class Decoder:
     def __init__(self, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.preprocessing = preprocessing
         self.max_pixels = max_pixels
+        # The decoder enforces max_pixels itself, from the header, before any pixel is decoded; Pillow's own
+        # process-wide limit would otherwise cap it at its default.
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = None
 
     def __call__(self, uri: str) -> DecodedImage:
         width = height = 0

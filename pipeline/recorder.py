@@ -59,7 +59,10 @@ class LayerTrace:
 def reduce_units(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, H, W) -> per-unit max and flat argmax (first maximum); (B, C) -> the values and zeros."""
     if output.dim() == 2:
-        return output.float(), torch.zeros(output.shape, dtype=torch.int32, device=output.device)
+        # a copy: a later in-place op in the same forward (ReLU(inplace=True) after a Linear) would change it
+        return output.to(torch.float32, copy=True), torch.zeros(
+            output.shape, dtype=torch.int32, device=output.device
+        )
     if output.dim() != 4:
         raise ValueError(f"layer output has shape {tuple(output.shape)}; only (B, C, H, W) and (B, C) work")
     flat = output.flatten(2)

@@ -41,7 +41,7 @@ def dataset_root(source: str) -> str:
     path = Path(source)
     if path.is_dir():
         return str(path.resolve())
-    if _is_glob(source):
+    if _is_glob(source) and not path.is_file():
         return str(Path(_glob_prefix(source)).resolve())
     return str(path.resolve().parent)
 
@@ -51,7 +51,7 @@ def list_images(source: str) -> list[ImageRef]:
     path = Path(source)
     if path.is_dir():
         refs = _from_folder(path)
-    elif _is_glob(source):
+    elif _is_glob(source) and not path.is_file():  # 'set[1]/a.jpg' that exists is a file, not a glob
         refs = _from_glob(source)
     elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
         refs = _from_list_file(path)
@@ -108,7 +108,7 @@ def _from_glob(pattern: str) -> list[ImageRef]:
 
 def _from_list_file(list_file: Path) -> list[ImageRef]:
     root = list_file.resolve().parent
-    with open(list_file, newline="", encoding="utf-8") as f:
+    with open(list_file, newline="", encoding="utf-8-sig") as f:
         rows = [row for row in csv.reader(f) if row and row[0].strip() and not row[0].startswith("#")]
     if rows and rows[0][0].strip().lower() in ("path", "uri", "file", "filename"):
         rows = rows[1:]

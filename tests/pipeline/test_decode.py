@@ -276,14 +276,6 @@ def test_decode_batch_all_failing(tmp_path: Path) -> None:
     assert out["error"].tolist() == ["unreadable: file not found"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "decode.py:48 Image.open applies Pillow's own decompression-bomb limit "
-        "(2 x Image.MAX_IMAGE_PIXELS, 178,956,970 px by default) before Decoder's max_pixels check, "
-        "so a max_pixels above Pillow's limit is never honoured: the image is rejected as 'too large'"
-    ),
-)
 def test_max_pixels_above_pillows_limit_is_honoured(tmp_path: Path, monkeypatch) -> None:
     # Pillow's limit lowered to 2 x 150 px stands in for a >179 MP photo decoded with max_pixels=300_000_000
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)

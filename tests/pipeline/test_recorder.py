@@ -224,12 +224,6 @@ def test_record_batch_with_no_good_rows_does_not_run_the_model() -> None:
     assert np.all(out["pos_0"] == -1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recorder.py:62 reduce_units returns the (B, C) output tensor itself (output.float() is a no-op "
-    "for float32), so an in-place op run later in the same forward (ReLU(inplace=True) after a Linear, as "
-    "in VGG/AlexNet classifiers) overwrites the recorded values when a later layer is also chosen",
-)
 def test_linear_layer_values_survive_a_later_inplace_relu() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)).eval()

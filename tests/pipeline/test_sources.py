@@ -197,11 +197,6 @@ def test_folder_whose_name_has_glob_characters(tmp_path: Path) -> None:
     assert ref.relpath == "a.jpg"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sources.py:54 tests _is_glob(source) before path.is_file(), so an existing list file or image "
-    "whose path contains '[', '*' or '?' is treated as a glob and raises 'no images ... found'",
-)
 @pytest.mark.parametrize("name", ["files.txt", "a.jpg"])
 def test_existing_file_whose_path_has_glob_characters(tmp_path: Path, name: str) -> None:
     folder = tmp_path / "set[1]"
@@ -212,14 +207,6 @@ def test_existing_file_whose_path_has_glob_characters(tmp_path: Path, name: str)
     assert Path(ref.uri) == (folder / "a.jpg").resolve()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sources.py:111 opens list files with encoding='utf-8', not 'utf-8-sig': the BOM that Excel "
-        "writes stays on the first cell, so the 'path' header is not recognised and becomes an image "
-        "named '\\ufeffpath'"
-    ),
-)
 def test_csv_list_with_utf8_bom(tmp_path: Path) -> None:
     touch(tmp_path / "a.jpg")
     (tmp_path / "files.csv").write_text("path,label\na.jpg,cat\n", encoding="utf-8-sig")
