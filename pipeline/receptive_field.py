@@ -41,7 +41,7 @@ dilation a border position may skip the image pixels nearest the border (a dilat
 clipped box includes them. Transposed convolutions raise ``NotImplementedError`` (only when a requested
 layer depends on one); ops the tracer does not understand (interpolation, group norm, NHWC permutes, ...)
 make their output global and a ``RuntimeWarning`` names the op. A module called several times reports
-its last call.
+its first call, like the recorder (whose forward stops once every chosen layer has been seen).
 """
 
 from __future__ import annotations
@@ -299,11 +299,11 @@ def _to_receptive_field(
         raise ValueError(f"layer {name!r} was not called during the forward pass")
     if len(set(calls)) > 1:
         warnings.warn(
-            f"layer {name!r} was called with differing receptive fields; using its last call",
+            f"layer {name!r} was called with differing receptive fields; using its first call",
             RuntimeWarning,
             stacklevel=3,
         )
-    annotation = calls[-1]
+    annotation = calls[0]
     if annotation is None:
         raise ValueError(f"output of layer {name!r} does not depend on the model input")
     if isinstance(annotation, _Unsupported):
