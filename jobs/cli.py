@@ -30,6 +30,7 @@ LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer name as inde
 KOpt = Annotated[int, typer.Option("--k", "-k", min=1, help="How many top images per unit.")]
 
 USER_ERRORS = (LookupError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+DEFAULT_MAX_PIXELS = 178_956_970  # pipeline.decode.DEFAULT_MAX_PIXELS, repeated so --help imports no PIL
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -108,11 +109,26 @@ def index(
     mean: Annotated[str | None, typer.Option(help="Override: per-channel mean, e.g. 0.5,0.5,0.5.")] = None,
     std: Annotated[str | None, typer.Option(help="Override: per-channel std.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an index made with other parameters.")] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Drop indexed images that are no longer in the dataset.")
+    ] = False,
+    strict: Annotated[bool, typer.Option(help="Exit with code 1 if any image failed to decode.")] = False,
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="Images with more pixels are recorded as errors (decompression bombs).")
+    ] = DEFAULT_MAX_PIXELS,
+    trust_code: Annotated[
+        bool,
+        typer.Option(help="Allow models that execute code when loaded: TorchScript files, python: specs."),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Index images: per image and unit, the max activation, where it peaked and its receptive-field box."""
+    """Index images: per image and unit, the max activation, where it peaked and its receptive-field box.
+
+    Rerunning the same command resumes: completed shards are kept, new images are added.
+    """
     from jobs.config import IndexConfig
     from jobs.index import IndexMismatchError, run_index
+    from jobs.lock import IndexBusyError
 
     try:
         config = IndexConfig(
@@ -129,16 +145,26 @@ def index(
             device=device,
             workers=workers,
             overwrite=overwrite,
+            prune=prune,
+            max_pixels=max_pixels,
+            trust_code=trust_code,
             progress=progress,
-            preprocessing=_preprocessing(model, weights, resize, crop, interpolation, mean, std),
+            preprocessing=_preprocessing(model, weights, trust_code, resize, crop, interpolation, mean, std),
         )
         summary = run_index(config)
-    except (*USER_ERRORS, IndexMismatchError) as exc:
+    except (*USER_ERRORS, IndexMismatchError, IndexBusyError) as exc:
         raise _fail(exc) from None
+    except KeyboardInterrupt:
+        typer.echo(
+            f"Interrupted: completed shards are kept; rerun the same command to resume into {out}", err=True
+        )
+        raise typer.Exit(code=130) from None
     _print_summary(summary)
+    if strict and summary.failed:
+        raise typer.Exit(code=1)
 
 
-def _preprocessing(model, weights, resize, crop, interpolation, mean, std):
+def _preprocessing(model, weights, trust_code, resize, crop, interpolation, mean, std):
     overrides = {
         key: value
         for key, value in dict(
@@ -156,22 +182,24 @@ def _preprocessing(model, weights, resize, crop, interpolation, mean, std):
 
     from pipeline.models import load_model
 
-    return dataclasses.replace(load_model(model, weights).preprocessing, **overrides)
+    return dataclasses.replace(load_model(model, weights, trust_code).preprocessing, **overrides)
 
 
 def _print_summary(summary) -> None:
+    failed_hint = f" (see: actindex sql {summary.out} \"select * from images where status='error'\")"
     typer.echo(
         f"{summary.images} images: {summary.indexed} indexed, {summary.failed} failed"
-        + (
-            f" (see: actindex sql {summary.out} \"select * from images where status='error'\")"
-            if summary.failed
-            else ""
-        )
+        + (failed_hint if summary.failed else "")
+        + f"; {summary.new_images} new this run"
     )
+    if summary.missing:
+        typer.echo(f"{summary.missing} indexed images are no longer in the dataset; --prune drops them")
+    if summary.pruned:
+        typer.echo(f"pruned {summary.pruned} images that left the dataset")
     typer.echo(
         f"{summary.activation_rows:,} activation rows, {summary.topk_rows:,} top-k rows; "
         f"{summary.bytes_on_disk / 1e6:.1f} MB in {summary.out}; {summary.seconds:.1f} s "
-        f"({summary.images_per_second:.1f} images/s)"
+        f"({summary.images_per_second:.1f} new images/s)"
         + (
             f"; {summary.shards_done_before} shards reused from an earlier run"
             if summary.shards_done_before
@@ -192,6 +220,7 @@ def layers(
     input_size: Annotated[
         int | None, typer.Option(help="Model input side in pixels (default: the model's crop).")
     ] = None,
+    trust_code: Annotated[bool, typer.Option(help="Allow TorchScript files and python: specs.")] = False,
 ) -> None:
     """List every named layer: type, channels, output size, receptive field size and stride."""
     from rich.table import Table
@@ -200,7 +229,7 @@ def layers(
     from pipeline.models import load_model
 
     try:
-        loaded = load_model(model, weights)
+        loaded = load_model(model, weights, trust_code)
         size = input_size or loaded.preprocessing.crop
         rows = describe_all(loaded.module, pattern, (size, size))
     except USER_ERRORS as exc:
@@ -326,6 +355,39 @@ def _print_arrow(table, limit: int) -> None:
             *("" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values())
         )
     _console().print(view)
+
+
+@app.command()
+def status(index_dir: IndexDir) -> None:
+    """What an index holds: manifest, shards done/pending, images ok/error/new/missing, size on disk."""
+    from jobs.status import index_status
+
+    try:
+        st = index_status(index_dir)
+    except USER_ERRORS as exc:
+        raise _fail(exc) from None
+    params, manifest = st.manifest["params"], st.manifest
+    lines = [
+        f"index       {st.root}  ({st.bytes_on_disk / 1e6:.1f} MB)",
+        f"model       {params['model']}  weights {params['weights']} ({params['weights_sha256'][:12]})",
+        f"layers      {', '.join(params['layers'])}  k={params['k']}",
+        f"dataset     {manifest['source']}",
+        f"last run    {manifest['status']}, {manifest['started']} to {manifest['finished'] or '-'}",
+        f"shards      {st.shards_done} done"
+        + (f", {st.shards_pending} pending" if st.shards_pending else ""),
+        f"images      {st.images_ok} ok, {st.images_error} error; {st.activation_rows:,} activation rows",
+    ]
+    if st.dataset_error:
+        lines.append(f"dataset     cannot be listed: {st.dataset_error}")
+    else:
+        lines.append(
+            f"dataset now {st.dataset_images} images: {st.new_images} new, {st.missing_images} missing"
+        )
+    if st.locked_by:
+        lines.append(f"writing     {st.locked_by}")
+    elif manifest["status"] != "complete":
+        lines.append("note        the last run did not finish; rerun the same index command to resume")
+    typer.echo("\n".join(lines))
 
 
 @app.command()

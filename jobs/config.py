@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.preprocess import Preprocessing
 
 EXECUTORS = ("ray", "local")
@@ -29,6 +30,9 @@ class IndexConfig:
     device: str = "auto"  # auto = cuda when available
     workers: int | None = None  # model actors; None = one per GPU, or one CPU actor
     overwrite: bool = False  # clear an index made with other parameters instead of refusing
+    prune: bool = False  # drop indexed images that are no longer in the dataset
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are recorded as errors ("too large")
+    trust_code: bool = False  # allow models that execute code when loaded (TorchScript, python:)
     progress: bool = True  # show a progress bar
     extra: dict = field(default_factory=dict)  # free-form notes stored in run.json
 
@@ -48,5 +52,7 @@ class IndexConfig:
             raise ValueError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.executor == "local" and self.address:
             raise ValueError("--address joins a Ray cluster; it cannot be combined with --executor local")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive (got {self.max_pixels})")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1 (got {self.workers})")

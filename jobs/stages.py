@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.decode import Decoder
+from pipeline.decode import DEFAULT_MAX_PIXELS, Decoder
 from pipeline.preprocess import Preprocessing
 from pipeline.recorder import ActivationRecorder, record_batch
 
@@ -23,6 +23,8 @@ class StageSpec:
     layers: tuple[str, ...]  # resolved layer names (no globs)
     preprocessing: Preprocessing  # the job's preprocessing (model's own or overridden)
     device: str = "auto"  # "auto" resolves to cuda where this worker sees a GPU
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decoder's size limit
+    trust_code: bool = False  # allow TorchScript / python: models (they execute code)
 
     def resolved_device(self) -> str:
         import torch
@@ -32,12 +34,12 @@ class StageSpec:
         return self.device
 
     def decoder(self) -> Decoder:
-        return Decoder(self.preprocessing)
+        return Decoder(self.preprocessing, self.max_pixels)
 
     def recorder(self) -> ActivationRecorder:
         from pipeline.models import load_model
 
-        loaded = load_model(self.model, self.weights)
+        loaded = load_model(self.model, self.weights, trust_code=self.trust_code)
         return ActivationRecorder(loaded.module, self.layers, self.preprocessing, self.resolved_device())
 
 

@@ -37,8 +37,19 @@ class LoadedModel:
     weights_sha256: str  # hash of the state dict's tensors (names, shapes, bytes)
 
 
-def load_model(name: str, weights: str | None = None) -> LoadedModel:
-    """Build the model `name` and load `weights` (None = random, "DEFAULT", or a state-dict file)."""
+class UntrustedCodeError(PermissionError):
+    """The model would execute code when loaded, and trust_code was not given."""
+
+
+def load_model(name: str, weights: str | None = None, trust_code: bool = False) -> LoadedModel:
+    """Build the model `name` and load `weights` (None = random, "DEFAULT", or a state-dict file).
+
+    TorchScript files and python: factories execute code when loaded: they need `trust_code=True`.
+    """
+    if not trust_code and (name.startswith("python:") or name.endswith(TORCHSCRIPT_SUFFIXES)):
+        raise UntrustedCodeError(
+            f"loading {name!r} executes code from it; pass --trust-code if you trust its source"
+        )
     if weights is not None and weights != "DEFAULT" and not os.path.isfile(weights):
         raise FileNotFoundError(
             f"weights file {weights!r} does not exist (pass a .pth state dict or DEFAULT)"

@@ -32,7 +32,6 @@ IMAGES = pa.schema(
         ),
         _field("status", pa.string(), "'ok', or 'error' when the image could not be decoded"),
         _field("error", pa.string(), "short reason when status is 'error'", nullable=True),
-        _field("shard", pa.int32(), "shard the image was indexed in"),
     ]
 )
 

@@ -45,12 +45,17 @@ def shard_batches(shards: list[Shard], batch_size: int) -> list[list[dict]]:
     return batches
 
 
-def plan_shards(refs: list[ImageRef], shard_size: int) -> list[Shard]:
+def ids_digest(image_ids) -> str:
+    """sha256 over image ids in order: what a shard marker records about the shard's content."""
+    return hashlib.sha256(b"".join(int(i).to_bytes(8, "big") for i in image_ids)).hexdigest()
+
+
+def plan_shards(refs: list[ImageRef], shard_size: int, first_index: int = 0) -> list[Shard]:
+    """Consecutive chunks of `refs`, numbered from `first_index` (after the shards an index already has)."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1 (got {shard_size})")
     shards = []
-    for index, start in enumerate(range(0, len(refs), shard_size)):
+    for offset, start in enumerate(range(0, len(refs), shard_size)):
         chunk = tuple(refs[start : start + shard_size])
-        digest = hashlib.sha256(b"".join(r.image_id.to_bytes(8, "big") for r in chunk)).hexdigest()
-        shards.append(Shard(index, chunk, digest))
+        shards.append(Shard(first_index + offset, chunk, ids_digest(r.image_id for r in chunk)))
     return shards

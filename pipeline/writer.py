@@ -43,6 +43,7 @@ class IndexLayout:
     manifest = property(lambda self: self.root / "run.json")
     layers = property(lambda self: self.root / "layers.parquet")
     done = property(lambda self: self.root / "_done")
+    topk_dir = property(lambda self: self.root / "topk")
 
     def shard_name(self, shard: int) -> str:
         return f"shard-{shard:05d}"
@@ -54,7 +55,7 @@ class IndexLayout:
         return self.root / "activations" / layer_dirname(layer) / f"{self.shard_name(shard)}.parquet"
 
     def topk_file(self, layer: str) -> Path:
-        return self.root / "topk" / f"{layer_dirname(layer)}.parquet"
+        return self.topk_dir / f"{layer_dirname(layer)}.parquet"
 
     def marker(self, shard: int) -> Path:
         return self.done / f"{self.shard_name(shard)}.json"
@@ -146,11 +147,21 @@ class ShardWriter:
     def write_shard(
         self, shard: int, digest: str, images: pa.Table, activations: dict[str, pa.Table]
     ) -> dict:
+        """Write the shard's files, then its marker: until the marker exists, readers ignore the files."""
+        files = self.write_files(shard, images, activations)
+        return self.write_marker(shard, digest, images, activations, files)
+
+    def write_files(self, shard: int, images: pa.Table, activations: dict[str, pa.Table]) -> list[Path]:
         files = [self.layout.images_file(shard)]
         write_parquet(images, files[0], self.metadata)
         for layer, table in activations.items():
             files.append(self.layout.activations_file(layer, shard))
             write_activations(table, files[-1], self.metadata)
+        return files
+
+    def write_marker(
+        self, shard: int, digest: str, images: pa.Table, activations: dict[str, pa.Table], files: list[Path]
+    ) -> dict:
         marker = {
             "version": MARKER_VERSION,
             "shard": shard,

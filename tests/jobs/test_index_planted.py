@@ -24,6 +24,7 @@ def planted_index(planted_dataset, tmp_path_factory):
         model=PLANTED,
         layers=("relu1", "relu2", "head"),
         preprocessing=PLANTED_PREP,
+        trust_code=True,
         k=3,
         batch_size=4,
         shard_size=4,

@@ -180,7 +180,6 @@ def images_table(ids: list[int], statuses: list[str], shard: int) -> pa.Table:
             "label": [None] * n,
             "status": statuses,
             "error": [None if s == "ok" else "not an image: unrecognised format" for s in statuses],
-            "shard": [shard] * n,
         },
         schema=schema.IMAGES,
     )

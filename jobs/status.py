@@ -1,0 +1,72 @@
+"""`actindex status`: what an index holds, what its dataset holds now, and what a rerun would do.
+
+status = index_status("idx/")
+status.shards_done, status.images_ok, status.new_images, status.missing_images
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.incremental import plan_pending, read_state
+from jobs.lock import is_locked
+from pipeline.sources import list_images
+from pipeline.writer import IndexLayout
+
+
+@dataclass
+class IndexStatus:
+    root: str  # the index directory
+    manifest: dict  # run.json
+    shards_done: int  # shards with a completion marker
+    images_ok: int  # indexed images with status ok
+    images_error: int  # indexed images with status error
+    activation_rows: int  # rows in activations
+    bytes_on_disk: int  # size of the directory
+    locked_by: str | None  # the job writing it now, if any
+    dataset_images: int | None = None  # images in the dataset now (None if it cannot be listed)
+    new_images: int | None = None  # dataset images not indexed yet
+    missing_images: int | None = None  # indexed images no longer in the dataset
+    shards_pending: int | None = None  # shards a rerun would write
+    dataset_error: str | None = None  # why the dataset could not be listed
+    notes: list[str] = field(default_factory=list)
+
+
+def index_status(index_dir: str | Path) -> IndexStatus:
+    layout = IndexLayout(index_dir)
+    manifest = layout.read_manifest()
+    if manifest is None:
+        from queries.db import NotAnIndexError
+
+        raise NotAnIndexError(f"{index_dir} is not an actindex index (no run.json)")
+    markers = layout.completed_shards()
+    images = sum(m["images"] for m in markers.values())
+    ok = sum(m["ok"] for m in markers.values())
+    status = IndexStatus(
+        root=str(layout.root),
+        manifest=manifest,
+        shards_done=len(markers),
+        images_ok=ok,
+        images_error=images - ok,
+        activation_rows=sum(m["activation_rows"] for m in markers.values()),
+        bytes_on_disk=sum(p.stat().st_size for p in layout.root.rglob("*") if p.is_file()),
+        locked_by=is_locked(layout.root),
+    )
+    _compare_with_dataset(layout, manifest, status)
+    return status
+
+
+def _compare_with_dataset(layout: IndexLayout, manifest: dict, status: IndexStatus) -> None:
+    try:
+        refs = list_images(manifest["source"])
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as exc:
+        status.dataset_error = str(exc)
+        return
+    state = read_state(layout, repair=False)  # status never writes
+    pending, missing = plan_pending(refs, state, manifest["params"]["shard_size"])
+    status.dataset_images = len(refs)
+    status.new_images = sum(len(s.refs) for s in pending)
+    status.missing_images = len(missing)
+    status.shards_pending = math.ceil(status.new_images / manifest["params"]["shard_size"])
