@@ -158,6 +158,7 @@ def _run_locked(config: IndexConfig, plan: JobPlan, layout: IndexLayout, manifes
             advance(len(batch["image_id"]))
     if assembler.pending():
         raise RuntimeError(f"shards {assembler.pending()} did not receive all their images")
+    shutil.rmtree(layout.journal_dir, ignore_errors=True)  # every batch is done: no journal is needed
     for shard in done_before:
         for layer in plan.layers:
             reload_topk(layout, layer, shard, tops[layer], plan.widths[layer])
@@ -185,6 +186,7 @@ def _execute(
         config.device,
         max_pixels=config.max_pixels,
         trust_code=config.trust_code,
+        journal_dir=str(IndexLayout(config.out).journal_dir),
     )
     if config.executor == "local":
         from jobs.local import run_local

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jobs.stages import RecordStage, StageSpec
+from jobs.stages import JournaledDecode, RecordStage, StageSpec
 
 
 def columns(items: list[dict]) -> dict[str, np.ndarray]:
@@ -26,7 +26,7 @@ def columns(items: list[dict]) -> dict[str, np.ndarray]:
 
 
 def run_local(batches: list[list[dict]], spec: StageSpec) -> Iterator[dict[str, np.ndarray]]:
-    decoder = spec.decoder()
+    decode = JournaledDecode(spec)
     record = RecordStage(spec)
     for items in batches:
-        yield record(decoder.decode_batch(columns(items)))
+        yield record(decode(columns(items)))

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from jobs.local import columns
-from jobs.stages import RecordStage, StageSpec
+from jobs.stages import JournaledDecode, RecordStage, StageSpec
 
 DECODE_MEMORY = 256 * 2**20  # bytes reserved per decode task (a batch of decoded crops and its inputs)
 
@@ -55,12 +55,12 @@ class DecodeGroup:
     """Decode stage over dataset rows that each hold one whole batch (lists of the batch's items)."""
 
     def __init__(self, spec: StageSpec):
-        self.decoder = spec.decoder()
+        self.decode = JournaledDecode(spec)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         flat = {key: [v for row in values for v in row] for key, values in rows.items()}
         items = [dict(zip(flat, values, strict=True)) for values in zip(*flat.values(), strict=True)]
-        return self.decoder.decode_batch(columns(items))
+        return self.decode(columns(items))
 
 
 def run_ray(

@@ -6,14 +6,28 @@
 
 image_id is a 63-bit hash of the path relative to the dataset root, so it stays the same across reruns and
 when the dataset moves; the list is sorted by that relative path, so shards come out the same every run.
+
+Folders and globs follow folder symlinks (as torchvision's ImageFolder does) but never into a folder they
+are already inside of, so a loop such as `sub/loop -> ..` neither recurses forever nor lists a file twice.
+Everything that is not a folder and has an image extension is listed, even when it cannot be read (a
+dangling symlink, a symlink loop `a.jpg -> b.jpg -> a.jpg`, a FIFO): the decoder turns it into an error row
+("unreadable: ...") instead of it silently vanishing. A folder that cannot be listed raises, unless
+`errors` is given: then (relpath, reason) is appended for it and the rest is listed; skipped folder
+symlink loops are reported there too.
+
+Names are str as the OS gives them: bytes that are not UTF-8 appear as surrogate escapes (os.fsdecode), so
+`uri` opens the right file and `image_id` hashes the real bytes. Such strings cannot be stored as Parquet
+text; `display_path` turns them into valid, reversible text for storage and `path_from_display` back.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
+import fnmatch
 import hashlib
 import os
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +60,47 @@ def dataset_root(source: str) -> str:
     return str(path.resolve().parent)
 
 
-def list_images(source: str) -> list[ImageRef]:
-    """All images named by `source`, sorted by relative path; raises if there are none."""
+def display_path(path: str) -> str:
+    """`path` as valid UTF-8 text for storage (Parquet, JSON): each byte that is not UTF-8 (a surrogate
+    escape) becomes %XX and '%' itself becomes %25; nothing else changes, so ordinary paths stay as they
+    are. `path_from_display` reverses it exactly for any str os.fsdecode can produce.
+
+        display_path("/d/caf\udce9.png") == "/d/caf%E9.png"
+        display_path("/d/100% été.jpg") == "/d/100%25 été.jpg"
+    """
+    if "%" not in path and not any("\ud800" <= ch <= "\udfff" for ch in path):
+        return path
+    out = []
+    for ch in path:
+        if ch == "%":
+            out.append("%25")
+        elif "\udc80" <= ch <= "\udcff":  # surrogate escape of one undecodable byte
+            out.append(f"%{ord(ch) - 0xDC00:02X}")
+        elif "\ud800" <= ch <= "\udfff":  # any other lone surrogate: its bytes as Python would write them
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def path_from_display(text: str) -> str:
+    """The path (str, surrogate-escaped like os.fsdecode) that `display_path` turned into `text`."""
+    if "%" not in text:
+        return text
+    return urllib.parse.unquote_to_bytes(text).decode("utf-8", "surrogateescape")
+
+
+def list_images(source: str, errors: list[tuple[str, str]] | None = None) -> list[ImageRef]:
+    """All images named by `source`, sorted by relative path; raises if there are none.
+
+    errors: when given, folders that cannot be listed are appended as (relpath, reason) instead of raising,
+    and so are folder symlinks skipped because they loop back to a folder they are inside of.
+    """
     path = Path(source)
     if path.is_dir():
-        refs = _from_folder(path)
+        refs = _from_folder(path, errors)
     elif _is_glob(source) and not path.is_file():  # 'set[1]/a.jpg' that exists is a file, not a glob
-        refs = _from_glob(source)
+        refs = _from_glob(source, errors)
     elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
         refs = _from_list_file(path)
     elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -73,17 +121,58 @@ def _ref(path: Path, root: Path, label: str | None) -> ImageRef:
     return ImageRef(image_id_for(relpath), str(path), relpath, label)
 
 
-def _from_folder(root: Path) -> list[ImageRef]:
-    root = root.resolve()
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _from_folder(root: Path, errors: list | None) -> list[ImageRef]:
     refs = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in filenames:
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                file = Path(dirpath) / name
-                parts = file.relative_to(root).parts
-                refs.append(_ref(file, root, parts[0] if len(parts) > 1 else None))
+    for relpath, file in _walk(str(root.resolve()), errors):
+        if _is_image_name(relpath):
+            label = relpath.split("/", 1)[0] if "/" in relpath else None
+            refs.append(ImageRef(image_id_for(relpath), file, relpath, label))
     return refs
+
+
+def _walk(root: str, errors: list | None, max_depth: int | None = None) -> Iterator[tuple[str, str]]:
+    """(relpath, path) of everything below `root` that is not a folder, down to `max_depth` path segments.
+
+    Folder symlinks are followed unless they lead to a folder on the current path (a loop). Entries whose
+    type cannot be determined (dangling symlinks, symlink loops) count as files.
+    """
+    stack = [(root, "", frozenset({_identity(os.stat(root))}), 0)]
+    while stack:
+        folder, rel, ancestors, depth = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            if not rel or errors is None:
+                raise
+            errors.append((rel, f"unreadable: {(exc.strerror or str(exc)).lower()}"))
+            continue
+        for entry in entries:
+            relpath = f"{rel}/{entry.name}" if rel else entry.name
+            identity = _folder_identity(entry)
+            if identity is None:
+                yield relpath, entry.path
+            elif identity in ancestors:
+                if errors is not None:
+                    errors.append((relpath, "symlink loop: leads back to a folder it is inside of; skipped"))
+            elif max_depth is None or depth + 1 < max_depth:
+                stack.append((entry.path, relpath, ancestors | {identity}, depth + 1))
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+def _folder_identity(entry: os.DirEntry) -> tuple[int, int] | None:
+    """(device, inode) of the folder `entry` is or links to; None if it is not a folder."""
+    try:
+        return _identity(entry.stat()) if entry.is_dir() else None
+    except OSError:  # a symlink loop or a vanished target: not a folder
+        return None
 
 
 def _is_glob(source: str) -> bool:
@@ -100,10 +189,35 @@ def _glob_prefix(pattern: str) -> str:
     return str(Path(*prefix)) if prefix else "."
 
 
-def _from_glob(pattern: str) -> list[ImageRef]:
-    root = Path(_glob_prefix(pattern)).resolve()
-    files = (Path(p).resolve() for p in glob.glob(pattern, recursive=True))
-    return [_ref(f, root, None) for f in files if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+def _from_glob(pattern: str, errors: list | None) -> list[ImageRef]:
+    """glob.glob(pattern, recursive=True) semantics ('**' = zero or more folders; wildcards do not match
+    names starting with '.'), over the same loop-safe walk as folders, relative to the literal prefix."""
+    prefix = _glob_prefix(pattern)
+    segments = Path(pattern).parts[len(Path(prefix).parts) :]
+    root = Path(prefix).resolve()
+    if not root.is_dir():
+        return []
+    depth = None if "**" in segments else len(segments)
+    refs = []
+    for relpath, file in _walk(str(root), errors, depth):
+        if _is_image_name(relpath) and _glob_match(segments, relpath.split("/")):
+            refs.append(ImageRef(image_id_for(relpath), file, relpath, None))
+    return refs
+
+
+def _glob_match(segments: tuple[str, ...], parts: list[str]) -> bool:
+    if not segments:
+        return not parts
+    if segments[0] == "**":
+        if _glob_match(segments[1:], parts):
+            return True
+        return bool(parts) and not parts[0].startswith(".") and _glob_match(segments, parts[1:])
+    if not parts:
+        return False
+    name, segment = parts[0], segments[0]
+    if name.startswith(".") and _is_glob(segment) and not segment.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, segment) and _glob_match(segments[1:], parts[1:])
 
 
 def _from_list_file(list_file: Path) -> list[ImageRef]:

@@ -44,6 +44,7 @@ class IndexLayout:
     layers = property(lambda self: self.root / "layers.parquet")
     done = property(lambda self: self.root / "_done")
     topk_dir = property(lambda self: self.root / "topk")
+    journal_dir = property(lambda self: self.root / "_journal")
 
     def shard_name(self, shard: int) -> str:
         return f"shard-{shard:05d}"
@@ -71,7 +72,7 @@ class IndexLayout:
 
     def clear(self) -> None:
         """Remove everything actindex writes (and nothing else) from the directory."""
-        for name in ("images", "activations", "topk", "_done"):
+        for name in ("images", "activations", "topk", "_done", "_journal"):
             shutil.rmtree(self.root / name, ignore_errors=True)
         for path in (self.manifest, self.layers):
             path.unlink(missing_ok=True)
