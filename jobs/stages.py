@@ -57,7 +57,9 @@ class RecordStage:
     """Callable-class form of the model stage (one per Ray actor): decoded batch -> reductions.
 
     A batch that runs out of memory is split in halves until it fits; an image that does not fit alone
-    becomes an error row ("out of memory"). Each split is logged.
+    becomes an error row ("out of memory"). Any other exception is retried once (a transient fault costs
+    nothing) and raised the second time (a deterministic one fails the job with its own message).
+    Splits and retries are logged.
     """
 
     def __init__(self, spec: StageSpec, threads: int | None = None):
@@ -68,6 +70,17 @@ class RecordStage:
         self.recorder = spec.recorder()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        try:
+            return self._record_or_split(batch)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - retried once, then raised
+            log.warning("model stage failed on a batch (%s: %s); retrying it once", type(exc).__name__, exc)
+            return self._record_or_split(batch)
+
+    def _record_or_split(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         try:
@@ -83,7 +96,7 @@ class RecordStage:
                 {k: v[: size // 2] for k, v in batch.items()},
                 {k: v[size // 2 :] for k, v in batch.items()},
             ]
-            return concat_columns([self(half) for half in halves])
+            return concat_columns([self._record_or_split(half) for half in halves])
 
 
 class JournaledDecode:

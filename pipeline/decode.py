@@ -47,6 +47,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -252,9 +254,9 @@ def describe_error(exc: BaseException) -> str:
         return f"truncated: {message}"[:300]
     if "not available" in lower or "not supported" in lower or "unsupported" in lower:
         return f"unsupported: {message}"[:300]
-    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)) or "broken" in lower:
+    if isinstance(exc, (OSError, SyntaxError, ValueError, zlib.error, struct.error)) or "broken" in lower:
         # Pillow's decoders report bad data as OSError ("broken data stream ..."), SyntaxError ("broken
-        # PNG file", "not a TIFF file") or ValueError (impossible header values)
+        # PNG file", "not a TIFF file"), ValueError (impossible header values) or zlib/struct errors
         return f"corrupt: {message}"[:300]
     return f"failed: {type(exc).__name__}: {message}"[:300]
 

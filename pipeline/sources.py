@@ -145,12 +145,13 @@ def _walk(root: str, errors: list | None, max_depth: int | None = None) -> Itera
         folder, rel, ancestors, depth = stack.pop()
         try:
             with os.scandir(folder) as it:
-                entries = list(it)
+                entries = sorted(it, key=lambda entry: entry.name)
         except OSError as exc:
             if not rel or errors is None:
                 raise
             errors.append((rel, f"unreadable: {(exc.strerror or str(exc)).lower()}"))
             continue
+        subfolders = []
         for entry in entries:
             relpath = f"{rel}/{entry.name}" if rel else entry.name
             identity = _folder_identity(entry)
@@ -160,7 +161,8 @@ def _walk(root: str, errors: list | None, max_depth: int | None = None) -> Itera
                 if errors is not None:
                     errors.append((relpath, "symlink loop: leads back to a folder it is inside of; skipped"))
             elif max_depth is None or depth + 1 < max_depth:
-                stack.append((entry.path, relpath, ancestors | {identity}, depth + 1))
+                subfolders.append((entry.path, relpath, ancestors | {identity}, depth + 1))
+        stack.extend(reversed(subfolders))  # depth first, in name order: errors come out sorted
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

@@ -162,7 +162,7 @@ def make_corpus(folder: Path, awkward_names: bool = False) -> dict[str, Expected
     noise = np.random.default_rng(3).bytes(4096)
     assert not noise.startswith((b"\xff\xd8", b"\x89PNG", b"GIF8", b"II*", b"MM\x00", b"RIFF"))
     put("bad/random_bytes.jpg", error("not an image", "unrecognised format"), noise)
-    put("bad/text.png", error("not an image", "unrecognised format"), "a text file, not a PNG\n".encode())
+    put("bad/text.png", error("not an image", "unrecognised format"), b"a text file, not a PNG\n")
 
     # -- truncated, corrupt, too large ---------------------------------------------------------------------
     real_jpeg = jpeg_bytes(natural_image(21, 160, 120))

@@ -135,3 +135,41 @@ def ray_local():
     init_ray(None)
     yield
     ray.shutdown()
+
+
+PLANTED = "python:tests.conftest:PlantedNet"
+
+
+@pytest.fixture(scope="session")
+def ray_index(ray_local, natural_dataset, tmp_path_factory):
+    from jobs.index import run_index
+    from tests.jobs.test_index_reference import index_config
+
+    out = tmp_path_factory.mktemp("local_ray")
+    summary = run_index(index_config(natural_dataset, out, executor="ray"))
+    assert summary.indexed == 14 and summary.failed == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def planted_index(planted_dataset, tmp_path_factory):
+    from jobs.config import IndexConfig
+    from jobs.index import run_index
+    from queries.db import connect
+
+    folder, truth = planted_dataset
+    out = tmp_path_factory.mktemp("planted_index")
+    config = IndexConfig(
+        source=str(folder),
+        out=str(out),
+        model=PLANTED,
+        layers=("relu1", "relu2", "head"),
+        preprocessing=PLANTED_PREP,
+        trust_code=True,
+        k=3,
+        batch_size=4,
+        shard_size=4,
+        executor="local",
+        progress=False,
+    )
+    return run_index(config), connect(out), truth

@@ -6,32 +6,8 @@ import math
 
 import pytest
 
-from jobs.config import IndexConfig
-from jobs.index import run_index
-from queries.db import connect, top_images
-from tests.conftest import IMAGE_H, IMAGE_W, PLANTED_PREP
-
-PLANTED = "python:tests.conftest:PlantedNet"
-
-
-@pytest.fixture(scope="module")
-def planted_index(planted_dataset, tmp_path_factory):
-    folder, truth = planted_dataset
-    out = tmp_path_factory.mktemp("planted_index")
-    config = IndexConfig(
-        source=str(folder),
-        out=str(out),
-        model=PLANTED,
-        layers=("relu1", "relu2", "head"),
-        preprocessing=PLANTED_PREP,
-        trust_code=True,
-        k=3,
-        batch_size=4,
-        shard_size=4,
-        executor="local",
-        progress=False,
-    )
-    return run_index(config), connect(out), truth
+from queries.db import top_images
+from tests.conftest import IMAGE_H, IMAGE_W
 
 
 def _top(con, layer, unit, k=3):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from jobs.index import run_index
 from pipeline.writer import IndexLayout
@@ -42,14 +41,6 @@ def assert_close_tables(left, right):
         a_act = np.array([r[act] for r in sorted(a, key=lambda r: r[:act])])  # noqa: B023
         b_act = np.array([r[act] for r in sorted(b, key=lambda r: r[:act])])  # noqa: B023
         np.testing.assert_allclose(a_act, b_act, rtol=1e-5, atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def ray_index(ray_local, natural_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("local_ray")
-    summary = run_index(index_config(natural_dataset, out, executor="ray"))
-    assert summary.indexed == 14 and summary.failed == 0
-    return out
 
 
 def test_local_ray_matches_reference_and_plain_loop(ray_index, natural_dataset, tmp_path):

@@ -217,6 +217,7 @@ def test_removed_images_are_reported_then_pruned(dataset, tmp_path):
 
 
 def test_pipeline_never_imports_ray():
-    code = "import sys, pipeline.models, pipeline.recorder, pipeline.receptive_field, pipeline.writer; print('ray' in sys.modules)"
+    modules = "pipeline.models, pipeline.recorder, pipeline.receptive_field, pipeline.writer, pipeline.decode"
+    code = f"import sys, {modules}; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert out.stdout.strip() == "False"

@@ -9,7 +9,6 @@ import pytest
 
 from pipeline import schema
 from queries.db import connect, top_images
-from tests.jobs.test_index_planted import planted_index  # noqa: F401  (module fixture reused)
 
 DUCKDB_TYPES = {
     "int64": "BIGINT",
@@ -23,7 +22,7 @@ DUCKDB_TYPES = {
 
 
 @pytest.mark.parametrize("table", sorted(schema.TABLES))
-def test_views_have_the_documented_schema(planted_index, table):  # noqa: F811
+def test_views_have_the_documented_schema(planted_index, table):
     _, con, _ = planted_index
     described = [(row[0], row[1]) for row in con.sql(f"DESCRIBE {table}").fetchall()]
     expected = [(f.name, DUCKDB_TYPES[str(f.type)]) for f in schema.TABLES[table]]
@@ -46,7 +45,7 @@ def test_empty_index_has_empty_views(tmp_path):
         assert con.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0] == 0
 
 
-def test_top_images_binds_parameters(planted_index):  # noqa: F811
+def test_top_images_binds_parameters(planted_index):
     _, con, _ = planted_index
     rows = top_images(con, "relu1", [0, 1], 2).to_pylist()
     assert [(r["unit"], r["rank"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]
