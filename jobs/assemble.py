@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.shards import Shard
+from pipeline.sources import display_path
 from pipeline.topk import RunningTopK
 from pipeline.writer import ShardWriter, activations_table
 
@@ -71,13 +72,16 @@ class ShardAssembler:
 
 def images_table(rows: dict[str, np.ndarray]) -> pa.Table:
     ok = rows["ok"].astype(bool)
-    labels = [None if label is None or label != label else str(label) for label in rows["label"].tolist()]
+    # display_path: a file name that is not UTF-8 is stored %-escaped (Parquet strings must be UTF-8)
+    labels = [
+        None if label is None or label != label else display_path(str(label)) for label in rows["label"]
+    ]
     errors = [None if good else str(err) for good, err in zip(ok, rows["error"].tolist(), strict=True)]
     return pa.table(
         {
             "image_id": rows["image_id"].astype(np.int64),
-            "uri": rows["uri"].astype(str),
-            "relpath": rows["relpath"].astype(str),
+            "uri": [display_path(str(uri)) for uri in rows["uri"]],
+            "relpath": [display_path(str(relpath)) for relpath in rows["relpath"]],
             "width": rows["width"].astype(np.int32),
             "height": rows["height"].astype(np.int32),
             "label": labels,

@@ -196,6 +196,10 @@ def _print_summary(summary) -> None:
         typer.echo(f"{summary.missing} indexed images are no longer in the dataset; --prune drops them")
     if summary.pruned:
         typer.echo(f"pruned {summary.pruned} images that left the dataset")
+    if summary.listing_errors:
+        typer.echo(
+            f"{summary.listing_errors} folders could not be listed; their images are missing (see run.json)"
+        )
     typer.echo(
         f"{summary.activation_rows:,} activation rows, {summary.topk_rows:,} top-k rows; "
         f"{summary.bytes_on_disk / 1e6:.1f} MB in {summary.out}; {summary.seconds:.1f} s "

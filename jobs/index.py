@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 import sys
 import time
@@ -38,9 +39,11 @@ from pipeline.models import load_model
 from pipeline.preprocess import Preprocessing
 from pipeline.receptive_field import ReceptiveField, compute_receptive_fields
 from pipeline.shards import shard_batches
-from pipeline.sources import ImageRef, dataset_root, list_images
+from pipeline.sources import ImageRef, dataset_root, display_path, list_images
 from pipeline.topk import RunningTopK
 from pipeline.writer import IndexLayout, ShardWriter, atomic_write_json, write_parquet
+
+log = logging.getLogger("actindex")
 
 
 class IndexMismatchError(RuntimeError):
@@ -58,6 +61,7 @@ class Summary:
     shards_done_before: int  # shards reused from earlier runs
     missing: int  # indexed images no longer in the dataset (kept unless pruned)
     pruned: int  # images this run dropped because they left the dataset
+    listing_errors: int  # folders that could not be listed (their images are not in the index)
     seconds: float  # wall time of this run
     bytes_on_disk: int  # size of the index directory
     out: str  # the index directory
@@ -69,6 +73,7 @@ class Summary:
 
 @dataclass
 class JobPlan:
+    listing_errors: list[str]  # folders that could not be listed (recorded in run.json, shown in the summary)
     refs: list[ImageRef]
     layers: list[str]
     infos: dict[str, LayerInfo]
@@ -83,7 +88,10 @@ class JobPlan:
 
 def plan_job(config: IndexConfig) -> JobPlan:
     """List images, load the model once in the driver, resolve layers and receptive fields."""
-    refs = list_images(config.source)
+    listing_errors: list[tuple[str, str]] = []
+    refs = list_images(config.source, errors=listing_errors)
+    for relpath, reason in listing_errors:
+        log.warning("not listed: %s (%s)", relpath, reason)
     loaded = load_model(config.model, config.weights, trust_code=config.trust_code)
     prep = config.preprocessing or loaded.preprocessing
     layers = resolve_layers(loaded.module, config.layers, config.model)
@@ -100,6 +108,7 @@ def plan_job(config: IndexConfig) -> JobPlan:
         "dataset_root": dataset_root(config.source),
     }
     return JobPlan(
+        listing_errors=[display_path(f"{relpath}: {reason}") for relpath, reason in listing_errors],
         refs=refs,
         layers=layers,
         infos=describe_layers(loaded.module, layers, size),
@@ -165,6 +174,7 @@ def _run_locked(config: IndexConfig, plan: JobPlan, layout: IndexLayout, manifes
     markers = layout.completed_shards()
     topk_rows = write_topk(layout, markers, tops, plan.rfs, plan.widths, plan.preprocessing, plan.params)
     counts = {
+        "listing_errors": len(plan.listing_errors),
         "new_images": new_images,
         "shards_done_before": len(done_before),
         "missing": 0 if config.prune else len(missing),
@@ -202,6 +212,7 @@ def _manifest(config: IndexConfig, plan: JobPlan, started: float) -> dict:
         "params": plan.params,
         "source": config.source,
         "dataset_images": len(plan.refs),
+        "listing_errors": plan.listing_errors,
         "actindex_version": pipeline.__version__,
         "config": {k: v for k, v in asdict(config).items() if k not in ("preprocessing", "progress")},
         "started": _iso(started),

@@ -21,8 +21,13 @@ IMAGES = pa.schema(
         _field(
             "image_id", pa.int64(), "stable id: 63-bit blake2b hash of the path relative to the dataset root"
         ),
-        _field("uri", pa.string(), "absolute path of the file that was read"),
-        _field("relpath", pa.string(), "path relative to the dataset root"),
+        _field(
+            "uri",
+            pa.string(),
+            "absolute path of the file that was read; bytes that are not UTF-8 are stored as %XX and '%' as %25 "
+            "(pipeline.sources.path_from_display reverses it)",
+        ),
+        _field("relpath", pa.string(), "path relative to the dataset root, escaped like uri"),
         _field(
             "width", pa.int32(), "width of the upright (EXIF-rotated) original in pixels; 0 if unreadable"
         ),
@@ -31,7 +36,13 @@ IMAGES = pa.schema(
             "label", pa.string(), "class label (ImageFolder subfolder or list-file column)", nullable=True
         ),
         _field("status", pa.string(), "'ok', or 'error' when the image could not be decoded"),
-        _field("error", pa.string(), "short reason when status is 'error'", nullable=True),
+        _field(
+            "error",
+            pa.string(),
+            "'<kind>: <detail>' when status is 'error'; kinds: not an image, truncated, corrupt, too large, "
+            "unreadable, unsupported, failed, crashed the decoder, out of memory",
+            nullable=True,
+        ),
     ]
 )
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pipeline.decode import to_rgb
+from pipeline.sources import path_from_display
 
 BACKGROUND = (250, 250, 248)
 INK = (30, 30, 30)
@@ -73,10 +74,10 @@ def _tile(row: dict, tile: int, font) -> Image.Image:
 def _crop(row: dict, tile: int) -> Image.Image:
     """The receptive-field crop fitted (aspect kept) into a tile; a grey tile if the file is gone."""
     try:
-        with Image.open(row["uri"]) as img:
+        with Image.open(path_from_display(row["uri"])) as img:
             upright = to_rgb(ImageOps.exif_transpose(img))
             crop = upright.crop((row["x0"], row["y0"], row["x1"], row["y1"]))
-    except OSError:
+    except (OSError, Image.DecompressionBombError):
         return Image.new("RGB", (tile, tile), MISSING)
     crop = ImageOps.contain(crop, (tile, tile), Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (tile, tile), BACKGROUND)

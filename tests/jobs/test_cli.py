@@ -148,3 +148,39 @@ def test_help_is_fast_and_imports_no_torch_or_ray():
 def test_parse_units():
     assert parse_units("0-3,7") == [0, 1, 2, 3, 7]
     assert parse_units("5") == [5]
+
+
+def test_status_reports_shards_images_and_dataset_changes(planted_cli_index):
+    out, _ = planted_cli_index
+    result = invoke("status", out)
+    assert result.exit_code == 0, result.output
+    assert "3 done" in result.output and "9 ok, 0 error" in result.output
+    assert "9 images: 0 new, 0 missing" in result.output and "relu1, relu2, head" in result.output
+
+
+def test_strict_fails_when_an_image_fails(natural_dataset, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((natural_dataset / "b" / "img00.png").read_bytes())
+    (folder / "bad.jpg").write_bytes(b"not a jpeg")
+    args = ["index", folder, "--out", tmp_path / "idx", "--model", "resnet18", "--layers", "layer4"]
+    args += ["--resize", "36", "--crop", "32", "--executor", "local", "--no-progress"]
+    lenient = invoke(*args)
+    assert lenient.exit_code == 0 and "1 failed (see: actindex sql" in lenient.output
+    assert invoke(*args, "--strict").exit_code == 1
+
+
+def test_code_executing_models_need_trust_code(planted_dataset, tmp_path):
+    folder, _ = planted_dataset
+    result = invoke(
+        "index",
+        folder,
+        "--out",
+        tmp_path / "idx",
+        "--model",
+        "python:tests.conftest:PlantedNet",
+        "--layers",
+        "head",
+    )
+    assert result.exit_code == 2 and "--trust-code" in result.output
+    assert not (tmp_path / "idx").exists()
