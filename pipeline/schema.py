@@ -24,7 +24,7 @@ IMAGES = pa.schema(
         _field(
             "uri",
             pa.string(),
-            "absolute path of the file that was read; bytes that are not UTF-8 are stored as %XX and '%' as %25 "
+            "absolute path of the file that was read; bytes that are not UTF-8 are stored as %XX, '%' as %25 "
             "(pipeline.sources.path_from_display reverses it)",
         ),
         _field("relpath", pa.string(), "path relative to the dataset root, escaped like uri"),
