@@ -395,6 +395,71 @@ def status(index_dir: IndexDir) -> None:
 
 
 @app.command()
+def bench(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Working directory (dataset, indexes, results).")
+    ] = Path("actindex-bench"),
+    model: Annotated[str, typer.Option(help="Model, as for `actindex index`.")] = "resnet50",
+    layers: Annotated[str, typer.Option(help="Layers, as for `actindex index`.")] = "relu,layer*",
+    images: Annotated[int, typer.Option(min=1, help="Synthetic 500x375 JPEGs to generate.")] = 128,
+    source: Annotated[
+        str | None, typer.Option(help="Use this image folder instead of synthetic JPEGs.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    resize: Annotated[int | None, typer.Option(help="Override the model's resize.")] = None,
+    crop: Annotated[int | None, typer.Option(help="Override the model's crop.")] = None,
+    scaling: Annotated[bool, typer.Option(help="Also index 4x the images and compare peak memory.")] = False,
+    stages: Annotated[bool, typer.Option(help="Run the stage and end-to-end benchmarks.")] = True,
+    query: Annotated[
+        bool, typer.Option(help="Also build a synthetic index and time one-unit queries.")
+    ] = False,
+    query_rows: Annotated[
+        int, typer.Option(min=1, help="Activation rows of the synthetic index.")
+    ] = 100_000_000,
+) -> None:
+    """Measure decode, forward, the whole job (Ray and plain loop), memory, size on disk and queries."""
+    from rich.table import Table
+
+    from jobs.bench import BenchConfig, run_bench, table_rows
+
+    overrides = (("--resize", resize), ("--crop", crop))
+    extra = tuple(arg for key, value in overrides if value is not None for arg in (key, str(value)))
+    table = Table(title=f"actindex bench on this machine ({model})")
+    table.add_column("measure")
+    table.add_column("result", justify="right")
+    if stages:
+        config = BenchConfig(
+            out=str(out), model=model, layers=tuple(p for p in layers.split(",") if p), images=images,
+            source=source, batch_size=batch_size, scaling=scaling, extra_args=extra,
+        )  # fmt: skip
+        try:
+            results = run_bench(config, echo=lambda s: typer.echo(s, err=True))
+        except USER_ERRORS as exc:
+            raise _fail(exc) from None
+        for measure, value in table_rows(results):
+            table.add_row(measure, value)
+    if query:
+        _bench_queries(out / "query", query_rows, table)
+    _console().print(table)
+    typer.echo(f"results: {out}/results.json" + (f", {out}/query/query_results.json" if query else ""))
+
+
+def _bench_queries(folder: Path, rows: int, table) -> None:
+    from jobs.query_bench import build_synthetic_index, time_queries
+
+    typer.echo(f"writing a synthetic index of {rows:,} activation rows ...", err=True)
+    build_synthetic_index(folder, rows, echo=lambda s: None)
+    t = time_queries(folder)
+    table.add_row(
+        f"top-9 of one unit from activations ({t['rows']:,} rows)", f"{t['activations_sorted_ms']:.1f} ms"
+    )
+    slower = f"{t['activations_unsorted_ms']:.1f} ms ({t['speedup_vs_unsorted']:.0f}x slower)"
+    table.add_row("same query over the same rows written unsorted", slower)
+    table.add_row("top-9 of one unit from topk", f"{t['topk_ms']:.1f} ms")
+    table.add_row("synthetic activations on disk", f"{t['bytes_sorted'] / t['rows']:.2f} bytes/row")
+
+
+@app.command()
 def demo(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for the photos, the index and the grids.")
