@@ -1,0 +1,69 @@
+"""`actindex bench` and the query benchmark run end to end at tiny sizes and report consistent figures
+(speed itself is never asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from jobs.bench import BenchConfig, run_bench, table_rows
+from jobs.cli import app
+from jobs.query_bench import UNITS, build_synthetic_index, time_queries
+from pipeline.synthetic import synthetic_jpeg, synthetic_photo
+
+
+def test_synthetic_photos_are_deterministic_natural_jpegs():
+    assert synthetic_jpeg(3) == synthetic_jpeg(3) != synthetic_jpeg(4)
+    photo = synthetic_photo(3)
+    assert photo.size == (500, 375)
+    pixels = list(photo.resize((50, 37)).getdata())
+    assert len(set(pixels)) > 500  # varied content, not a flat image
+
+
+def test_bench_measures_every_stage_and_the_size_per_column(tmp_path):
+    config = BenchConfig(
+        out=str(tmp_path),
+        model="resnet18",
+        layers=("layer4",),
+        images=6,
+        batch_size=4,
+        executors=("local",),
+        extra_args=("--resize", "40", "--crop", "32"),
+    )
+    results = run_bench(config, echo=lambda s: None)
+    assert results["images"] == 6 and results["layers"] == ["layer4"]
+    assert results["decode_images_per_second"] > 0 and results["forward_images_per_second"] > 0
+    run = results["end_to_end_local"]
+    assert run["images"] == 6 and run["peak_rss_mib"] > 50
+    size = results["size"]
+    assert size["rows"] == 6 * 512
+    files = list((tmp_path / "index_local" / "activations").rglob("*.parquet"))
+    assert sum(pq.ParquetFile(f).metadata.num_rows for f in files) == size["rows"]
+    assert sum(size["columns"].values()) < size["bytes_per_row"]  # columns + footers = file bytes
+    assert "BYTE_STREAM_SPLIT" in size["encodings"]["act"]
+    assert json.loads((tmp_path / "results.json").read_text())["size"]["rows"] == 6 * 512
+    measures = [measure for measure, _ in table_rows(results)]
+    assert any(m.startswith("end to end, plain loop (6 images)") for m in measures)
+
+
+def test_query_bench_index_is_a_real_index_with_sorted_and_unsorted_copies(tmp_path):
+    build_synthetic_index(tmp_path, rows=3 * UNITS * 50, echo=lambda s: None)
+    timings = time_queries(tmp_path, samples=3)  # also checks sorted and unsorted give the same top-k
+    assert timings["rows"] == 150 * UNITS
+    con = duckdb.connect()
+    files = str(tmp_path / "index" / "activations" / "*" / "*.parquet")
+    first_units = con.sql(f"SELECT unit, act FROM read_parquet('{files}') LIMIT 3").fetchall()
+    assert [u for u, _ in first_units] == [0, 0, 0] and first_units[0][1] >= first_units[1][1]
+    topk = con.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/index/topk/*.parquet')").fetchall()[0][0]
+    assert topk == UNITS * 100
+
+
+def test_bench_cli_queries_only(tmp_path):
+    result = CliRunner().invoke(
+        app, ["bench", "--out", str(tmp_path), "--no-stages", "--query", "--query-rows", str(UNITS * 40)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "top-9 of one unit from topk" in result.output and "unsorted" in result.output
