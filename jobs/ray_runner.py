@@ -38,17 +38,23 @@ def init_ray(address: str | None) -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
-def actor_plan(workers: int | None) -> tuple[int, dict]:
-    """(number of model actors, resources per actor) for the cluster Ray is connected to."""
+def actor_plan(workers: int | None) -> tuple[int, dict, int | None]:
+    """(model actors, Ray resources per actor, torch threads per actor) for the connected cluster.
+
+    GPU clusters: one actor per GPU. CPU clusters: one actor per node unless `workers` says otherwise,
+    each reserving one CPU but running torch on its node's share of cores: decoding costs a few percent of
+    a forward pass, so the decode tasks that share those cores barely slow it, and a forward limited to
+    its one reserved core would be the bottleneck.
+    """
     import ray
 
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:
-        return workers or gpus, {"num_gpus": 1, "num_cpus": 1}
-    count = workers or 1
-    # leave half the CPUs to the decode tasks that feed the actors
-    return count, {"num_cpus": max(1, cpus // (2 * count))}
+        return workers or gpus, {"num_gpus": 1, "num_cpus": 1}, None
+    count = workers or max(1, len(nodes))
+    cores = min(int(n["Resources"].get("CPU", 1)) for n in nodes) if nodes else 1
+    return count, {"num_cpus": 1}, max(1, cores // max(1, -(-count // max(1, len(nodes)))))
 
 
 class DecodeGroup:
@@ -72,7 +78,7 @@ def run_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # shards complete in order: bounded driver memory
     ctx.enable_progress_bars = False  # the job draws its own progress bar
-    count, resources = actor_plan(workers)
+    count, resources, threads = actor_plan(workers)
     # One dataset row per batch, one block per row: the model sees exactly the batches the plain loop sees.
     rows = [{key: [item[key] for item in batch] for key in batch[0]} for batch in batches]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
@@ -81,7 +87,6 @@ def run_ray(
     ds = ds.map_batches(
         DecodeGroup(spec), batch_size=1, batch_format="numpy", num_cpus=1, memory=DECODE_MEMORY
     )
-    threads = None if "num_gpus" in resources else resources["num_cpus"]
     ds = ds.map_batches(
         RecordStage,
         fn_constructor_kwargs={"spec": spec, "threads": threads},

@@ -56,8 +56,9 @@ def test_two_node_cluster_equals_local_ray(ray_index, natural_dataset, tmp_path)
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
+    # two CPUs per node, like the local Ray: the model actor runs torch on 2 threads in both runs
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2

@@ -1,0 +1,656 @@
+"""The GPU path: JPEG bytes -> decode + resize + crop on the device -> forward -> per-unit (max, argmax).
+
+    decoder = GpuDecoder(prep, "cuda")
+    batch = decoder(list_of_jpeg_bytes)        # DeviceBatch: pixels (B, 3, crop, crop) uint8 on the device
+    recorder = GpuRecorder(model, ["layer3", "layer4"], prep, "cuda", precision="bf16")
+    out = recorder(batch.ok_pixels())          # {layer: (act (B, U) float32, pos (B, U) int32)}
+
+    pending = recorder.submit(pixels)          # the async form: enqueue forward + reductions + copies ...
+    next_batch = decoder(next_bytes)           # ... decode the next batch while the device runs this one ...
+    out = pending.result()                     # ... then wait for this batch's (B, U) results only
+
+Decoding. JPEGs go to `torchvision.io.decode_jpeg(list, device=...)` (nvjpeg on CUDA: the hardware decoder
+for baseline JPEGs on A100/H100), in RGB mode, so grayscale JPEGs come out RGB. Everything else goes to the
+CPU `pipeline.decode.Decoder`, per image, and so does every JPEG the fast path is not sure about: a header
+this module's small parser cannot read, lossless, arithmetic-coded or 12-bit JPEGs, 4-component (CMYK/YCCK)
+JPEGs on CUDA, no end-of-image marker after the scan (truncated: the CPU decoder names it), more pixels than
+`max_pixels`, or a file the device decoder rejects (a rejected list is split in halves until the culprit is
+alone, then that one image is decoded on the CPU). A failed image is a row with the CPU decoder's reason,
+never a dropped row.
+
+EXIF orientation is read from the header by `parse_jpeg_header` (the first Exif APP1 segment, falling back
+to an XMP tiff:Orientation, as Pillow's getexif does) and applied on the device with flips and transposes:
+torchvision's `apply_exif_orientation` is implemented only for CPU decoding, so the same code serves both
+devices. `width`/`height` are the upright image's, as the CPU decoder reports.
+
+Geometry is the CPU path's exactly: the shorter side is resized to `prep.resized_size(w, h)` and the crop is
+taken at `prep.crop_origin(...)`, so receptive-field boxes map back identically. The resize itself is
+torch's antialiased interpolation (bilinear, bicubic; the PIL-style kernels) and a product with Pillow's
+own weights for lanczos, in float32, rounded half up to uint8; nearest picks exactly Pillow's pixels.
+Pixel values differ from Pillow's by rounding (Pillow rounds to uint8 between its horizontal and vertical
+passes) and, on CUDA, by nvjpeg's IDCT and chroma upsampling; the CPU decoder's DCT-domain draft decoding
+of large JPEGs is not used, so large images differ more (the geometry is the same).
+
+Recording reuses `pipeline.recorder.LayerTrace` / `reduce_units`: hooks live inside each call and the
+forward stops after the last chosen layer. By default on CUDA the forward runs under bf16 autocast with
+channels_last; precision "fp32" runs without autocast and with TF32 off (exact up to summation order).
+The max is taken in the activation's dtype (exact there) and converted to float32. Only the (B, U) values
+and positions leave the device, copied asynchronously into pinned host memory behind a CUDA event.
+`compile=True` traces the model with torch.fx (reductions inserted right after each chosen layer's node,
+everything after the last one removed: the same semantics as the hooks) and runs it through
+`torch.compile`. Nothing here imports ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import struct
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.decode import DEFAULT_MAX_PIXELS, DecodedImage, Decoder
+from pipeline.layers import describe_layers
+from pipeline.preprocess import Preprocessing
+from pipeline.recorder import LayerTrace, reduce_units
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+DEVICE_SOF = (0xC0, 0xC1, 0xC2)  # baseline, extended sequential, progressive Huffman: 8-bit DCT JPEGs
+DEFAULT_BATCH_PIXELS = 128 * 1024 * 1024  # decoded pixels per device decode call / resize group (memory)
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every start-of-frame (not DHT/JPG/DAC)
+_XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
+
+
+# ----------------------------------------------------------------------------------------------- headers
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """What the fast path needs from a JPEG's header, read without decoding anything."""
+
+    width: int  # stored width (before EXIF orientation)
+    height: int  # stored height
+    components: int  # 1 grayscale, 3 YCbCr/RGB, 4 CMYK/YCCK
+    precision: int  # bits per sample
+    sof: int  # start-of-frame marker (0xC0 baseline, 0xC2 progressive, ...)
+    orientation: int  # EXIF orientation 1..8 (1 when absent or unusable, as Pillow's exif_transpose)
+    complete: bool  # an end-of-image marker follows the first scan
+
+    def upright_size(self) -> tuple[int, int]:
+        swap = self.orientation in (5, 6, 7, 8)
+        return (self.height, self.width) if swap else (self.width, self.height)
+
+
+def parse_jpeg_header(data: bytes | memoryview) -> JpegHeader | None:
+    """Read a JPEG's frame header and EXIF orientation; None for anything unusual (the CPU decoder then
+    decodes it, or names what is wrong with it)."""
+    data = bytes(data) if isinstance(data, memoryview) else data
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    n, pos = len(data), 2
+    exif_orientation: int | None = None
+    exif_segments = 0
+    xmp: bytes | None = None
+    frame: tuple[int, int, int, int, int] | None = None
+    try:
+        while pos < n:
+            if data[pos] != 0xFF:
+                return None  # garbage between segments: libjpeg would skip it with a warning
+            while pos < n and data[pos] == 0xFF:  # fill bytes
+                pos += 1
+            if pos >= n:
+                return None
+            marker = data[pos]
+            pos += 1
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+                continue  # standalone markers
+            if marker in (0xD8, 0xD9):
+                return None  # a second SOI, or EOI before any scan
+            (length,) = struct.unpack_from(">H", data, pos)
+            end = pos + length
+            if length < 2 or end > n:
+                return None
+            body = pos + 2
+            if marker == 0xE1 and data.startswith(b"Exif\x00\x00", body):
+                exif_segments += 1
+                if exif_segments > 1:
+                    return None  # Pillow concatenates them; leave that to it
+                exif_orientation = _exif_orientation(data[body + 6 : end])
+                if exif_orientation == -1:
+                    return None
+            elif marker == 0xE1 and data.startswith(_XMP_PREFIX, body):
+                xmp = data[body + len(_XMP_PREFIX) : end]  # the last one wins, as in Pillow
+            elif marker in _SOF_MARKERS:
+                if frame is not None or length < 8:
+                    return None
+                precision, height, width, components = struct.unpack_from(">BHHB", data, body)
+                frame = (marker, precision, height, width, components)
+            elif marker == 0xDA:  # start of scan: the header is over
+                if frame is None:
+                    return None
+                sof, precision, height, width, components = frame
+                orientation = exif_orientation
+                if orientation is None and xmp is not None:
+                    match = _XMP_ORIENTATION.search(xmp)
+                    orientation = int(match[2]) if match else None
+                if orientation is None or not 1 <= orientation <= 8:
+                    orientation = 1
+                complete = data.find(b"\xff\xd9", end) != -1
+                return JpegHeader(width, height, components, precision, sof, orientation, complete)
+            pos = end
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block: None if absent, -1 if unreadable."""
+    if tiff[:4] == b"II*\x00":
+        order = "<"
+    elif tiff[:4] == b"MM\x00*":
+        order = ">"
+    else:
+        return -1
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        for i in range(count):
+            tag, kind, num = struct.unpack_from(order + "HHI", tiff, ifd + 2 + 12 * i)
+            if tag != 0x0112:
+                continue
+            if num != 1 or kind not in (3, 4):  # SHORT or LONG, one value, as every camera writes it
+                return -1
+            fmt = "H" if kind == 3 else "I"
+            return struct.unpack_from(order + fmt, tiff, ifd + 2 + 12 * i + 8)[0]
+    except struct.error:
+        return -1
+    return None
+
+
+def device_decodable(header: JpegHeader | None, device_type: str, max_pixels: int) -> bool:
+    """Whether the device decoder gets this JPEG (otherwise the CPU Decoder does)."""
+    if header is None or not header.complete:
+        return False
+    if header.sof not in DEVICE_SOF or header.precision != 8:
+        return False
+    if header.components not in ((1, 3) if device_type == "cuda" else (1, 3, 4)):
+        return False  # CMYK/YCCK on nvjpeg: Adobe's inverted CMYK is Pillow's job
+    return 0 < header.width * header.height <= max_pixels
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply EXIF orientation to a (C, H, W) image, as PIL's ImageOps.exif_transpose does."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip((-2, -1))
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-2, -1)
+    if orientation == 6:
+        return torch.rot90(image, -1, (-2, -1))  # rotated 90 clockwise to display
+    if orientation == 7:
+        return image.transpose(-2, -1).flip((-2, -1))
+    if orientation == 8:
+        return torch.rot90(image, 1, (-2, -1))
+    return image
+
+
+# ------------------------------------------------------------------------------------------------ resize
+
+
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(x) < 3.0, np.sinc(x) * np.sinc(x / 3.0), 0.0)
+
+
+def _lanczos_weights(in_size: int, out_size: int, start: int, count: int) -> np.ndarray:
+    """(count, in_size) weights of output pixels start..start+count of Pillow's lanczos resize (its
+    precompute_coeffs: support scaled when reducing, window clipped to the image, weights normalized)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    weights = np.zeros((count, in_size), dtype=np.float64)
+    for row, xx in enumerate(range(start, start + count)):
+        center = (xx + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        w = _lanczos((np.arange(lo, hi) - center + 0.5) / filterscale)
+        total = w.sum()
+        weights[row, lo:hi] = w / total if total != 0 else w
+    return weights.astype(np.float32)
+
+
+def _nearest_index(in_size: int, out_size: int, start: int, count: int) -> np.ndarray:
+    """Source pixels of Pillow's nearest resize: it steps through (x + 0.5) * in / out by repeated double
+    additions and truncates, so the same accumulation reproduces it where a closed form misses by one."""
+    step = in_size / out_size
+    centres = np.add.accumulate(np.r_[0.5 * step, np.full(out_size - 1, step)])
+    return np.clip(centres.astype(np.int64), 0, in_size - 1)[start : start + count]
+
+
+@functools.lru_cache(maxsize=1024)
+def _resize_operand(kind: str, in_size: int, out_size: int, start: int, count: int, device: str):
+    """Cached on the device: built once per image size, never copied from the host again."""
+    if kind == "lanczos":
+        return torch.from_numpy(_lanczos_weights(in_size, out_size, start, count)).to(device)
+    return torch.from_numpy(_nearest_index(in_size, out_size, start, count)).to(device)
+
+
+def resize_crop(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """(G, 3, H, W) uint8 upright images of one size -> (G, 3, crop, crop) uint8, the CPU path's geometry."""
+    _, _, height, width = images.shape
+    new_w, new_h = prep.resized_size(width, height)
+    left, top = prep.crop_origin(new_w, new_h)
+    c, device = prep.crop, str(images.device)
+    if prep.interpolation == "nearest":
+        rows = _resize_operand("nearest", height, new_h, top, c, device)
+        cols = _resize_operand("nearest", width, new_w, left, c, device)
+        return images.index_select(2, rows).index_select(3, cols)
+    x = images.float()
+    if prep.interpolation == "lanczos":
+        wy = _resize_operand("lanczos", height, new_h, top, c, device)
+        wx = _resize_operand("lanczos", width, new_w, left, c, device)
+        out = torch.matmul(wy, torch.matmul(x, wx.T))
+    else:
+        resized = F.interpolate(
+            x, size=(new_h, new_w), mode=prep.interpolation, antialias=True, align_corners=False
+        )
+        out = resized[:, :, top : top + c, left : left + c]
+    return out.add(0.5).clamp_(0.0, 255.0).to(torch.uint8)  # round half up, like Pillow
+
+
+# ------------------------------------------------------------------------------------------------ decode
+
+
+@dataclass
+class DeviceBatch:
+    """A decoded batch: pixels on the device, per-image metadata on the host."""
+
+    pixels: torch.Tensor  # (B, 3, crop, crop) uint8 on the device; zeros where ok is False
+    ok: np.ndarray  # (B,) bool
+    width: np.ndarray  # (B,) int32, upright original width (0 if unknown)
+    height: np.ndarray  # (B,) int32
+    error: np.ndarray  # (B,) object, "" where ok, else the CPU decoder's "<kind>: <detail>"
+    on_device: np.ndarray  # (B,) bool: decoded by the device decoder (False: the CPU Decoder's work)
+
+    def ok_pixels(self) -> torch.Tensor:
+        """The rows whose `ok` is True (all of `pixels` when nothing failed), without a host sync."""
+        if self.ok.all():
+            return self.pixels
+        index = torch.from_numpy(np.flatnonzero(self.ok))
+        if self.pixels.is_cuda:
+            index = index.pin_memory().to(self.pixels.device, non_blocking=True)
+        return self.pixels.index_select(0, index)
+
+
+class GpuDecoder:
+    """A stage: list of encoded images (bytes) -> DeviceBatch, JPEGs on the device, the rest on the CPU.
+
+    On CUDA the work runs on a side stream of its own; the returned pixels are ready to use on the
+    caller's current stream (which waits for the side stream) without blocking the host.
+    """
+
+    def __init__(
+        self,
+        preprocessing: Preprocessing,
+        device: str | torch.device = "cuda",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        batch_pixels: int = DEFAULT_BATCH_PIXELS,
+    ):
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        self.preprocessing = preprocessing
+        self.device = torch.device(device)
+        self.max_pixels = max_pixels
+        self.batch_pixels = batch_pixels
+        self.cpu = Decoder(preprocessing, max_pixels)
+        self._decode_jpeg = decode_jpeg
+        self._rgb = ImageReadMode.RGB
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        c = preprocessing.crop
+        self._blank = torch.zeros((3, c, c), dtype=torch.uint8, device=self.device)
+
+    def __call__(self, data: Sequence[bytes], uris: Sequence[str] | None = None) -> DeviceBatch:
+        """Decode `data`; `uris` (the files the bytes came from), when given, is what the CPU fallback
+        opens, so its reasons ("unreadable: ...") are about the real file."""
+        if uris is not None and len(uris) != len(data):
+            raise ValueError(f"{len(data)} images but {len(uris)} uris")
+        if self.stream is None:
+            return self._decode(data, uris)
+        consumer = torch.cuda.current_stream(self.device)
+        # nvjpeg writes from a stream of its own into buffers allocated on ours: the previous batch's work on
+        # ours must be over before those buffers can be handed out again (it normally is, long since)
+        self.stream.synchronize()
+        with torch.cuda.stream(self.stream):
+            batch = self._decode(data, uris)
+        consumer.wait_stream(self.stream)
+        batch.pixels.record_stream(consumer)
+        return batch
+
+    def decode_files(self, uris: Sequence[str]) -> DeviceBatch:
+        """Read and decode files; one that cannot be read is the CPU decoder's to describe."""
+        data = []
+        for uri in uris:
+            try:
+                with open(uri, "rb") as f:
+                    data.append(f.read())
+            except OSError:
+                data.append(b"")  # not a JPEG: the CPU decoder opens the uri and names the problem
+        return self(data, uris)
+
+    def _decode(self, data: Sequence[bytes], uris: Sequence[str] | None) -> DeviceBatch:
+        size = len(data)
+        ok = np.zeros(size, dtype=bool)
+        on_device = np.zeros(size, dtype=bool)
+        width = np.zeros(size, dtype=np.int32)
+        height = np.zeros(size, dtype=np.int32)
+        error = np.full(size, "", dtype=object)
+        rows: list[torch.Tensor | None] = [None] * size
+
+        headers = {}
+        for i, blob in enumerate(data):
+            header = parse_jpeg_header(blob)
+            if device_decodable(header, self.device.type, self.max_pixels):
+                headers[i] = header
+        decoded = self._device_decode(data, headers)  # {i: (3, H, W) uint8 on device}; rejects are absent
+
+        groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        for i, image in decoded.items():
+            image = orient(image, headers[i].orientation)
+            h, w = image.shape[-2:]
+            width[i], height[i] = w, h
+            ok[i] = on_device[i] = True
+            groups.setdefault((h, w), []).append((i, image))
+        for (h, w), members in groups.items():
+            step = max(1, self.batch_pixels // (h * w))
+            for start in range(0, len(members), step):
+                chunk = members[start : start + step]
+                out = resize_crop(torch.stack([image for _, image in chunk]), self.preprocessing)
+                for row, (i, _) in enumerate(chunk):
+                    rows[i] = out[row]
+        del decoded, groups
+
+        fallback = [i for i in range(size) if rows[i] is None]
+        cpu_pixels = []
+        for i in fallback:
+            result = self._cpu_decode(data[i], None if uris is None else uris[i])
+            width[i], height[i] = result.width, result.height
+            if result.error is None:
+                ok[i] = True
+                cpu_pixels.append((i, result.pixels))
+            else:
+                error[i] = result.error
+                rows[i] = self._blank
+        if cpu_pixels:
+            stacked = torch.from_numpy(np.stack([p for _, p in cpu_pixels]))
+            if self.device.type == "cuda":
+                stacked = stacked.pin_memory()
+            uploaded = stacked.to(self.device, non_blocking=True)
+            for row, (i, _) in enumerate(cpu_pixels):
+                rows[i] = uploaded[row]
+        if size:
+            pixels = torch.stack(rows)
+        else:
+            c = self.preprocessing.crop
+            pixels = torch.zeros((0, 3, c, c), dtype=torch.uint8, device=self.device)
+        return DeviceBatch(pixels, ok, width, height, error, on_device)
+
+    def _device_decode(self, data: Sequence[bytes], headers: dict[int, JpegHeader]) -> dict:
+        """Decode the chosen JPEGs in calls of at most batch_pixels pixels; bisect a rejected call."""
+        decoded: dict[int, torch.Tensor] = {}
+        chunk: list[int] = []
+        pixels = 0
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            tensors = {i: torch.frombuffer(data[i], dtype=torch.uint8) for i in headers}
+            for i, header in headers.items():
+                if chunk and pixels + header.width * header.height > self.batch_pixels:
+                    self._decode_or_split(chunk, tensors, decoded)
+                    chunk, pixels = [], 0
+                chunk.append(i)
+                pixels += header.width * header.height
+            if chunk:
+                self._decode_or_split(chunk, tensors, decoded)
+        return decoded
+
+    def _decode_or_split(self, indices: list[int], tensors: dict, decoded: dict) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torchvision's deprecation notice, libjpeg's warnings
+                images = self._decode_jpeg([tensors[i] for i in indices], mode=self._rgb, device=self.device)
+        except RuntimeError:
+            if len(indices) == 1:
+                return  # the CPU decoder gets it
+            half = len(indices) // 2
+            self._decode_or_split(indices[:half], tensors, decoded)
+            self._decode_or_split(indices[half:], tensors, decoded)
+            return
+        for i, image in zip(indices, images, strict=True):
+            if image.dim() != 3 or image.shape[0] != 3:
+                continue  # not what RGB mode promises: leave it to the CPU decoder
+            decoded[i] = image
+
+    def _cpu_decode(self, blob: bytes, uri: str | None) -> DecodedImage:
+        if uri is not None:
+            return self.cpu(uri)
+        fd, path = tempfile.mkstemp(prefix="actindex-gpu-", suffix=".img")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            return self.cpu(path)
+        finally:
+            os.unlink(path)
+
+
+# ------------------------------------------------------------------------------------------------ record
+
+
+class PendingRecord:
+    """Results of one submitted batch: (B, sum U) act/pos on the host (pinned on CUDA) behind an event."""
+
+    def __init__(self, act, pos, event, layers, units):
+        self.act, self.pos, self.event = act, pos, event
+        self.layers, self.units = layers, units
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def result(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Wait for this batch's copies only; {layer: (act (B, U) float32, pos (B, U) int32)}."""
+        if self.event is not None:
+            self.event.synchronize()
+        act, pos = self.act.numpy(), self.pos.numpy()
+        out, start = {}, 0
+        for name in self.layers:
+            stop = start + self.units[name]
+            # copies: they own their memory, so the pinned block returns to torch's cache
+            out[name] = (np.ascontiguousarray(act[:, start:stop]), np.ascontiguousarray(pos[:, start:stop]))
+            start = stop
+        return out
+
+
+@contextlib.contextmanager
+def _no_tf32(active: bool):
+    """fp32 means fp32: TF32 convolutions and matmuls off for the duration (restored afterwards)."""
+    if not active:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+class GpuRecorder:
+    """A stage: uint8 pixels on the device -> {layer: (act (B, U) float32, pos (B, U) int32)} numpy.
+
+    Same contract as `pipeline.recorder.ActivationRecorder` (so `record_batch` works with it); the model is
+    moved to `device` (and to channels_last) in place. `submit` is the asynchronous form.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        layers: Sequence[str],
+        preprocessing: Preprocessing,
+        device: str | torch.device = "cuda",
+        precision: str = "bf16",
+        channels_last: bool = True,
+        compile: bool | str = False,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        self.device = torch.device(device)
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.channels_last = channels_last
+        self.layers = list(layers)
+        crop = (preprocessing.crop, preprocessing.crop)
+        self.units = {
+            name: info.channels for name, info in describe_layers(model.eval(), self.layers, crop).items()
+        }
+        self.model = model.to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(preprocessing.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocessing.std, device=self.device).view(1, 3, 1, 1)
+        self._compiled = None
+        self._compiled_batch: int | None = None
+        if compile:
+            graph = traced_reductions(self.model, self.layers)
+            backend = compile if isinstance(compile, str) else "inductor"
+            self._compiled = torch.compile(_CompiledStep(self, graph), backend=backend, dynamic=False)
+
+    def normalize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        # the same operations as ActivationRecorder.normalize, so fp32 results agree bit for bit on the CPU
+        x = torch.as_tensor(pixels).to(self.device, non_blocking=True).float().div_(255.0)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def forward(self, pixels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, sum U) float32 maxima and int32 positions on the device, layers in `self.layers` order."""
+        with torch.inference_mode(), _no_tf32(self.dtype is None and self.device.type == "cuda"):
+            if self._compiled is not None:
+                return self._forward_compiled(pixels)
+            x = self.normalize(pixels)
+            with self._autocast(), LayerTrace(self.model, self.layers) as trace:
+                self.model(x)
+            missing = [name for name in self.layers if name not in trace.reduced]
+            if missing:
+                raise RuntimeError(f"layers {missing} were not reached by the forward pass")
+            act = torch.cat([trace.reduced[name][0] for name in self.layers], dim=1)
+            pos = torch.cat([trace.reduced[name][1] for name in self.layers], dim=1)
+            return act, pos
+
+    def _forward_compiled(self, pixels) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.as_tensor(pixels).to(self.device, non_blocking=True)
+        size = pixels.shape[0]
+        if self._compiled_batch is None:
+            self._compiled_batch = size
+        if size < self._compiled_batch:  # pad a short last batch rather than compile again
+            pad = pixels.new_zeros((self._compiled_batch - size, *pixels.shape[1:]))
+            pixels = torch.cat([pixels, pad])
+        act, pos = self._compiled(pixels)
+        return act[:size], pos[:size]
+
+    def submit(self, pixels: np.ndarray | torch.Tensor) -> PendingRecord:
+        """Enqueue forward, reductions and the device-to-host copies; returns without waiting (CUDA)."""
+        act, pos = self.forward(pixels)
+        if self.device.type != "cuda":
+            return PendingRecord(act.cpu(), pos.cpu(), None, self.layers, self.units)
+        act_host = torch.empty(act.shape, dtype=act.dtype, pin_memory=True)
+        pos_host = torch.empty(pos.shape, dtype=pos.dtype, pin_memory=True)
+        act_host.copy_(act, non_blocking=True)
+        pos_host.copy_(pos, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return PendingRecord(act_host, pos_host, event, self.layers, self.units)
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return self.submit(pixels).result()
+
+
+class _CompiledStep(torch.nn.Module):
+    """normalize -> traced forward with reductions, as one module for torch.compile."""
+
+    def __init__(self, recorder: GpuRecorder, graph: torch.fx.GraphModule):
+        super().__init__()
+        self.graph_module = graph
+        self.mean, self.std = recorder.mean, recorder.std
+        self.channels_last = recorder.channels_last
+        self.dtype = recorder.dtype
+        self.device_type = recorder.device.type
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (pixels.float() / 255.0 - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
+            return self.graph_module(x)
+
+
+def traced_reductions(model: torch.nn.Module, layers: Sequence[str]) -> torch.fx.GraphModule:
+    """An fx graph of `model` returning (act (B, sum U), pos (B, sum U)) like the hooks do: each chosen
+    layer's output is reduced right after the node that makes it (before any later in-place op touches
+    it), and every node after the last reduction is removed (the forward stops there).
+
+    A layer is matched as torchvision's create_feature_extractor matches return nodes: the last node in
+    the module's scope on its first call. Raises ValueError when the model cannot be traced.
+    """
+    from torchvision.models.feature_extraction import NodePathTracer
+
+    tracer = NodePathTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # noqa: BLE001 - fx's failures are many and all mean the same here
+        raise ValueError(f"compile needs an fx-traceable model: {type(exc).__name__}: {exc}") from exc
+    targets: dict[str, torch.fx.Node] = {}
+    for node in reversed(list(graph.nodes)):
+        qualname = tracer.node_to_qualname.get(node)
+        if qualname is None:
+            continue
+        for name in layers:
+            depth = name.count(".")
+            if name not in targets and ".".join(qualname.split(".")[: depth + 1]) == name:
+                targets[name] = node
+                break
+    missing = [name for name in layers if name not in targets]
+    if missing:
+        raise ValueError(f"layers {missing} have no node in the traced graph")
+    reduced = {}
+    for name in layers:
+        with graph.inserting_after(targets[name]):
+            reduced[name] = graph.call_function(reduce_units, (targets[name],))
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    last = max(reduced.values(), key=order.__getitem__)
+    for node in reversed(list(graph.nodes)):
+        if node is last:
+            break
+        graph.erase_node(node)
+    # appended at the end, after `last`
+    acts = [graph.call_function(_getitem, (reduced[name], 0)) for name in layers]
+    poss = [graph.call_function(_getitem, (reduced[name], 1)) for name in layers]
+    act = graph.call_function(torch.cat, (acts,), {"dim": 1})
+    pos = graph.call_function(torch.cat, (poss,), {"dim": 1})
+    graph.output((act, pos))
+    graph.lint()
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__ + "Reduced")
+
+
+def _getitem(pair, index: int):
+    return pair[index]
