@@ -32,7 +32,6 @@ class BenchConfig:
     images: int = 128  # synthetic images to generate (ignored with source)
     source: str | None = None  # an image folder to use instead of synthetic JPEGs
     batch_size: int = 32  # images per forward pass
-    shard_size: int = 32  # small shards: their completion times give the steady-state rate
     executors: tuple[str, ...] = ("ray", "local")  # end-to-end runs to measure
     scaling: bool = False  # also run the plain loop on 4x the images and compare peak memory
     extra_args: tuple[str, ...] = ()  # more `actindex index` options (e.g. --resize/--crop)
@@ -89,35 +88,23 @@ def run_job(source: str, out: Path, config: BenchConfig, executor: str) -> dict:
     """Run `actindex index` in a fresh process; returns its wall time, images/s and peak RSS (driver)."""
     command = [sys.executable, "-m", "jobs.bench_child", source, "--out", str(out), "--overwrite"]
     command += ["--model", config.model, "--layers", ",".join(config.layers), "--executor", executor]
-    command += ["--batch-size", str(config.batch_size), "--shard-size", str(config.shard_size)]
-    command += ["--no-progress", *config.extra_args]
+    command += ["--batch-size", str(config.batch_size), "--no-progress", *config.extra_args]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"index job failed ({executor}):\n{done.stderr[-2000:]}")
-    images = int(re.search(r"(\d+) images:", done.stdout).group(1))
+    manifest = json.loads((out / "run.json").read_text())
     rss = int(re.search(r"peak_rss_kib=(\d+)", done.stderr).group(1))
-    job_seconds = float(re.search(r"; ([\d.]+) s \(", done.stdout).group(1))
     return {
-        "images": images,
+        "images": manifest["new_images"],
         "wall_seconds": seconds,
-        "job_seconds": job_seconds,
-        "images_per_second": images / job_seconds,
-        "steady_images_per_second": steady_rate(out),
+        "job_seconds": manifest["seconds"],
+        "startup_seconds": manifest["startup_seconds"],
+        "images_per_second": manifest["new_images"] / manifest["seconds"],
+        "steady_images_per_second": manifest["steady_images_per_second"],
         "peak_rss_mib": rss / 1024,
     }
-
-
-def steady_rate(index_dir: Path) -> float | None:
-    """Images/s between the first and the last shard's completion: the rate once start-up (loading the
-    model, starting Ray) is over. None with fewer than two shards."""
-    markers = sorted(
-        (p.stat().st_mtime, json.loads(p.read_text())["images"]) for p in (index_dir / "_done").glob("*.json")
-    )
-    if len(markers) < 2 or markers[-1][0] <= markers[0][0]:
-        return None
-    return sum(images for _, images in markers[1:]) / (markers[-1][0] - markers[0][0])
 
 
 def column_sizes(index_dir: Path) -> dict:

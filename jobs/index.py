@@ -63,6 +63,8 @@ class Summary:
     pruned: int  # images this run dropped because they left the dataset
     listing_errors: int  # folders that could not be listed (their images are not in the index)
     seconds: float  # wall time of this run
+    startup_seconds: float  # from the start until the first batch came back (model loading, Ray start-up)
+    steady_images_per_second: float | None  # images after the first batch / time after the first batch
     bytes_on_disk: int  # size of the index directory
     out: str  # the index directory
 
@@ -161,10 +163,13 @@ def _run_locked(config: IndexConfig, plan: JobPlan, layout: IndexLayout, manifes
     tops = {layer: RunningTopK(plan.infos[layer].channels, config.k) for layer in plan.layers}
     assembler = ShardAssembler(pending, plan.layers, plan.widths, writer, tops)
     new_images = sum(len(s.refs) for s in pending)
+    first_batch: tuple[float, int] | None = None  # (when, images): the end of start-up
     with _progress(config.progress, new_images) as advance:
         for batch in _execute(config, plan, shard_batches(pending, config.batch_size)):
+            first_batch = first_batch or (time.time(), len(batch["image_id"]))
             assembler.add(batch)
             advance(len(batch["image_id"]))
+    loop_end = time.time()
     if assembler.pending():
         raise RuntimeError(f"shards {assembler.pending()} did not receive all their images")
     shutil.rmtree(layout.journal_dir, ignore_errors=True)  # every batch is done: no journal is needed
@@ -179,6 +184,10 @@ def _run_locked(config: IndexConfig, plan: JobPlan, layout: IndexLayout, manifes
         "shards_done_before": len(done_before),
         "missing": 0 if config.prune else len(missing),
         "pruned": pruned,
+        "startup_seconds": (first_batch[0] - started) if first_batch else 0.0,
+        "steady_images_per_second": _rate(new_images - first_batch[1], loop_end - first_batch[0])
+        if first_batch
+        else None,
     }
     return _finish(layout, manifest, markers, topk_rows, counts, started)
 
@@ -219,6 +228,10 @@ def _manifest(config: IndexConfig, plan: JobPlan, started: float) -> dict:
         "finished": None,
         "status": "running",
     }
+
+
+def _rate(images: int, seconds: float) -> float | None:
+    return images / seconds if images > 0 and seconds > 0 else None
 
 
 def _iso(seconds: float) -> str:
@@ -263,7 +276,7 @@ def _finish(layout: IndexLayout, manifest: dict, markers: dict, topk_rows: int, 
         out=str(layout.root),
         **counts,
     )
-    totals = {k: v for k, v in asdict(summary).items() if k not in ("out", "seconds", "bytes_on_disk")}
+    totals = {k: v for k, v in asdict(summary).items() if k not in ("out", "bytes_on_disk")}
     atomic_write_json(
         layout.manifest, {**manifest, **totals, "finished": _iso(time.time()), "status": "complete"}
     )

@@ -316,7 +316,12 @@ class GpuDecoder:
         self.cpu = Decoder(preprocessing, max_pixels)
         self._decode_jpeg = decode_jpeg
         self._rgb = ImageReadMode.RGB
-        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if cuda else None  # resize, crop, uploads
+        # nvjpeg writes from a stream of its own into buffers it allocates on the current stream: with a
+        # stream that runs nothing as the current one, a buffer is handed out again only once the work
+        # recorded on it (record_stream) is over, without the host ever waiting
+        self.alloc_stream = torch.cuda.Stream(self.device) if cuda else None
         c = preprocessing.crop
         self._blank = torch.zeros((3, c, c), dtype=torch.uint8, device=self.device)
 
@@ -328,9 +333,6 @@ class GpuDecoder:
         if self.stream is None:
             return self._decode(data, uris)
         consumer = torch.cuda.current_stream(self.device)
-        # nvjpeg writes from a stream of its own into buffers allocated on ours: the previous batch's work on
-        # ours must be over before those buffers can be handed out again (it normally is, long since)
-        self.stream.synchronize()
         with torch.cuda.stream(self.stream):
             batch = self._decode(data, uris)
         consumer.wait_stream(self.stream)
@@ -425,7 +427,7 @@ class GpuDecoder:
 
     def _decode_or_split(self, indices: list[int], tensors: dict, decoded: dict) -> None:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _on_stream(self.alloc_stream):
                 warnings.simplefilter("ignore")  # torchvision's deprecation notice, libjpeg's warnings
                 images = self._decode_jpeg([tensors[i] for i in indices], mode=self._rgb, device=self.device)
         except RuntimeError:
@@ -435,9 +437,13 @@ class GpuDecoder:
             self._decode_or_split(indices[:half], tensors, decoded)
             self._decode_or_split(indices[half:], tensors, decoded)
             return
+        if self.stream is not None:
+            self.stream.wait_stream(self.alloc_stream)  # which waits for nvjpeg's stream
         for i, image in zip(indices, images, strict=True):
             if image.dim() != 3 or image.shape[0] != 3:
                 continue  # not what RGB mode promises: leave it to the CPU decoder
+            if self.stream is not None:
+                image.record_stream(self.stream)
             decoded[i] = image
 
     def _cpu_decode(self, blob: bytes, uri: str | None) -> DecodedImage:
@@ -450,6 +456,10 @@ class GpuDecoder:
             return self.cpu(path)
         finally:
             os.unlink(path)
+
+
+def _on_stream(stream):
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------------------------ record
