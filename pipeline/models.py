@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -98,7 +99,13 @@ def _python_factory(spec: str) -> torch.nn.Module:
 
 def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
     """Load a state dict saved by torch.save (weights_only: no code runs); accepts {'state_dict': ...}."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"weights file {path!r} holds more than tensors (a pickled model or objects); loading it would "
+            "run code from it. Save model.state_dict() instead, or export TorchScript and use --trust-code"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -184,3 +184,16 @@ def test_code_executing_models_need_trust_code(planted_dataset, tmp_path):
     )
     assert result.exit_code == 2 and "--trust-code" in result.output
     assert not (tmp_path / "idx").exists()
+
+
+def test_a_pickled_full_model_is_refused_as_weights(natural_dataset, tmp_path):
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(), tmp_path / "full_model.pth")  # pickles the module's classes
+    result = invoke(
+        "index", natural_dataset, "--out", tmp_path / "idx", "--model", "resnet18",
+        "--layers", "fc", "--weights", tmp_path / "full_model.pth",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "would run code" in result.output and "state_dict()" in result.output
+    assert "Traceback" not in result.output
