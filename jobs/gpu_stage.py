@@ -34,42 +34,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.synthetic import encode_jpeg, natural_image
+
 DEFAULT_LAYERS = "relu,layer1,layer2,layer3,layer4"
 # ImageNet's most common sizes, weighted toward 500x375
 SIZES = ((500, 375), (500, 375), (500, 375), (500, 333), (375, 500), (500, 400), (333, 500), (400, 300))
 
 
 # --------------------------------------------------------------------------------------------- images
-
-
-def natural_image(rng: np.random.Generator, width: int, height: int):
-    """A natural-looking RGB image: a smooth random colour field, some shapes, some sensor noise."""
-    from PIL import Image, ImageDraw, ImageFilter
-
-    cells = rng.integers(3, 9)
-    field = rng.integers(0, 256, (cells, max(2, cells * width // height), 3), dtype=np.uint8)
-    img = Image.fromarray(field).resize((width, height), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 9))):
-        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        x1, y1 = x0 + int(rng.integers(8, width // 2)), y0 + int(rng.integers(8, height // 2))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape([x0, y0, x1, y1], fill=colour)
-    img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5))))
-    # fine luminance texture (foliage, fabric, ...) and sensor noise: JPEG sizes like ImageNet's
-    cell = int(rng.integers(2, 5))
-    grain = rng.normal(0.0, rng.uniform(20, 50), (height // cell + 1, width // cell + 1)).astype(np.float32)
-    texture = np.asarray(Image.fromarray(grain).resize((width, height), Image.Resampling.BICUBIC))
-    noise = rng.normal(0.0, rng.uniform(4, 10), (height, width, 3))
-    pixels = np.asarray(img, dtype=np.float32) + texture[:, :, None] + noise
-    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
-
-
-def encode_jpeg(img, quality: int = 90, **options) -> bytes:
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=quality, **options)
-    return out.getvalue()
 
 
 def synthetic_jpegs(count: int, seed: int = 0, quality: int = 90) -> list[bytes]:
