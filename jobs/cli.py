@@ -120,6 +120,16 @@ def index(
         bool,
         typer.Option(help="Allow models that execute code when loaded: TorchScript files, python: specs."),
     ] = False,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on GPUs, fp32 on CPUs), bf16, fp16, or fp32 for exact results.")
+    ] = "auto",
+    compile: Annotated[bool, typer.Option(help="torch.compile the forward pass (GPU workers).")] = False,
+    device_decode: Annotated[
+        bool | None,
+        typer.Option(
+            "--device-decode/--cpu-decode", help="Decode JPEGs on the model's device (default: on GPUs)."
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Index images: per image and unit, the max activation, where it peaked and its receptive-field box.
@@ -148,6 +158,9 @@ def index(
             prune=prune,
             max_pixels=max_pixels,
             trust_code=trust_code,
+            precision=precision,
+            compile=compile,
+            device_decode=device_decode,
             progress=progress,
             preprocessing=_preprocessing(model, weights, trust_code, resize, crop, interpolation, mean, std),
         )

@@ -12,6 +12,7 @@ from pipeline.preprocess import Preprocessing
 
 EXECUTORS = ("ray", "local")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -33,6 +34,9 @@ class IndexConfig:
     prune: bool = False  # drop indexed images that are no longer in the dataset
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are recorded as errors ("too large")
     trust_code: bool = False  # allow models that execute code when loaded (TorchScript, python:)
+    precision: str = "auto"  # auto (bf16 on GPU workers, fp32 on CPU ones), bf16, fp16, fp32
+    compile: bool = False  # torch.compile the forward + reductions on GPU workers
+    device_decode: bool | None = None  # decode JPEGs on the model's device (nvjpeg); None = on GPUs only
     progress: bool = True  # show a progress bar
     extra: dict = field(default_factory=dict)  # free-form notes stored in run.json
 
@@ -52,6 +56,8 @@ class IndexConfig:
             raise ValueError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.executor == "local" and self.address:
             raise ValueError("--address joins a Ray cluster; it cannot be combined with --executor local")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be positive (got {self.max_pixels})")
         if self.workers is not None and self.workers < 1:

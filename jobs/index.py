@@ -107,6 +107,8 @@ def plan_job(config: IndexConfig) -> JobPlan:
         "k": config.k,
         "shard_size": config.shard_size,
         "max_pixels": config.max_pixels,
+        "precision": config.precision,
+        "device_decode": config.device_decode,
         "dataset_root": dataset_root(config.source),
     }
     return JobPlan(
@@ -206,6 +208,9 @@ def _execute(
         max_pixels=config.max_pixels,
         trust_code=config.trust_code,
         journal_dir=str(IndexLayout(config.out).journal_dir),
+        precision=config.precision,
+        compile=config.compile,
+        device_decode=config.device_decode,
     )
     if config.executor == "local":
         from jobs.local import run_local

@@ -31,6 +31,9 @@ class StageSpec:
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoder's size limit
     trust_code: bool = False  # allow TorchScript / python: models (they execute code)
     journal_dir: str | None = None  # where decode journals live (the index's _journal/); None = no journal
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32
+    compile: bool = False  # torch.compile the forward + reductions (GPU path)
+    device_decode: bool | None = None  # decode JPEGs on the model's device; None = on CUDA only
 
     def resolved_device(self) -> str:
         import torch
@@ -42,11 +45,33 @@ class StageSpec:
     def decoder(self) -> Decoder:
         return Decoder(self.preprocessing, self.max_pixels)
 
-    def recorder(self) -> ActivationRecorder:
+    def resolved_precision(self) -> str:
+        if self.precision == "auto":
+            return "bf16" if self.resolved_device() == "cuda" else "fp32"
+        return self.precision
+
+    def decodes_on_device(self) -> bool:
+        return self.resolved_device() == "cuda" if self.device_decode is None else self.device_decode
+
+    def recorder(self):
+        """ActivationRecorder for exact fp32 on the CPU; the GPU path's GpuRecorder (autocast,
+        channels_last, asynchronous copies, optional compile) on CUDA or at lower precision."""
         from pipeline.models import load_model
 
         loaded = load_model(self.model, self.weights, trust_code=self.trust_code)
-        return ActivationRecorder(loaded.module, self.layers, self.preprocessing, self.resolved_device())
+        device, precision = self.resolved_device(), self.resolved_precision()
+        if device == "cpu" and precision == "fp32" and not self.compile:
+            return ActivationRecorder(loaded.module, self.layers, self.preprocessing, device)
+        from pipeline.gpu import GpuRecorder
+
+        return GpuRecorder(
+            loaded.module, self.layers, self.preprocessing, device, precision=precision, compile=self.compile
+        )
+
+    def device_decoder(self):
+        from pipeline.gpu import GpuDecoder
+
+        return GpuDecoder(self.preprocessing, self.resolved_device(), self.max_pixels)
 
 
 log = logging.getLogger("actindex")
@@ -68,10 +93,13 @@ class RecordStage:
 
             torch.set_num_threads(threads)
         self.recorder = spec.recorder()
+        self.decoder = spec.device_decoder() if spec.decodes_on_device() else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        if self.decoder is not None:
+            batch = self._decode_on_device(batch)
         try:
             return self._record_or_split(batch)
         except torch.OutOfMemoryError:
@@ -79,6 +107,15 @@ class RecordStage:
         except Exception as exc:  # noqa: BLE001 - retried once, then raised
             log.warning("model stage failed on a batch (%s: %s); retrying it once", type(exc).__name__, exc)
             return self._record_or_split(batch)
+
+    def _decode_on_device(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Bytes read by the decode stage -> pixels on the model's device (non-JPEGs and anything the
+        device decoder rejects fall back to the CPU decoder, image by image)."""
+        decoded = self.decoder(list(batch["data"]), uris=[str(u) for u in batch["uri"]])
+        out = {key: value for key, value in batch.items() if key != "data"}
+        out.update(pixels=decoded.pixels, ok=decoded.ok, width=decoded.width, height=decoded.height)
+        out["error"] = np.array(decoded.error, dtype=object)
+        return out
 
     def _record_or_split(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -113,8 +150,11 @@ class JournaledDecode:
     def __init__(self, spec: StageSpec):
         self.decoder = spec.decoder()
         self.journal_dir = Path(spec.journal_dir) if spec.journal_dir else None
+        self.bytes_only = spec.decodes_on_device()  # the model stage decodes on its device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.bytes_only:
+            return {**batch, "data": np.array([_read_bytes(str(uri)) for uri in batch["uri"]], dtype=object)}
         if self.journal_dir is None:
             return self.decoder.decode_batch(batch)
         self.journal_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +186,15 @@ class JournaledDecode:
             "height": np.zeros(1, dtype=np.int32),
             "error": np.array([CRASH_REASON], dtype=object),
         }
+
+
+def _read_bytes(uri: str) -> bytes:
+    """The file's bytes, or b"" when it cannot be read: the device decoder then hands it to the CPU
+    decoder, which opens the file itself and names the reason."""
+    try:
+        return Path(uri).read_bytes()
+    except OSError:
+        return b""
 
 
 def _crashed_ids(journal: Path, strikes: int = 2) -> set[int]:

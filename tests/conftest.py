@@ -173,3 +173,14 @@ def planted_index(planted_dataset, tmp_path_factory):
         progress=False,
     )
     return run_index(config), connect(out), truth
+
+
+@pytest.fixture(scope="session")
+def local_index_dir(natural_dataset, tmp_path_factory):
+    """natural_dataset indexed by the plain loop with resnet18 (the reference test's configuration)."""
+    from jobs.index import run_index
+    from tests.jobs.test_index_reference import index_config
+
+    out = tmp_path_factory.mktemp("local_index")
+    run_index(index_config(natural_dataset, out, executor="local"))
+    return out
