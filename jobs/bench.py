@@ -67,21 +67,40 @@ def bench_decode(files: list[str], prep, processes: int) -> float:
     return decoded / (time.perf_counter() - start)
 
 
-def bench_forward(model: str, layers: list[str], prep, batch_size: int, batches: int = 4) -> float:
-    """Images/s for normalize + forward + per-unit max/argmax on random uint8 batches (no decoding)."""
+def bench_device_decode(files: list[str], prep, batch_size: int) -> tuple[str, float]:
+    """(device, images/s) decoding + resizing + cropping with torchvision.io on the model's device (nvjpeg on
+    a GPU), the job's GPU path; file bytes are read beforehand."""
     import torch
 
-    from pipeline.models import load_model
-    from pipeline.recorder import ActivationRecorder
+    from pipeline.gpu import GpuDecoder
 
-    loaded = load_model(model)
-    recorder = ActivationRecorder(loaded.module, layers, prep, "cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    decoder = GpuDecoder(prep, device)
+    blobs = [Path(f).read_bytes() for f in files]
+    decoder(blobs[:batch_size])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(blobs), batch_size):
+        decoder(blobs[i : i + batch_size]).pixels.sum().item()  # .item() waits for the device
+    return device, len(blobs) / (time.perf_counter() - start)
+
+
+def bench_forward(
+    model: str, layers: list[str], prep, batch_size: int, batches: int = 4
+) -> tuple[float, float]:
+    """(images/s, peak GPU memory in MiB or 0) for normalize + forward + per-unit max/argmax on random uint8
+    batches (no decoding), with the recorder the job would use (bf16 GpuRecorder on a GPU)."""
+    import torch
+
+    from jobs.stages import StageSpec
+
+    recorder = StageSpec(model, None, tuple(layers), prep).recorder()
     pixels = torch.randint(0, 256, (batch_size, 3, prep.crop, prep.crop), dtype=torch.uint8)
     recorder(pixels)  # warm-up
     start = time.perf_counter()
     for _ in range(batches):
         recorder(pixels)
-    return batches * batch_size / (time.perf_counter() - start)
+    rate = batches * batch_size / (time.perf_counter() - start)
+    return rate, torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
 
 
 def run_job(source: str, out: Path, config: BenchConfig, executor: str) -> dict:
@@ -144,8 +163,14 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
     results.update(machine=_machine(), model=config.model, layers=layers, images=len(files), cores=cores)
     echo(f"decoding {len(files)} images on {cores} processes ...")
     results["decode_images_per_second"] = bench_decode(files, prep, cores)
+    echo("decode on the model's device (torchvision.io) ...")
+    results["device_decode"], results["device_decode_images_per_second"] = bench_device_decode(
+        files, prep, config.batch_size
+    )
     echo("forward + reductions on synthetic tensors ...")
-    results["forward_images_per_second"] = bench_forward(config.model, layers, prep, config.batch_size)
+    results["forward_images_per_second"], results["gpu_peak_mib"] = bench_forward(
+        config.model, layers, prep, config.batch_size
+    )
     for executor in config.executors:
         echo(f"end to end, executor {executor} ...")
         results[f"end_to_end_{executor}"] = run_job(str(source), out / f"index_{executor}", config, executor)
@@ -179,11 +204,16 @@ def _machine() -> dict:
 def table_rows(results: dict) -> list[tuple[str, str]]:
     """(measure, value) rows of the printed table."""
     decode, forward = results["decode_images_per_second"], results["forward_images_per_second"]
-    slower = min(decode, forward)
+    device = results["device_decode_images_per_second"]
+    # the job decodes on the GPU when it has one, on CPU workers otherwise
+    slower = min(device if results["device_decode"] == "cuda" else decode, forward)
     rows = [
         (f"decode + preprocess ({results['cores']} processes)", f"{decode:,.1f} images/s"),
+        (f"decode + preprocess on {results['device_decode']} (torchvision.io)", f"{device:,.1f} images/s"),
         ("forward + reductions (synthetic tensors)", f"{forward:,.1f} images/s"),
     ]
+    if results.get("gpu_peak_mib"):
+        rows.append(("peak GPU memory (forward)", f"{results['gpu_peak_mib']:,.0f} MiB"))
     labels = {
         "end_to_end_ray": "Ray",
         "end_to_end_local": "plain loop",

@@ -87,7 +87,9 @@ def index(
         ),
     ] = None,
     k: KOpt = 100,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Images per forward pass (default: 256 on GPUs, 32 on CPUs).")
+    ] = None,
     shard_size: Annotated[
         int, typer.Option(min=1, help="Images per shard (unit of output and resume).")
     ] = 1024,

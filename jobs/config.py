@@ -23,7 +23,7 @@ class IndexConfig:
     model: str = "resnet50"  # torchvision name, timm:NAME, efficientnet_lite0, or a TorchScript file
     weights: str | None = None  # None = the model's default (random, or built-in); "DEFAULT"; a .pth file
     k: int = 100  # images kept per unit in the topk table
-    batch_size: int = 32  # images per forward pass
+    batch_size: int | None = None  # images per forward pass; None = 256 on GPU workers, 32 on CPU ones
     shard_size: int = 1024  # images per shard (unit of output files and of resume)
     preprocessing: Preprocessing | None = None  # None = the model's own
     executor: str = "ray"  # "ray" (local Ray started if no address) or "local" (plain loop, no Ray)
@@ -46,7 +46,7 @@ class IndexConfig:
             raise ValueError("choose at least one layer (--layers); see: actindex layers MODEL")
         if self.k < 1:
             raise ValueError(f"k must be at least 1 (got {self.k})")
-        if self.batch_size < 1 or self.shard_size < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.shard_size < 1:
             raise ValueError(
                 f"batch_size ({self.batch_size}) and shard_size ({self.shard_size}) must be positive"
             )

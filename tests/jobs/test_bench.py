@@ -36,6 +36,7 @@ def test_bench_measures_every_stage_and_the_size_per_column(tmp_path):
     results = run_bench(config, echo=lambda s: None)
     assert results["images"] == 6 and results["layers"] == ["layer4"]
     assert results["decode_images_per_second"] > 0 and results["forward_images_per_second"] > 0
+    assert results["device_decode"] == "cpu" and results["device_decode_images_per_second"] > 0
     run = results["end_to_end_local"]
     assert run["images"] == 6 and run["peak_rss_mib"] > 50
     size = results["size"]
