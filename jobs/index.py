@@ -158,8 +158,11 @@ def _run_locked(config: IndexConfig, plan: JobPlan, layout: IndexLayout, manifes
     remove_orphans(layout, state)
     writer = ShardWriter(layout, plan.params)
     pending, missing = plan_pending(plan.refs, state, config.shard_size)
-    pruned = prune(layout, state, missing, writer) if config.prune and missing else 0
-    if pending or pruned or not layout.topk_dir.is_dir():
+    pruned = 0
+    if config.prune and missing:
+        pruned = prune(layout, state, missing, writer)
+        pending, _ = plan_pending(plan.refs, state, config.shard_size)  # numbered after the rewritten shards
+    if pending or pruned:
         shutil.rmtree(layout.topk_dir, ignore_errors=True)  # stale from now on: rebuilt at the end
     done_before = dict(state.done)
     tops = {layer: RunningTopK(plan.infos[layer].channels, config.k) for layer in plan.layers}

@@ -216,6 +216,20 @@ def test_removed_images_are_reported_then_pruned(dataset, tmp_path):
     assert index_status(out).missing_images == 0
 
 
+def test_adding_and_removing_at_once_with_prune_equals_a_fresh_run(dataset, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(dataset, folder)
+    out = tmp_path / "idx"
+    run_index(config(folder, out))
+    (folder / "img005.png").unlink()
+    make_images(folder, 3, first=200)
+    summary = run_index(config(folder, out, prune=True))
+    assert (summary.pruned, summary.new_images, summary.images) == (1, 3, 42)
+    fresh = tmp_path / "fresh"
+    run_index(config(folder, fresh))
+    assert_close_tables(out, fresh)
+
+
 def test_pipeline_never_imports_ray():
     modules = "pipeline.models, pipeline.recorder, pipeline.receptive_field, pipeline.writer, pipeline.decode"
     code = f"import sys, {modules}; print('ray' in sys.modules)"
