@@ -10,6 +10,7 @@ runs the same code on a cluster, where ray.init() joins it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 
@@ -54,7 +55,8 @@ def actor_plan(workers: int | None) -> tuple[int, dict, int | None]:
         return workers or gpus, {"num_gpus": 1, "num_cpus": 1}, None
     count = workers or max(1, len(nodes))
     cores = min(int(n["Resources"].get("CPU", 1)) for n in nodes) if nodes else 1
-    return count, {"num_cpus": 1}, max(1, cores // max(1, -(-count // max(1, len(nodes)))))
+    per_node = math.ceil(count / max(1, len(nodes)))  # actors sharing one node's cores
+    return count, {"num_cpus": 1}, max(1, cores // per_node)
 
 
 class DecodeGroup:
