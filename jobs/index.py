@@ -41,7 +41,7 @@ from pipeline.receptive_field import ReceptiveField, compute_receptive_fields
 from pipeline.shards import shard_batches
 from pipeline.sources import ImageRef, dataset_root, display_path, list_images
 from pipeline.topk import RunningTopK
-from pipeline.writer import IndexLayout, ShardWriter, atomic_write_json, write_parquet
+from pipeline.writer import IndexLayout, ShardWriter, atomic_write_json, marker_totals, write_parquet
 
 log = logging.getLogger("actindex")
 
@@ -292,16 +292,15 @@ def layers_table(plan: JobPlan) -> pa.Table:
 
 
 def _finish(layout: IndexLayout, manifest: dict, markers: dict, topk_rows: int, counts: dict, started: float):
-    images = sum(m["images"] for m in markers.values())
-    ok = sum(m["ok"] for m in markers.values())
+    images, ok, activation_rows = marker_totals(markers)
     summary = Summary(
         images=images,
         indexed=ok,
         failed=images - ok,
-        activation_rows=sum(m["activation_rows"] for m in markers.values()),
+        activation_rows=activation_rows,
         topk_rows=topk_rows,
         seconds=time.time() - started,
-        bytes_on_disk=sum(p.stat().st_size for p in layout.root.rglob("*") if p.is_file()),
+        bytes_on_disk=layout.bytes_on_disk(),
         out=str(layout.root),
         **counts,
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from jobs.incremental import plan_pending, read_state
 from jobs.lock import is_locked
 from pipeline.sources import list_images
-from pipeline.writer import IndexLayout
+from pipeline.writer import IndexLayout, marker_totals
 
 
 @dataclass
@@ -42,16 +42,15 @@ def index_status(index_dir: str | Path) -> IndexStatus:
 
         raise NotAnIndexError(f"{index_dir} is not an actindex index (no run.json)")
     markers = layout.completed_shards()
-    images = sum(m["images"] for m in markers.values())
-    ok = sum(m["ok"] for m in markers.values())
+    images, ok, activation_rows = marker_totals(markers)
     status = IndexStatus(
         root=str(layout.root),
         manifest=manifest,
         shards_done=len(markers),
         images_ok=ok,
         images_error=images - ok,
-        activation_rows=sum(m["activation_rows"] for m in markers.values()),
-        bytes_on_disk=sum(p.stat().st_size for p in layout.root.rglob("*") if p.is_file()),
+        activation_rows=activation_rows,
+        bytes_on_disk=layout.bytes_on_disk(),
         locked_by=is_locked(layout.root),
     )
     _compare_with_dataset(layout, manifest, status)

@@ -12,6 +12,7 @@ shard's complete output or none of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -67,6 +68,9 @@ class IndexLayout:
         markers = (json.loads(p.read_text()) for p in sorted(self.done.glob("shard-*.json")))
         return {m["shard"]: m for m in markers}
 
+    def bytes_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
     def read_manifest(self) -> dict | None:
         return json.loads(self.manifest.read_text()) if self.manifest.is_file() else None
 
@@ -78,11 +82,21 @@ class IndexLayout:
             path.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def replacing(path: Path):
+    """Yield a temporary path beside `path`; on success it is renamed to `path`, on failure removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: Path, data: dict) -> None:
@@ -95,13 +109,8 @@ def write_parquet(table: pa.Table, path: Path, metadata: dict | None = None, **o
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), b"actindex": json.dumps(metadata)}
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    try:
+    with replacing(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", **options)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def activations_table(
@@ -174,6 +183,16 @@ class ShardWriter:
         }
         atomic_write_json(self.layout.marker(shard), marker)
         return marker
+
+
+def marker_totals(markers: dict[int, dict]) -> tuple[int, int, int]:
+    """(images, ok images, activation rows) over completed shards' markers."""
+    values = list(markers.values())
+    return (
+        sum(m["images"] for m in values),
+        sum(m["ok"] for m in values),
+        sum(m["activation_rows"] for m in values),
+    )
 
 
 def pc_count(images: pa.Table, status: str) -> int:
