@@ -18,6 +18,12 @@ from typing import Annotated
 
 import typer
 
+from jobs.spec import Device, Executor, Precision, Store
+from pipeline.decode import DEFAULT_MAX_PIXELS
+from pipeline.errors import UserError
+from pipeline.preprocess import Interpolation
+from queries.grid import Layout
+
 app = typer.Typer(
     help="actindex: which images most excite unit k in layer L? Index a dataset, query it with SQL, draw grids.",  # noqa: E501
     no_args_is_help=True,
@@ -29,13 +35,11 @@ IndexDir = Annotated[Path, typer.Argument(help="Index directory written by `acti
 LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer name as indexed (see the layers table).")]
 KOpt = Annotated[int, typer.Option("--k", "-k", min=1, help="How many top images per unit.")]
 
-USER_ERRORS = (LookupError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
-DEFAULT_MAX_PIXELS = 178_956_970  # pipeline.decode.DEFAULT_MAX_PIXELS, repeated so --help imports no PIL
-
 
 def _fail(exc: BaseException) -> typer.Exit:
-    """One line on stderr, exit code 2, no traceback: for errors the user can fix."""
-    typer.echo(f"Error: {exc}", err=True)
+    """One line on stderr, exit code 2, no traceback: for errors the user can fix (UserError). Anything
+    else is a bug and keeps its traceback."""
+    typer.echo(f"Error: {' '.join(str(exc).split())}", err=True)
     return typer.Exit(code=2)
 
 
@@ -94,20 +98,20 @@ def index(
         int, typer.Option(min=1, help="Images per shard (unit of output and resume).")
     ] = 1024,
     executor: Annotated[
-        str, typer.Option(help="ray (local Ray unless --address) or local (one process, no Ray).")
-    ] = "ray",
+        Executor, typer.Option(help="ray (local Ray unless --address) or local (one process, no Ray).")
+    ] = Executor.ray,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        Device, typer.Option(help="Where the model runs: auto = cuda where the workers have GPUs.")
+    ] = Device.auto,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Model actors (default: one per GPU, or one).")
     ] = None,
     resize: Annotated[int | None, typer.Option(help="Override: shorter side after resize.")] = None,
     crop: Annotated[int | None, typer.Option(help="Override: center-crop size (model input).")] = None,
-    interpolation: Annotated[
-        str | None, typer.Option(help="Override: nearest, bilinear, bicubic or lanczos.")
-    ] = None,
+    interpolation: Annotated[Interpolation | None, typer.Option(help="Override: the resize filter.")] = None,
     mean: Annotated[str | None, typer.Option(help="Override: per-channel mean, e.g. 0.5,0.5,0.5.")] = None,
     std: Annotated[str | None, typer.Option(help="Override: per-channel std.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an index made with other parameters.")] = False,
@@ -123,8 +127,8 @@ def index(
         typer.Option(help="Allow models that execute code when loaded: TorchScript files, python: specs."),
     ] = False,
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 on GPUs, fp32 on CPUs), bf16, fp16, or fp32 for exact results.")
-    ] = "auto",
+        Precision, typer.Option(help="auto = bf16 on GPUs, fp32 on CPUs; fp32 for exact results.")
+    ] = Precision.auto,
     compile: Annotated[bool, typer.Option(help="torch.compile the forward pass (GPU workers).")] = False,
     device_decode: Annotated[
         bool | None,
@@ -132,18 +136,20 @@ def index(
             "--device-decode/--cpu-decode", help="Decode JPEGs on the model's device (default: on GPUs)."
         ),
     ] = None,
+    store: Annotated[
+        Store, typer.Option(help="dense: every image x unit in activations; topk: only the top-k table.")
+    ] = Store.dense,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Index images: per image and unit, the max activation, where it peaked and its receptive-field box.
 
     Rerunning the same command resumes: completed shards are kept, new images are added.
     """
-    from jobs.config import IndexConfig
-    from jobs.index import IndexMismatchError, run_index
-    from jobs.lock import IndexBusyError
+    from jobs.index import run_index
+    from jobs.spec import IndexRequest
 
     try:
-        config = IndexConfig(
+        request = IndexRequest(
             source=source,
             out=str(out),
             layers=tuple(p.strip() for p in layers.split(",") if p.strip()),
@@ -163,11 +169,12 @@ def index(
             precision=precision,
             compile=compile,
             device_decode=device_decode,
+            store=store,
             progress=progress,
             preprocessing=_preprocessing(model, weights, trust_code, resize, crop, interpolation, mean, std),
         )
-        summary = run_index(config)
-    except (*USER_ERRORS, IndexMismatchError, IndexBusyError) as exc:
+        summary = run_index(request)
+    except UserError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:
         typer.echo(
@@ -185,7 +192,7 @@ def _preprocessing(model, weights, trust_code, resize, crop, interpolation, mean
         for key, value in dict(
             resize=resize,
             crop=crop,
-            interpolation=interpolation,
+            interpolation=interpolation.value if interpolation else None,
             mean=parse_floats(mean),
             std=parse_floats(std),
         ).items()
@@ -210,7 +217,12 @@ def _print_summary(summary) -> None:
     if summary.missing:
         typer.echo(f"{summary.missing} indexed images are no longer in the dataset; --prune drops them")
     if summary.pruned:
-        typer.echo(f"pruned {summary.pruned} images that left the dataset")
+        again = (
+            f" (and indexed the {summary.reindexed} others of their shards again)"
+            if summary.reindexed
+            else ""
+        )
+        typer.echo(f"pruned {summary.pruned} images that left the dataset{again}")
     if summary.listing_errors:
         typer.echo(
             f"{summary.listing_errors} folders could not be listed; their images are missing (see run.json)"
@@ -251,7 +263,7 @@ def layers(
         loaded = load_model(model, weights, trust_code)
         size = input_size or loaded.preprocessing.crop
         rows = describe_all(loaded.module, pattern, (size, size))
-    except USER_ERRORS as exc:
+    except UserError as exc:
         raise _fail(exc) from None
     table = Table(title=f"{model}: layers at input {size}x{size}")
     for column in ("layer", "type", "channels", "output", "rf size", "rf jump", "rf start"):
@@ -282,7 +294,7 @@ def top(
 
     try:
         rows = top_images(connect(index_dir), layer, [unit], k)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         raise _fail(exc) from None
     table = Table(title=f"top {k} images for {layer} unit {unit}")
     for column in ("rank", "act", "label", "uri", "box (x0,y0,x1,y1)"):
@@ -302,8 +314,8 @@ def grid(
     k: KOpt = 9,
     tile: Annotated[int, typer.Option(min=16, help="Tile side in pixels.")] = 96,
     layout: Annotated[
-        str, typer.Option(help="row (one row per unit) or block (a square block per unit).")
-    ] = "row",
+        Layout, typer.Option(help="row: one row per unit; block: a square block per unit.")
+    ] = Layout.row,
 ) -> None:
     """Draw the receptive-field crops of each unit's top-k images into one PNG sheet."""
     from queries.db import connect, top_images
@@ -311,8 +323,8 @@ def grid(
 
     try:
         rows = top_images(connect(index_dir), layer, parse_units(units), k)
-        sheet = render_grid(rows, tile=tile, layout=layout)
-    except USER_ERRORS as exc:
+        sheet = render_grid(rows, tile=tile, layout=layout.value)
+    except UserError as exc:
         raise _fail(exc) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
@@ -338,7 +350,7 @@ def sql(
     try:
         result = connect(index_dir).sql(query)
         table = arrow_table(result) if result is not None else None
-    except (*USER_ERRORS, duckdb.Error) as exc:
+    except (UserError, duckdb.Error) as exc:
         raise _fail(exc) from None
     if table is None:
         typer.echo("ok")
@@ -358,7 +370,7 @@ def _write_result(table, out: Path) -> None:
     elif out.suffix == ".parquet":
         pyarrow.parquet.write_table(table, out)
     else:
-        raise _fail(ValueError(f"--out {out}: use a .csv or .parquet file name"))
+        raise _fail(UserError(f"--out {out}: use a .csv or .parquet file name"))
 
 
 def _print_arrow(table, limit: int) -> None:
@@ -383,8 +395,11 @@ def status(index_dir: IndexDir) -> None:
 
     try:
         st = index_status(index_dir)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         raise _fail(exc) from None
+    if not st.manifest:
+        typer.echo(f"index       {st.root}: being created\nwriting     {st.locked_by}")
+        return
     params, manifest = st.manifest["params"], st.manifest
     lines = [
         f"index       {st.root}  ({st.bytes_on_disk / 1e6:.1f} MB)",
@@ -424,6 +439,15 @@ def bench(
     resize: Annotated[int | None, typer.Option(help="Override the model's resize.")] = None,
     crop: Annotated[int | None, typer.Option(help="Override the model's crop.")] = None,
     scaling: Annotated[bool, typer.Option(help="Also index 4x the images and compare peak memory.")] = False,
+    driver_cpu: Annotated[
+        bool, typer.Option(help="Also run the Ray job on 4x the images: driver CPU per 1,000 extra images.")
+    ] = False,
+    executors: Annotated[
+        str, typer.Option(help="End-to-end runs, comma-separated: ray, local, plain (the baseline loop).")
+    ] = "ray,local,plain",
+    finish_shard: Annotated[
+        int, typer.Option(min=0, help="Images per shard in the finish-shards benchmark (0 skips it).")
+    ] = 1024,
     stages: Annotated[bool, typer.Option(help="Run the stage and end-to-end benchmarks.")] = True,
     query: Annotated[
         bool, typer.Option(help="Also build a synthetic index and time one-unit queries.")
@@ -432,24 +456,32 @@ def bench(
         int, typer.Option(min=1, help="Activation rows of the synthetic index.")
     ] = 100_000_000,
 ) -> None:
-    """Measure decode, forward, the whole job (Ray and plain loop), memory, size on disk and queries."""
+    """Measure decode, forward, finishing shards, the whole job (Ray, local, plain loop), driver CPU,
+    memory, size on disk and queries."""
     from rich.table import Table
 
-    from jobs.bench import BenchConfig, run_bench, table_rows
+    from jobs.bench.bench import BenchConfig, run_bench, table_rows
 
     overrides = (("--resize", resize), ("--crop", crop))
     extra = tuple(arg for key, value in overrides if value is not None for arg in (key, str(value)))
     table = Table(title=f"actindex bench on this machine ({model})")
     table.add_column("measure")
     table.add_column("result", justify="right")
+    runs = tuple(e.strip() for e in executors.split(",") if e.strip())
+    unknown = [e for e in runs if e not in ("ray", "local", "plain")]
+    if unknown:
+        raise typer.BadParameter(
+            f"{', '.join(unknown)}: choose from ray, local, plain", param_hint="--executors"
+        )
     if stages:
         config = BenchConfig(
             out=str(out), model=model, layers=tuple(p for p in layers.split(",") if p), images=images,
-            source=source, batch_size=batch_size, scaling=scaling, extra_args=extra,
+            source=source, batch_size=batch_size, scaling=scaling, driver_cpu=driver_cpu, executors=runs,
+            finish_shard=finish_shard, extra_args=extra,
         )  # fmt: skip
         try:
             results = run_bench(config, echo=lambda s: typer.echo(s, err=True))
-        except USER_ERRORS as exc:
+        except UserError as exc:
             raise _fail(exc) from None
         for measure, value in table_rows(results):
             table.add_row(measure, value)
@@ -460,7 +492,7 @@ def bench(
 
 
 def _bench_queries(folder: Path, rows: int, table) -> None:
-    from jobs.query_bench import build_synthetic_index, time_queries
+    from jobs.bench.query_bench import build_synthetic_index, time_queries
 
     typer.echo(f"writing a synthetic index of {rows:,} activation rows ...", err=True)
     build_synthetic_index(folder, rows, echo=lambda s: None)
@@ -479,7 +511,9 @@ def demo(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for the photos, the index and the grids.")
     ] = Path("actindex-demo"),
-    executor: Annotated[str, typer.Option(help="ray (a local Ray) or local (one process).")] = "ray",
+    executor: Annotated[
+        Executor, typer.Option(help="ray (a local Ray) or local (one process).")
+    ] = Executor.ray,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Index scikit-image's photos with the built-in EfficientNet-Lite0 and draw top-image grids."""
@@ -487,9 +521,10 @@ def demo(
 
     try:
         run_demo(out, executor=executor, progress=progress, echo=typer.echo)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         raise _fail(exc) from None
 
 
-if __name__ == "__main__":
-    app()
+def main() -> None:
+    """`actindex` and `python -m jobs` (what `ray job submit ... -- python -m jobs index ...` runs)."""
+    app(prog_name="actindex")

@@ -37,14 +37,14 @@ def copy_demo_photos(folder: Path) -> list[Path]:
 
 
 def run_demo(out: Path, executor: str = "ray", progress: bool = True, echo: Callable[[str], None] = print):
-    from jobs.config import IndexConfig
     from jobs.index import run_index
+    from jobs.spec import IndexRequest
     from queries.db import connect, top_images
     from queries.grid import render_grid
 
     photos = copy_demo_photos(out / "photos")
     echo(f"indexing {len(photos)} scikit-image photos with the built-in efficientnet_lite0")
-    config = IndexConfig(
+    request = IndexRequest(
         source=str(out / "photos"),
         out=str(out / "index"),
         model="efficientnet_lite0",
@@ -55,15 +55,15 @@ def run_demo(out: Path, executor: str = "ray", progress: bool = True, echo: Call
         progress=progress,
         overwrite=True,
     )
-    summary = run_index(config)
+    summary = run_index(request)
     echo(f"{summary.indexed} indexed, {summary.failed} failed, {summary.activation_rows:,} activation rows")
-    con = connect(config.out)
+    con = connect(request.out)
     classes = top_images(con, "classifier", list(CLASS_UNITS), k=4)
     render_grid(classes, tile=128).save(out / "grid_classes.png")
     render_grid(top_images(con, "blocks.3", list(range(8)), k=6), tile=96).save(out / "grid_blocks.png")
     for unit, name in CLASS_UNITS.items():
         best = classes.filter(classes.column("unit").to_numpy() == unit).to_pylist()[0]
         echo(f"classifier unit {unit} ({name}): top image {Path(best['uri']).name} (logit {best['act']:.2f})")
-    echo(f"grids: {out / 'grid_classes.png'}, {out / 'grid_blocks.png'}; index: {config.out}")
-    echo(f'try: actindex sql {config.out} "SELECT layer, count(*) FROM activations GROUP BY 1"')
+    echo(f"grids: {out / 'grid_classes.png'}, {out / 'grid_blocks.png'}; index: {request.out}")
+    echo(f'try: actindex sql {request.out} "SELECT layer, count(*) FROM activations GROUP BY 1"')
     return summary

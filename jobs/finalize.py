@@ -1,96 +1,89 @@
-"""The end of a run: the topk table (with boxes in original pixels) and the run's summary.
+"""The topk table: merged from top-k lists only, never from activations.
 
-tops = {layer: RunningTopK(units, k)}      # filled while shards were written
-reload_topk(layout, layer, shard, tops[layer], width)   # shards finished by an earlier run
-rows = write_topk(layout, layers, tops, rfs, widths, preprocessing, metadata)
+    set_topk_aside(layout)                    # a run starts changing the index: readers see no topk
+    rows = write_topk(layout, markers, fresh, infos, k, metadata)   # at the end of the run
+
+Every shard stores its own top-k (`_topk/shard-NNNNN.<attempt>.parquet`, written with its files). The
+topk table records which shards it merged (`topk/_covers.json`, ignored by Parquet readers). When a run
+changes the index, the table is moved to `_topk_base/`; at the end the new table is the old one merged
+with the top-k lists this run computed (the driver folded them as shards finished) and those of shards
+that neither holds (finished by a run that was killed). When the old table covers a shard that is gone
+(pruned), it cannot be used, and every shard's top-k is merged again: still no activation file is read.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
+import json
+import shutil
+
 import pyarrow.parquet as pq
 
-from pipeline import schema
-from pipeline.preprocess import Preprocessing
-from pipeline.receptive_field import ReceptiveField, boxes
-from pipeline.topk import RunningTopK
-from pipeline.writer import IndexLayout, write_parquet
+from pipeline.geometry import LayerInfo
+from pipeline.topk import RunningTopK, read_topk, topk_table
+from pipeline.writer import IndexLayout, atomic_write_json, marker_id, write_parquet
 
-BOX = ("x0", "y0", "x1", "y1")
+COVERS = "_covers.json"
 
 
-def reload_topk(layout: IndexLayout, layer: str, shard: int, top: RunningTopK, width: int) -> None:
-    """Fold a shard finished by an earlier run into `top`, from its activations file."""
-    table = pq.read_table(
-        layout.activations_file(layer, shard), columns=["image_id", "unit", "act", "y", "x"]
-    )
-    ids, inverse = np.unique(table.column("image_id").to_numpy(), return_inverse=True)
-    units = table.column("unit").to_numpy()
-    act = np.full((len(ids), top.values.shape[0]), np.nan, dtype=np.float32)
-    pos = np.zeros(act.shape, dtype=np.int32)
-    act[inverse, units] = table.column("act").to_numpy()
-    pos[inverse, units] = table.column("y").to_numpy().astype(np.int32) * width + table.column("x").to_numpy()
-    top.add(act, ids, pos)
+def topk_is_current(layout: IndexLayout, markers: dict[int, dict]) -> bool:
+    """Whether topk/ holds exactly the merge of the completed shards' top-k lists."""
+    return _covers(layout.topk_dir) == {marker_id(m) for m in markers.values()}
 
 
-def image_sizes(layout: IndexLayout, markers: dict[int, dict]) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted image_ids, (N, 2) width/height) of every image of the given shards."""
-    files = [layout.images_file(shard) for shard in markers]
-    if not files:
-        return np.empty(0, dtype=np.int64), np.empty((0, 2), dtype=np.int32)
-    table = pa.concat_tables(pq.read_table(f, columns=["image_id", "width", "height"]) for f in files)
-    order = np.argsort(table.column("image_id").to_numpy())
-    sizes = np.stack([table.column("width").to_numpy(), table.column("height").to_numpy()], axis=1)
-    return table.column("image_id").to_numpy()[order], sizes[order]
-
-
-def topk_table(layer: str, top: RunningTopK, rf: ReceptiveField, width: int) -> pa.Table:
-    """Top-k rows with boxes in model-input pixels (write_topk maps them to original pixels)."""
-    valid = ~np.isnan(top.values)
-    unit_idx, rank_idx = np.nonzero(valid)
-    pos = top.positions[valid]
-    y, x = pos // width, pos % width
-    model_boxes = boxes(rf, y, x)
-    columns = {
-        "layer": pa.repeat(pa.scalar(layer), len(unit_idx)),
-        "unit": unit_idx.astype(np.int32),
-        "rank": (rank_idx + 1).astype(np.int32),
-        "image_id": top.image_ids[valid],
-        "act": top.values[valid],
-        "y": y.astype(np.int16),
-        "x": x.astype(np.int16),
-    }
-    columns.update({name: model_boxes[:, j].astype(np.int32) for j, name in enumerate(BOX)})
-    return pa.table(columns, schema=schema.TOPK)
-
-
-def to_original_boxes(
-    table: pa.Table, prep: Preprocessing, ids_sorted: np.ndarray, sizes: np.ndarray
-) -> pa.Table:
-    rows = np.searchsorted(ids_sorted, table.column("image_id").to_numpy())
-    model_boxes = np.stack([table.column(c).to_numpy() for c in BOX], axis=1)
-    mapped = prep.to_original(model_boxes, sizes[rows, 0], sizes[rows, 1])
-    for j, name in enumerate(BOX):
-        table = table.set_column(
-            table.schema.get_field_index(name), schema.TOPK.field(name), pa.array(mapped[:, j])
-        )
-    return table
+def set_topk_aside(layout: IndexLayout) -> None:
+    """Move a complete topk/ to _topk_base/ (one rename: readers see the old table or none); an
+    incomplete one (a run killed while writing it) is dropped."""
+    if not layout.topk_dir.is_dir():
+        return
+    if _covers(layout.topk_dir) is None:
+        shutil.rmtree(layout.topk_dir)
+        return
+    shutil.rmtree(layout.topk_base, ignore_errors=True)
+    layout.topk_dir.rename(layout.topk_base)
 
 
 def write_topk(
     layout: IndexLayout,
     markers: dict[int, dict],
-    tops: dict[str, RunningTopK],
-    rfs: dict[str, ReceptiveField],
-    widths: dict[str, int],
-    prep: Preprocessing,
+    fresh: dict[str, RunningTopK],
+    fresh_ids: set[str],
+    infos: dict[str, LayerInfo],
     metadata: dict,
 ) -> int:
-    ids_sorted, sizes = image_sizes(layout, markers)
+    """Write topk/ for the completed shards `markers`; `fresh` already holds the top-k lists of the
+    shards named `fresh_ids`. Returns the table's rows."""
+    set_topk_aside(layout)
+    current = {marker_id(m): m for m in markers.values()}
+    have = set(fresh_ids) & set(current)
+    base = _covers(layout.topk_base)
+    if base is not None and base <= set(current):
+        _merge_tables(
+            fresh, [layout.topk_base / path.name for path in layout.topk_base.glob("*.parquet")], infos
+        )
+        have |= base
+    rest = [layout.root / _partial(m) for key, m in sorted(current.items()) if key not in have]
+    _merge_tables(fresh, rest, infos)
     rows = 0
-    for layer, top in tops.items():
-        table = to_original_boxes(topk_table(layer, top, rfs[layer], widths[layer]), prep, ids_sorted, sizes)
+    for layer, top in fresh.items():
+        table = topk_table(layer, top.result(), infos[layer].width)
         write_parquet(table, layout.topk_file(layer), metadata)
         rows += table.num_rows
+    atomic_write_json(layout.topk_dir / COVERS, {"shards": sorted(current)})
+    shutil.rmtree(layout.topk_base, ignore_errors=True)
     return rows
+
+
+def _merge_tables(tops: dict[str, RunningTopK], files: list, infos: dict[str, LayerInfo]) -> None:
+    for path in files:
+        table = pq.read_table(path)
+        for layer, top in tops.items():
+            top.merge(read_topk(table, layer, infos[layer].channels, infos[layer].width))
+
+
+def _partial(marker: dict) -> str:
+    return next(f for f in marker["files"] if f.startswith("_topk/"))
+
+
+def _covers(folder) -> set[str] | None:
+    path = folder / COVERS
+    return set(json.loads(path.read_text())["shards"]) if path.is_file() else None

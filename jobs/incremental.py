@@ -1,121 +1,119 @@
-"""What an index directory already holds, and how a run continues from it.
+"""What an index directory already holds, and what a run has to add to it.
 
     state = read_state(IndexLayout("idx/"))
-    pending, missing = plan_pending(list_images("photos/"), state, shard_size=1024)
-    prune(layout, state, missing, writer)      # drop images that left the dataset
+    work = plan_work(list_images("photos/"), state, layout, shard_size=1024, prune=False)
+    work.pending, work.missing, work.to_prune     # new shards, images gone from the dataset, shards to redo
 
-Shards are immutable once their marker is written. A rerun indexes only the images no completed shard
-holds, in new shards numbered after the existing ones; after a kill those are exactly the shards the
-first run had not finished, because the image list is sorted and split the same way every time.
+Shards are immutable once their marker is written. A resumed run plans the same shards as the run it
+continues (the image list is sorted and split the same way every time), so it only compares each marker
+with the plan: no file is read. When the dataset changed, the ids of the indexed images are read from
+the (small) images files, and the images no completed shard holds go into new shards numbered after the
+existing ones. `--prune` drops the markers of the shards that hold images no longer in the dataset; their
+remaining images are indexed again, in new shards, by the same run. No activation file is ever read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.shards import Shard, ids_digest, plan_shards
+from pipeline.shards import Shard, plan_shards
 from pipeline.sources import ImageRef
-from pipeline.writer import IndexLayout, ShardWriter
+from pipeline.writer import IndexLayout
 
 
 @dataclass
 class IndexState:
     done: dict[int, dict]  # shard -> marker, for shards whose files are all present
-    indexed: dict[int, int]  # image_id -> shard holding it
 
     @property
     def next_shard(self) -> int:
         return max(self.done) + 1 if self.done else 0
 
 
+@dataclass
+class Work:
+    pending: list[Shard]  # shards to compute, numbered after the completed ones
+    missing: dict[int, int] = field(
+        default_factory=dict
+    )  # indexed image_id -> shard, no longer in the dataset
+    to_prune: list[int] = field(default_factory=list)  # completed shards dropped by --prune
+    reindexed: int = 0  # images of pruned shards that are still in the dataset: indexed again
+
+    @property
+    def images(self) -> int:
+        """Images the pending shards hold."""
+        return sum(len(shard.refs) for shard in self.pending)
+
+    @property
+    def new_images(self) -> int:
+        """Images that no shard held before."""
+        return self.images - self.reindexed
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending and not self.to_prune
+
+
 def read_state(layout: IndexLayout, repair: bool = True) -> IndexState:
-    """Completed shards and the images they hold. A marker whose files are gone is ignored, and with
-    `repair` deleted, so that the next run indexes its images again."""
+    """Completed shards. A marker whose files are gone is ignored, and with `repair` deleted, so that the
+    next run indexes its images again."""
     done = {}
     for shard, marker in layout.completed_shards().items():
         if all((layout.root / f).is_file() for f in marker["files"]):
             done[shard] = marker
         elif repair:
             layout.marker(shard).unlink(missing_ok=True)
+    return IndexState(done)
+
+
+def plan_work(
+    refs: list[ImageRef], state: IndexState, layout: IndexLayout, shard_size: int, prune: bool
+) -> Work:
+    planned = plan_shards(refs, shard_size)
+    if all(s < len(planned) and planned[s].digest == m["digest"] for s, m in state.done.items()):
+        return Work([shard for shard in planned if shard.index not in state.done])  # a fresh or resumed run
+    indexed = indexed_ids(layout, state)
+    current = {ref.image_id for ref in refs}
+    missing = {image_id: shard for image_id, shard in indexed.items() if image_id not in current}
+    to_prune = sorted(set(missing.values())) if prune else []
+    dropped = set(to_prune)
+    again = [ref for ref in refs if indexed.get(ref.image_id, -1) in dropped]
+    new = [ref for ref in refs if ref.image_id not in indexed or indexed[ref.image_id] in dropped]
+    return Work(plan_shards(new, shard_size, first_index=state.next_shard), missing, to_prune, len(again))
+
+
+def indexed_ids(layout: IndexLayout, state: IndexState) -> dict[int, int]:
+    """image_id -> the completed shard holding it, from the images files."""
     indexed = {}
-    for shard in done:
-        ids = pq.read_table(layout.images_file(shard), columns=["image_id"]).column("image_id")
+    for shard, marker in state.done.items():
+        images = next(f for f in marker["files"] if f.startswith("images/"))
+        ids = pq.read_table(layout.root / images, columns=["image_id"]).column("image_id")
         indexed.update(dict.fromkeys(ids.to_pylist(), shard))
-    return IndexState(done, indexed)
+    return indexed
+
+
+def apply_prune(layout: IndexLayout, state: IndexState, work: Work) -> None:
+    """Drop the markers of the shards `work` prunes: their images leave every view now (never shown
+    twice), and the shards that re-index the remaining ones bring them back when they commit. A run
+    killed in between indexes them on its rerun, as they are in no completed shard."""
+    for shard in work.to_prune:
+        layout.marker(shard).unlink(missing_ok=True)
+        del state.done[shard]
 
 
 def remove_orphans(layout: IndexLayout, state: IndexState) -> int:
-    """Delete temporary files and files of shards that never got a marker (a killed run's leftovers)."""
+    """Delete temporary files and shard files no marker lists (killed runs', lost attempts', pruned
+    shards')."""
     keep = {layout.root / f for marker in state.done.values() for f in marker["files"]}
     removed = 0
-    for folder in (layout.root / "images", layout.root / "activations"):
+    for folder in layout.data_dirs():
         for path in folder.rglob("*") if folder.is_dir() else ():
             if path.is_file() and path not in keep:
-                path.unlink()
+                path.unlink(missing_ok=True)
                 removed += 1
     for path in layout.root.rglob(".*.tmp-*"):
         path.unlink(missing_ok=True)
         removed += 1
     return removed
-
-
-def plan_pending(refs: list[ImageRef], state: IndexState, shard_size: int) -> tuple[list[Shard], set[int]]:
-    """(new shards for images no completed shard holds, ids in the index that left the dataset)."""
-    new = [ref for ref in refs if ref.image_id not in state.indexed]
-    current = {ref.image_id for ref in refs}
-    missing = {image_id for image_id in state.indexed if image_id not in current}
-    return plan_shards(new, shard_size, first_index=state.next_shard), missing
-
-
-def prune(layout: IndexLayout, state: IndexState, missing: set[int], writer: ShardWriter) -> int:
-    """Rewrite every shard holding a missing image without it; returns the number of images dropped.
-
-    Each affected shard is rewritten under a new number: new files, then the old marker goes, then the
-    new marker comes, then the old files go. A crash in between loses no image for good (a shard without
-    marker is re-indexed by the next run) and never shows an image twice.
-    """
-    dropped = 0
-    for shard in sorted({state.indexed[i] for i in missing}):
-        marker = state.done[shard]
-        files = [layout.root / f for f in marker["files"]]
-        images = pq.read_table(layout.images_file(shard))
-        keep = pc.invert(pc.is_in(images.column("image_id"), value_set=_id_array(missing)))
-        dropped += images.num_rows - pc.sum(keep.cast("int64")).as_py()
-        new_shard = state.next_shard
-        kept_images = images.filter(keep)
-        tables = {layer: _without(pq.read_table(f), missing) for layer, f in _layer_files(layout, marker)}
-        if kept_images.num_rows:
-            new_files = writer.write_files(new_shard, kept_images, tables)
-        layout.marker(shard).unlink()
-        if kept_images.num_rows:
-            digest = ids_digest(kept_images.column("image_id").to_pylist())
-            state.done[new_shard] = writer.write_marker(new_shard, digest, kept_images, tables, new_files)
-        for path in files:
-            path.unlink(missing_ok=True)
-        del state.done[shard]
-    for image_id in missing:
-        state.indexed.pop(image_id, None)
-    return dropped
-
-
-def _id_array(ids: set[int]):
-    import pyarrow as pa
-
-    return pa.array(np.fromiter(ids, dtype=np.int64, count=len(ids)))
-
-
-def _without(table, missing: set[int]):
-    return table.filter(pc.invert(pc.is_in(table.column("image_id"), value_set=_id_array(missing))))
-
-
-def _layer_files(layout: IndexLayout, marker: dict) -> list[tuple[str, Path]]:
-    """(layer, file) for the shard's activations files; the directory name encodes the layer."""
-    from urllib.parse import unquote
-
-    paths = [layout.root / f for f in marker["files"] if f.startswith("activations")]
-    return [(unquote(path.parent.name.removeprefix("layer=")), path) for path in paths]

@@ -1,52 +1,59 @@
 """The index job: images -> per-unit maxima in Parquet, sharded, atomic, resumable, with top-k.
 
-    from jobs.config import IndexConfig
     from jobs.index import run_index
-    summary = run_index(IndexConfig(source="photos/", out="idx/", model="resnet18", layers=("layer4",)))
+    from jobs.spec import IndexRequest
+    summary = run_index(IndexRequest(source="photos/", out="idx/", model="resnet18", layers=("layer4",)))
 
 As a cluster batch job (same options as `actindex index`):
-    ray job submit --working-dir . -- \\
-        python -m jobs.index PHOTOS/ --model resnet50 --layers 'layer*' --out idx/
+    ray job submit --working-dir . -- python -m jobs index PHOTOS/ --layers 'layer*' --out idx/
 
-A run takes the index directory's lock, continues from the shards earlier runs completed (indexing only
-images no completed shard holds), and rebuilds `topk` from every completed shard at the end.
+The driver lists the images, loads the model once (layer names, weights hash, receptive fields), takes
+the index directory's lock and compares what it would compute with what the index holds. With nothing
+new it returns without starting Ray. Otherwise it resolves the run spec against the executor's workers,
+hands them whole shards, commits each shard's marker once the worker has written its files, and folds
+the shard's top-k into the running lists; it never touches an activation row. The topk table is written
+at the end, from top-k lists only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
+import os
 import shutil
-import sys
 import time
-from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 import pipeline
-from jobs.assemble import ShardAssembler
-from jobs.config import IndexConfig
-from jobs.finalize import reload_topk, write_topk
-from jobs.incremental import plan_pending, prune, read_state, remove_orphans
+from jobs.executor import open_executor
+from jobs.finalize import set_topk_aside, topk_is_current, write_topk
+from jobs.incremental import Work, apply_prune, plan_work, read_state, remove_orphans
 from jobs.lock import IndexLock
-from jobs.stages import StageSpec
+from jobs.spec import EXECUTION_PARAMS, Device, IndexRequest, RunSpec, differences, resolve_spec
+from jobs.worker import ShardResult, ShardTask, WorkContext, plan_model
 from pipeline import schema
-from pipeline.layers import LayerInfo, describe_layers, resolve_layers
-from pipeline.models import load_model
-from pipeline.preprocess import Preprocessing
-from pipeline.receptive_field import ReceptiveField, compute_receptive_fields
-from pipeline.shards import shard_batches
-from pipeline.sources import ImageRef, dataset_root, display_path, list_images
+from pipeline.errors import UserError
+from pipeline.geometry import LayerInfo, ReceptiveField
+from pipeline.sources import dataset_root, display_path, list_images
 from pipeline.topk import RunningTopK
-from pipeline.writer import IndexLayout, ShardWriter, atomic_write_json, marker_totals, write_parquet
+from pipeline.writer import (
+    INDEX_FORMAT,
+    IndexLayout,
+    atomic_write_json,
+    commit_marker,
+    marker_id,
+    marker_totals,
+    write_parquet,
+)
 
 log = logging.getLogger("actindex")
 
 
-class IndexMismatchError(RuntimeError):
+class IndexMismatchError(UserError, RuntimeError):
     """The output directory holds an index made with other parameters, or is not an index."""
 
 
@@ -57,7 +64,8 @@ class Summary:
     failed: int  # images with status error
     activation_rows: int  # rows in the activations table
     topk_rows: int  # rows in the topk table
-    new_images: int  # images this run indexed
+    new_images: int  # images this run added to the index
+    reindexed: int  # images of pruned shards this run indexed again (they are still in the dataset)
     shards_done_before: int  # shards reused from earlier runs
     missing: int  # indexed images no longer in the dataset (kept unless pruned)
     pruned: int  # images this run dropped because they left the dataset
@@ -65,198 +73,228 @@ class Summary:
     seconds: float  # wall time of this run
     startup_seconds: float  # from the start until the first batch came back (model loading, Ray start-up)
     steady_images_per_second: float | None  # images after the first batch / time after the first batch
+    driver_cpu_seconds: float  # CPU time of this process (the driver) during the run, children excluded
+    driver_cpu_seconds_indexing: float  # the same, from the first shard handed out to the last committed
     bytes_on_disk: int  # size of the index directory
     out: str  # the index directory
 
     @property
     def images_per_second(self) -> float:
-        return (self.new_images / self.seconds) if self.seconds > 0 else 0.0
+        """Images this run computed (new and re-indexed) per second of its wall time."""
+        return ((self.new_images + self.reindexed) / self.seconds) if self.seconds > 0 else 0.0
 
 
-@dataclass
-class JobPlan:
-    listing_errors: list[str]  # folders that could not be listed (recorded in run.json, shown in the summary)
-    refs: list[ImageRef]
-    layers: list[str]
-    infos: dict[str, LayerInfo]
-    rfs: dict[str, ReceptiveField]
-    preprocessing: Preprocessing
-    params: dict
+def run_index(request: IndexRequest) -> Summary:
+    started, cpu = time.time(), own_cpu_seconds()
+    layout = IndexLayout(request.out)
+    refs, listing_errors = _list(request)
+    root = dataset_root(request.source)
+    with IndexLock(layout.root), ExitStack() as stack:
+        executor = plan = None
+        if _needs_workers(layout, refs, request):  # the workers load the model: Ray starts right away
+            executor = stack.enter_context(open_executor(request))
+            plan = executor.plan(request, geometry=not _reusable_layers(layout))
+        else:  # most likely a rerun with nothing to do: check it in this process, without Ray
+            plan, _ = plan_model(request, geometry=False)
+        existing = _check_index(layout, _params(request, plan, root, gpus=None), request.overwrite)
+        state = read_state(layout)
+        work = plan_work(refs, state, layout, request.shard_size, request.prune)
+        if work.idle and existing is not None:
+            return _finish_idle(layout, existing, state, work, started, cpu)
+        if executor is None:  # work after all (a marker whose files were gone): the workers plan again
+            executor = stack.enter_context(open_executor(request))
+            plan = executor.plan(request, geometry=existing is None)
+        elif not plan.infos and existing is None:  # --overwrite cleared the index and its layers table
+            plan = executor.plan(request, geometry=True)
+        spec = resolve_spec(request, plan, root, executor.gpus())
+        if existing is not None and existing["params"] != spec.params():
+            _refuse_or_clear(layout, existing["params"], spec.params(), request.overwrite, EXECUTION_PARAMS)
+            existing, state = None, read_state(layout)
+            work = plan_work(refs, state, layout, request.shard_size, request.prune)
+            if not plan.infos:
+                plan = executor.plan(request, geometry=True)
+        infos, rfs = (plan.infos, plan.rfs) if plan.infos else read_geometry(layout)
+        manifest = _manifest(request, len(refs), listing_errors, spec, started)
+        atomic_write_json(layout.manifest, manifest)
+        write_parquet(layers_table(spec, infos, rfs), layout.layers, spec.params())
+        context = WorkContext(spec, str(layout.root), infos, rfs, request.trust_code, spec.params())
+        return _run(layout, executor, context, state, work, manifest, request, (started, cpu))
 
-    @property
-    def widths(self) -> dict[str, int]:
-        return {layer: info.width for layer, info in self.infos.items()}
 
-
-def plan_job(config: IndexConfig) -> JobPlan:
-    """List images, load the model once in the driver, resolve layers and receptive fields."""
-    listing_errors: list[tuple[str, str]] = []
-    refs = list_images(config.source, errors=listing_errors)
-    for relpath, reason in listing_errors:
+def _list(request: IndexRequest) -> tuple[list, list[str]]:
+    errors: list[tuple[str, str]] = []
+    refs = list_images(request.source, errors=errors)
+    for relpath, reason in errors:
         log.warning("not listed: %s (%s)", relpath, reason)
-    loaded = load_model(config.model, config.weights, trust_code=config.trust_code)
-    prep = config.preprocessing or loaded.preprocessing
-    layers = resolve_layers(loaded.module, config.layers, config.model)
-    size = (prep.crop, prep.crop)
-    params = {
-        "model": config.model,
-        "weights": loaded.weights,
-        "weights_sha256": loaded.weights_sha256,
-        "layers": layers,
-        "preprocessing": prep.to_dict(),
-        "k": config.k,
-        "shard_size": config.shard_size,
-        "max_pixels": config.max_pixels,
-        "precision": config.precision,
-        "device_decode": config.device_decode,
-        "dataset_root": dataset_root(config.source),
-    }
-    return JobPlan(
-        listing_errors=[display_path(f"{relpath}: {reason}") for relpath, reason in listing_errors],
-        refs=refs,
-        layers=layers,
-        infos=describe_layers(loaded.module, layers, size),
-        rfs=compute_receptive_fields(loaded.module, layers, size),
-        preprocessing=prep,
-        params=json.loads(json.dumps(params)),  # the form it has when read back from run.json
-    )
+    return refs, [display_path(f"{relpath}: {reason}") for relpath, reason in errors]
 
 
-def check_manifest(layout: IndexLayout, params: dict, overwrite: bool) -> None:
+def _needs_workers(layout: IndexLayout, refs: list, request: IndexRequest) -> bool:
+    """Whether this run will compute anything, judged before the model is loaded (nothing is changed)."""
+    manifest = layout.read_manifest()
+    if manifest is None or manifest.get("format") != INDEX_FORMAT or request.overwrite:
+        return True
+    work = plan_work(refs, read_state(layout, repair=False), layout, request.shard_size, request.prune)
+    return not work.idle
+
+
+def _reusable_layers(layout: IndexLayout) -> bool:
+    """An index's layers.parquet holds the geometry a rerun with the same parameters would trace."""
+    manifest = layout.read_manifest()
+    return manifest is not None and manifest.get("format") == INDEX_FORMAT and layout.layers.is_file()
+
+
+def _params(request: IndexRequest, plan, root: str, gpus: bool | None) -> dict:
+    """run.json's params for this request; with gpus=None only those that do not depend on the workers'
+    devices (what a rerun can check before any worker exists)."""
+    params = resolve_spec(
+        request, plan, root, request.device is not Device.cpu if gpus is None else gpus
+    ).params()
+    return params if gpus is not None else {k: v for k, v in params.items() if k not in EXECUTION_PARAMS}
+
+
+def _check_index(layout: IndexLayout, params: dict, overwrite: bool) -> dict | None:
+    """The index's manifest when it was made with `params` (those not resolved per worker); None when
+    the directory is new or empty (or was cleared by --overwrite). Refuses anything else."""
     existing = layout.read_manifest()
     if existing is None:
         if layout.root.is_dir() and any(p.name != ".lock" for p in layout.root.iterdir()) and not overwrite:
             raise IndexMismatchError(
                 f"{layout.root} is not empty and holds no actindex run.json; choose another --out"
             )
-        return
-    if existing.get("params") == params:
-        return
+        layout.clear()
+        return None
+    if existing.get("format") != INDEX_FORMAT:
+        if not overwrite:
+            raise IndexMismatchError(
+                f"{layout.root} was written by an older actindex (index format {existing.get('format', 1)}, "
+                f"this one writes {INDEX_FORMAT}); use another --out, or --overwrite to rebuild it"
+            )
+        layout.clear()
+        return None
+    old = {k: v for k, v in existing["params"].items() if k not in EXECUTION_PARAMS}
+    if old != params:
+        _refuse_or_clear(layout, old, params, overwrite)
+        return None
+    return existing
+
+
+def _refuse_or_clear(layout: IndexLayout, old: dict, new: dict, overwrite: bool, keys=None) -> None:
     if not overwrite:
-        changed = sorted(k for k in params if existing.get("params", {}).get(k) != params[k])
+        changed = "; ".join(differences(old, new, keys))
         raise IndexMismatchError(
-            f"{layout.root} holds an index made with different {', '.join(changed)}; "
+            f"{layout.root} holds an index made with different parameters ({changed}); "
             "use another --out, or --overwrite to replace it"
         )
     layout.clear()
 
 
-def run_index(config: IndexConfig) -> Summary:
-    started = time.time()
-    layout = IndexLayout(config.out)
-    plan = plan_job(config)
-    with IndexLock(layout.root):
-        check_manifest(layout, plan.params, config.overwrite)
-        manifest = _manifest(config, plan, started)
-        atomic_write_json(layout.manifest, manifest)
-        write_parquet(layers_table(plan), layout.layers, plan.params)
-        return _run_locked(config, plan, layout, manifest, started)
+def read_geometry(layout: IndexLayout) -> tuple[dict[str, LayerInfo], dict[str, ReceptiveField]]:
+    infos, rfs = {}, {}
+    for row in pq.read_table(layout.layers).to_pylist():
+        name = row["layer"]
+        infos[name] = LayerInfo(name, row["type"], row["channels"], row["height"], row["width"])
+        rfs[name] = ReceptiveField(
+            row["rf_size_y"], row["rf_size_x"], row["rf_jump_y"], row["rf_jump_x"],
+            row["rf_start_y"], row["rf_start_x"], row["rf_global"],
+        )  # fmt: skip
+    return infos, rfs
 
 
-def _run_locked(config: IndexConfig, plan: JobPlan, layout: IndexLayout, manifest: dict, started: float):
-    state = read_state(layout)
+def _run(layout, executor, context, state, work: Work, manifest, request, clocks) -> Summary:
+    started, cpu_started = clocks
+    apply_prune(layout, state, work)
     remove_orphans(layout, state)
-    writer = ShardWriter(layout, plan.params)
-    pending, missing = plan_pending(plan.refs, state, config.shard_size)
-    pruned = 0
-    if config.prune and missing:
-        pruned = prune(layout, state, missing, writer)
-        pending, _ = plan_pending(plan.refs, state, config.shard_size)  # numbered after the rewritten shards
-    if pending or pruned:
-        shutil.rmtree(layout.topk_dir, ignore_errors=True)  # stale from now on: rebuilt at the end
-    done_before = dict(state.done)
-    tops = {layer: RunningTopK(plan.infos[layer].channels, config.k) for layer in plan.layers}
-    assembler = ShardAssembler(pending, plan.layers, plan.widths, writer, tops)
-    new_images = sum(len(s.refs) for s in pending)
-    first_batch: tuple[float, int] | None = None  # (when, images): the end of start-up
-    with _progress(config.progress, new_images) as advance:
-        for batch in _execute(config, plan, shard_batches(pending, batch_size(config))):
-            first_batch = first_batch or (time.time(), len(batch["image_id"]))
-            assembler.add(batch)
-            advance(len(batch["image_id"]))
-    loop_end = time.time()
-    if assembler.pending():
-        raise RuntimeError(f"shards {assembler.pending()} did not receive all their images")
-    shutil.rmtree(layout.journal_dir, ignore_errors=True)  # every batch is done: no journal is needed
-    for shard in done_before:
-        for layer in plan.layers:
-            reload_topk(layout, layer, shard, tops[layer], plan.widths[layer])
-    markers = layout.completed_shards()
-    topk_rows = write_topk(layout, markers, tops, plan.rfs, plan.widths, plan.preprocessing, plan.params)
+    set_topk_aside(layout)  # stale from now on: readers see no topk until it is rebuilt at the end
+    done_before = len(state.done)
+    tasks = [ShardTask(shard.index, shard.digest, shard.refs) for shard in work.pending]
+    fresh = {layer: RunningTopK(info.channels, context.spec.k) for layer, info in context.infos.items()}
+    fresh_ids: set[str] = set()
+    first: tuple[float, int] | None = None  # (when, images): the end of start-up
+    done_images = 0
+    cpu_loop = own_cpu_seconds()
+    with _progress(request.progress, work.images) as advance:
+        for event in executor.run(context, tasks):
+            if isinstance(event, ShardResult):
+                commit_marker(layout, event.marker())
+                fresh_ids.add(marker_id(event.marker()))
+                for layer, top in event.topk.items():
+                    fresh[layer].merge(top)
+                continue
+            first = first or (time.time(), event)
+            done_images += event
+            advance(event)
+    loop_end, cpu_loop = time.time(), own_cpu_seconds() - cpu_loop
+    shutil.rmtree(layout.journal_dir, ignore_errors=True)  # every shard is done: no journal is needed
+    state = read_state(layout, repair=False)
+    remove_orphans(layout, state)  # files of attempts that lost (a worker died after writing them)
+    topk_rows = write_topk(layout, state.done, fresh, fresh_ids, context.infos, context.metadata)
     counts = {
-        "listing_errors": len(plan.listing_errors),
-        "new_images": new_images,
-        "shards_done_before": len(done_before),
-        "missing": 0 if config.prune else len(missing),
-        "pruned": pruned,
-        "startup_seconds": (first_batch[0] - started) if first_batch else 0.0,
-        "steady_images_per_second": _rate(new_images - first_batch[1], loop_end - first_batch[0])
-        if first_batch
-        else None,
+        "listing_errors": len(manifest["listing_errors"]),
+        "new_images": work.new_images,
+        "reindexed": work.reindexed,
+        "shards_done_before": done_before,
+        "missing": 0 if request.prune else len(work.missing),
+        "pruned": len(work.missing) if request.prune else 0,
+        "startup_seconds": (first[0] - started) if first else 0.0,
+        "steady_images_per_second": _rate(work.images - first[1], loop_end - first[0]) if first else None,
+        "driver_cpu_seconds_indexing": cpu_loop,
     }
-    return _finish(layout, manifest, markers, topk_rows, counts, started)
+    return _finish(layout, manifest, state.done, topk_rows, counts, started, cpu_started)
 
 
-GPU_BATCH, CPU_BATCH = 256, 32  # 256 keeps an H100 busy with ResNet-50 (see README); more buys little
+def _finish_idle(
+    layout: IndexLayout, manifest: dict, state, work: Work, started: float, cpu: float
+) -> Summary:
+    """Nothing to compute: bring topk up to date if a killed run left it behind, and report."""
+    topk_rows = None
+    if not topk_is_current(layout, state.done):
+        infos, _ = read_geometry(layout)
+        fresh = {layer: RunningTopK(info.channels, manifest["params"]["k"]) for layer, info in infos.items()}
+        topk_rows = write_topk(layout, state.done, fresh, set(), infos, manifest["params"])
+    if topk_rows is None:
+        topk_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in layout.topk_dir.glob("*.parquet"))
+    counts = {
+        "listing_errors": len(manifest.get("listing_errors", [])),
+        "new_images": 0,
+        "reindexed": 0,
+        "shards_done_before": len(state.done),
+        "missing": len(work.missing),
+        "pruned": 0,
+        "startup_seconds": 0.0,
+        "steady_images_per_second": None,
+        "driver_cpu_seconds_indexing": 0.0,
+    }
+    manifest = {**manifest, "started": _iso(started), "finished": None, "status": "running"}
+    return _finish(layout, manifest, state.done, topk_rows, counts, started, cpu)
 
 
-def batch_size(config: IndexConfig) -> int:
-    """The configured batch size, or one that fills the workers: GPU_BATCH where they have GPUs."""
-    if config.batch_size:
-        return config.batch_size
-    if config.device == "cpu":
-        return CPU_BATCH
-    if config.executor == "ray":
-        import ray
-
-        from jobs.ray_runner import init_ray
-
-        init_ray(config.address)
-        return GPU_BATCH if ray.cluster_resources().get("GPU", 0) else CPU_BATCH
-    import torch
-
-    return GPU_BATCH if torch.cuda.is_available() else CPU_BATCH
-
-
-def _execute(
-    config: IndexConfig, plan: JobPlan, batches: list[list[dict]]
-) -> Iterator[dict[str, np.ndarray]]:
-    if not batches:
-        return iter(())
-    spec = StageSpec(
-        config.model,
-        config.weights,
-        tuple(plan.layers),
-        plan.preprocessing,
-        config.device,
-        max_pixels=config.max_pixels,
-        trust_code=config.trust_code,
-        journal_dir=str(IndexLayout(config.out).journal_dir),
-        precision=config.precision,
-        compile=config.compile,
-        device_decode=config.device_decode,
-    )
-    if config.executor == "local":
-        from jobs.local import run_local
-
-        return run_local(batches, spec)
-    from jobs.ray_runner import run_ray
-
-    return run_ray(batches, spec, config.address, config.workers)
-
-
-def _manifest(config: IndexConfig, plan: JobPlan, started: float) -> dict:
+def _manifest(request: IndexRequest, images: int, listing_errors: list[str], spec: RunSpec, started: float):
+    config = {k: v for k, v in asdict(request).items() if k not in ("preprocessing", "progress")}
     return {
-        "params": plan.params,
-        "source": config.source,
-        "dataset_images": len(plan.refs),
-        "listing_errors": plan.listing_errors,
+        "format": INDEX_FORMAT,
+        "params": spec.params(),
+        "source": request.source,
+        "dataset_images": images,
+        "listing_errors": listing_errors,
         "actindex_version": pipeline.__version__,
-        "config": {k: v for k, v in asdict(config).items() if k not in ("preprocessing", "progress")},
+        "config": {k: v.value if hasattr(v, "value") else v for k, v in config.items()},
         "started": _iso(started),
         "finished": None,
         "status": "running",
     }
+
+
+def own_cpu_seconds() -> float:
+    """utime + stime of this process, children excluded (Ray's processes and workers are not counted),
+    from /proc/self/stat (os.times() elsewhere)."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        times = os.times()
+        return times.user + times.system
 
 
 def _rate(images: int, seconds: float) -> float | None:
@@ -267,10 +305,10 @@ def _iso(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def layers_table(plan: JobPlan) -> pa.Table:
+def layers_table(spec: RunSpec, infos: dict[str, LayerInfo], rfs: dict[str, ReceptiveField]) -> pa.Table:
     rows = []
-    for layer in plan.layers:
-        info, rf = plan.infos[layer], plan.rfs[layer]
+    for layer in spec.layers:
+        info, rf = infos[layer], rfs[layer]
         rows.append(
             {
                 "layer": layer,
@@ -285,15 +323,16 @@ def layers_table(plan: JobPlan) -> pa.Table:
                 "rf_start_y": rf.start_y,
                 "rf_start_x": rf.start_x,
                 "rf_global": rf.is_global,
-                **plan.preprocessing.to_dict(),
+                **spec.preprocessing.to_dict(),
             }
         )
     return pa.Table.from_pylist(rows, schema=schema.LAYERS)
 
 
-def _finish(layout: IndexLayout, manifest: dict, markers: dict, topk_rows: int, counts: dict, started: float):
+def _finish(layout, manifest: dict, markers: dict, topk_rows: int, counts: dict, started: float, cpu: float):
     images, ok, activation_rows = marker_totals(markers)
     summary = Summary(
+        driver_cpu_seconds=own_cpu_seconds() - cpu,
         images=images,
         indexed=ok,
         failed=images - ok,
@@ -304,7 +343,8 @@ def _finish(layout: IndexLayout, manifest: dict, markers: dict, topk_rows: int, 
         out=str(layout.root),
         **counts,
     )
-    totals = {k: v for k, v in asdict(summary).items() if k not in ("out", "bytes_on_disk")}
+    # run.json keeps the unlisted folders themselves under "listing_errors"; the summary counts them
+    totals = {k: v for k, v in asdict(summary).items() if k not in ("out", "bytes_on_disk", "listing_errors")}
     atomic_write_json(
         layout.manifest, {**manifest, **totals, "finished": _iso(time.time()), "status": "complete"}
     )
@@ -330,6 +370,7 @@ class _progress:
             TextColumn("{task.fields[rate]} img/s"),
             TimeRemainingColumn(),
             console=Console(stderr=True),
+            refresh_per_second=2,  # drawing costs the driver CPU: twice a second is enough to read
         )
         self.bar.start()
         task = self.bar.add_task("index", total=self.total, rate="-")
@@ -345,9 +386,3 @@ class _progress:
     def __exit__(self, *exc) -> None:
         if self.enabled:
             self.bar.stop()
-
-
-if __name__ == "__main__":
-    from jobs.cli import app
-
-    app(["index", *sys.argv[1:]])

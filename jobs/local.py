@@ -1,32 +1,83 @@
-"""Plain single-process executor: the same stages as the Ray job, in one loop, no Ray needed.
+"""The executor without Ray: one ShardWorker in this process, two shards in flight.
 
-    for out in run_local(shard_batches(shards, 32), spec):
-        ...   # dicts with the columns record_batch produces
+    executor = LocalExecutor()
+    for event in executor.run(context, tasks):
+        ...   # int (images done) or ShardResult
 
-Used by `actindex index --executor local`, by GPU machines without Ray, and as the baseline Ray is
-measured against.
+Used by `actindex index --executor local`, by GPU machines without Ray, and for debugging. One thread
+runs the model over a shard while another finishes the previous shard (ordering, encoding, writing) in
+the worker's finishing threads, so encoding overlaps the forward passes.
 """
 
 from __future__ import annotations
 
+import queue
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+from jobs.worker import IN_FLIGHT, ModelPlan, ShardResult, ShardTask, ShardWorker, WorkContext, plan_model
 
-from jobs.stages import JournaledDecode, RecordStage, StageSpec
-
-
-def columns(items: list[dict]) -> dict[str, np.ndarray]:
-    """Row dicts -> a column batch (object arrays for strings and nullable labels)."""
-    out = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
-        out[key] = np.array(values, dtype=object if isinstance(values[0], str) or key == "label" else None)
-    return out
+_DONE = object()
 
 
-def run_local(batches: list[list[dict]], spec: StageSpec) -> Iterator[dict[str, np.ndarray]]:
-    decode = JournaledDecode(spec)
-    record = RecordStage(spec)
-    for items in batches:
-        yield record(decode(columns(items)))
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self):
+        self.module = None
+
+    def gpus(self) -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    def plan(self, request, geometry: bool = True) -> ModelPlan:
+        plan, self.module = plan_model(request, geometry)  # the worker uses this copy: no second load
+        return plan
+
+    def run(self, context: WorkContext, tasks: list[ShardTask]) -> Iterator[int | ShardResult]:
+        worker = ShardWorker(context, module=self.module)
+        events: queue.Queue = queue.Queue()
+        pending, running = deque(tasks), 0
+
+        def work(task: ShardTask) -> None:
+            try:
+                for event in worker.run_shard(task):
+                    events.put(event)
+                events.put(_DONE)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+                events.put(_Failed(exc))
+
+        with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="actindex-shard") as threads:
+            try:
+                while pending or running:
+                    while pending and running < IN_FLIGHT:
+                        threads.submit(work, pending.popleft())
+                        running += 1
+                    event = _next(events)
+                    if event is _DONE:
+                        running -= 1
+                    elif isinstance(event, _Failed):
+                        raise event.exc
+                    else:
+                        yield event
+            finally:
+                worker.close()  # a shard still running stops after its current batch
+
+    def close(self) -> None:
+        pass
+
+
+def _next(events: queue.Queue):
+    """The next event; waits in short steps so that Ctrl-C reaches the main thread at once."""
+    while True:
+        try:
+            return events.get(timeout=0.2)
+        except queue.Empty:
+            continue

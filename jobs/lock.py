@@ -17,19 +17,31 @@ import socket
 import time
 from pathlib import Path
 
+from pipeline.errors import UserError
 
-class IndexBusyError(RuntimeError):
+
+class IndexBusyError(UserError, RuntimeError):
     """Another job holds the index directory's lock."""
 
 
 class IndexLock:
+    """The lock; a directory it had to create is removed again if the job leaves nothing else in it (a
+    job that stops at a bad option leaves no empty index directory behind)."""
+
     def __init__(self, root: Path):
         self.path = Path(root) / ".lock"
         self._file = None
+        self._created = False
 
     def __enter__(self) -> IndexLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            self._created = not self.path.parent.exists()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        except OSError as exc:
+            raise UserError(
+                f"cannot write the index directory {self.path.parent}: {exc.strerror or exc}"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -47,10 +59,14 @@ class IndexLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._file is None:
+            return
+        if self._created and [p.name for p in self.path.parent.iterdir()] == [".lock"]:
+            self.path.unlink()  # while still holding the lock: nobody else can have started here
+            self.path.parent.rmdir()
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+        self._file = None
 
 
 def is_locked(root: Path) -> str | None:

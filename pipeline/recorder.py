@@ -3,6 +3,7 @@
     recorder = ActivationRecorder(model, ["layer3", "layer4"], preprocessing, device="cpu")
     out = recorder(pixels)           # pixels: (B, 3, H, W) uint8
     act, pos = out["layer4"]         # (B, U) float32 maxima, (B, U) int32 flat positions y * W + x
+    out = recorder.submit(pixels).result()   # the interface pipeline.loop runs (pipeline.gpu's is async)
 
 Hooks live only inside each call (`LayerTrace` removes them even when the forward fails), and the forward
 stops as soon as the last chosen layer has been seen. Only (B, U) values leave the device.
@@ -103,20 +104,8 @@ class ActivationRecorder:
             raise RuntimeError(f"layers {missing} were not reached by the forward pass")
         return {name: (act.cpu().numpy(), pos.cpu().numpy()) for name, (act, pos) in trace.reduced.items()}
 
+    def submit(self, pixels: np.ndarray | torch.Tensor):
+        """The asynchronous interface of pipeline.loop, synchronously: the results are ready on return."""
+        from pipeline.loop import Ready
 
-def record_batch(recorder: ActivationRecorder, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Batch form shared by every executor: adds act_<i>/pos_<i> columns (NaN / -1 for failed images).
-
-    Column i belongs to recorder.layers[i]; rows whose `ok` is False are not run through the model.
-    """
-    ok = np.asarray(batch["ok"], dtype=bool)
-    out = {key: value for key, value in batch.items() if key != "pixels"}
-    results = recorder(batch["pixels"][ok]) if ok.any() else None
-    for i, layer in enumerate(recorder.layers):
-        units = recorder.units[layer]
-        act = np.full((len(ok), units), np.nan, dtype=np.float32)
-        pos = np.full((len(ok), units), -1, dtype=np.int32)
-        if results is not None:
-            act[ok], pos[ok] = results[layer]
-        out[f"act_{i}"], out[f"pos_{i}"] = act, pos
-    return out
+        return Ready(self(pixels))

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import InvalidInputError, MissingInputError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst"})
 
@@ -106,11 +108,11 @@ def list_images(source: str, errors: list[tuple[str, str]] | None = None) -> lis
     elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
         refs = [_ref(path.resolve(), path.resolve().parent, None)]
     else:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{source!r} is not a folder, a glob, an image or a list file (.txt/.csv of paths)"
         )
     if not refs:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {source!r}")
+        raise MissingInputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {source!r}")
     refs = list({ref.relpath: ref for ref in refs}.values())  # a list file may name a path twice
     _check_unique(refs)
     return sorted(refs, key=lambda ref: ref.relpath)
@@ -242,4 +244,6 @@ def _check_unique(refs: list[ImageRef]) -> None:
     for ref in refs:
         other = seen.setdefault(ref.image_id, ref.relpath)
         if other != ref.relpath:
-            raise ValueError(f"image_id collision between {other!r} and {ref.relpath!r}; rename one of them")
+            raise InvalidInputError(
+                f"image_id collision between {other!r} and {ref.relpath!r}; rename one of them"
+            )

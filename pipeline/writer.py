@@ -1,13 +1,17 @@
-"""The index directory: where each table lives, and atomic per-shard writes with completion markers.
+"""The index directory: where each table lives, atomic writes, and the commit protocol of shards.
 
     layout = IndexLayout("idx/")
-    writer = ShardWriter(layout, metadata={"model": "resnet18"})
-    writer.write_shard(shard=3, digest="...", images=images_table, activations={"layer4": table})
+    attempt = new_attempt()
+    write_activations(table, layout.activations_file("layer4", 3, attempt), metadata)   # a worker
+    commit_marker(layout, {"shard": 3, "attempt": attempt, "files": [...], ...})         # the driver
     layout.completed_shards()    # {3: {...marker...}}
 
-Every file is written under a temporary name and renamed into place; the shard's marker in `_done/` is
-written last and lists the shard's files. Readers build their views from markers only, so they see a
-shard's complete output or none of it.
+A shard is written by whoever computed it: its files get names unique to that attempt
+(`images/shard-00003.<attempt>.parquet`), each written under a temporary name and renamed into place.
+The driver then writes the shard's marker `_done/shard-00003.json`, atomically and last, listing the
+files. Readers build their views from markers only, so they see a shard's complete output or none of it;
+the files of an attempt that lost (its worker died, another attempt committed first) are listed by no
+marker and are deleted by the run.
 """
 
 from __future__ import annotations
@@ -18,21 +22,28 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import schema
-
 ROWS_PER_GROUP = 65_536  # ~64 units of a 1,024-image shard: a one-unit query reads one group per file
-MARKER_VERSION = 1
+MARKER_VERSION = 2
+INDEX_FORMAT = 2  # run.json "format": 2 = attempt-named shard files, kept top-k partials
 
 
 def layer_dirname(layer: str) -> str:
     """A directory name for a layer that can never escape its parent (no '/', never '.' or '..')."""
     return "layer=" + quote(layer, safe="._-")
+
+
+def layer_from_dirname(name: str) -> str:
+    return unquote(name.removeprefix("layer="))
+
+
+def new_attempt() -> str:
+    """A name for one attempt at a shard: its files never collide with another attempt's."""
+    return uuid.uuid4().hex[:12]
 
 
 class IndexLayout:
@@ -45,22 +56,27 @@ class IndexLayout:
     layers = property(lambda self: self.root / "layers.parquet")
     done = property(lambda self: self.root / "_done")
     topk_dir = property(lambda self: self.root / "topk")
+    topk_base = property(lambda self: self.root / "_topk_base")  # the last topk, aside while a run adds
+    partials_dir = property(lambda self: self.root / "_topk")  # each shard's own top-k
     journal_dir = property(lambda self: self.root / "_journal")
 
-    def shard_name(self, shard: int) -> str:
-        return f"shard-{shard:05d}"
+    def shard_name(self, shard: int, attempt: str) -> str:
+        return f"shard-{shard:05d}.{attempt}"
 
-    def images_file(self, shard: int) -> Path:
-        return self.root / "images" / f"{self.shard_name(shard)}.parquet"
+    def images_file(self, shard: int, attempt: str) -> Path:
+        return self.root / "images" / f"{self.shard_name(shard, attempt)}.parquet"
 
-    def activations_file(self, layer: str, shard: int) -> Path:
-        return self.root / "activations" / layer_dirname(layer) / f"{self.shard_name(shard)}.parquet"
+    def activations_file(self, layer: str, shard: int, attempt: str) -> Path:
+        return self.root / "activations" / layer_dirname(layer) / f"{self.shard_name(shard, attempt)}.parquet"
+
+    def partial_file(self, shard: int, attempt: str) -> Path:
+        return self.partials_dir / f"{self.shard_name(shard, attempt)}.parquet"
 
     def topk_file(self, layer: str) -> Path:
         return self.topk_dir / f"{layer_dirname(layer)}.parquet"
 
     def marker(self, shard: int) -> Path:
-        return self.done / f"{self.shard_name(shard)}.json"
+        return self.done / f"shard-{shard:05d}.json"
 
     def completed_shards(self) -> dict[int, dict]:
         if not self.done.is_dir():
@@ -74,12 +90,26 @@ class IndexLayout:
     def read_manifest(self) -> dict | None:
         return json.loads(self.manifest.read_text()) if self.manifest.is_file() else None
 
+    def data_dirs(self) -> tuple[Path, ...]:
+        """Folders holding shard files (all listed by markers once committed)."""
+        return (self.root / "images", self.root / "activations", self.partials_dir)
+
     def clear(self) -> None:
         """Remove everything actindex writes (and nothing else) from the directory."""
-        for name in ("images", "activations", "topk", "_done", "_journal"):
+        for name in ("images", "activations", "topk", "_topk", "_topk_base", "_done", "_journal"):
             shutil.rmtree(self.root / name, ignore_errors=True)
         for path in (self.manifest, self.layers):
             path.unlink(missing_ok=True)
+
+
+def marker_id(marker: dict) -> str:
+    """What names one committed attempt at a shard: 'NNNNN.<attempt>'."""
+    return f"{marker['shard']:05d}.{marker['attempt']}"
+
+
+def commit_marker(layout: IndexLayout, marker: dict) -> None:
+    """Make a shard visible: its files are all in place, so its marker goes last, atomically."""
+    atomic_write_json(layout.marker(marker["shard"]), {"version": MARKER_VERSION, **marker})
 
 
 @contextlib.contextmanager
@@ -103,86 +133,37 @@ def atomic_write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_parquet(table: pa.Table, path: Path, metadata: dict | None = None, **options) -> None:
-    """Write `table` to `path` atomically (temporary name, fsync-free rename), zstd-compressed."""
-    if metadata:
+def write_parquet(
+    table: pa.Table, path: Path, metadata: dict | None = None, row_group_size: int | None = None, **options
+) -> None:
+    """Write `table` to `path` atomically (temporary name, fsync-free rename), zstd-compressed, with
+    `metadata` as the file's key-value metadata "actindex" (JSON)."""
+    stored_schema = options.get("store_schema", True)
+    if metadata and stored_schema:  # readers take it from the stored Arrow schema
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), b"actindex": json.dumps(metadata)}
         )
-    with replacing(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", **options)
-
-
-def activations_table(
-    layer: str, image_ids: np.ndarray, act: np.ndarray, pos: np.ndarray, width: int
-) -> pa.Table:
-    """Long-format rows for one layer, sorted by unit, then act descending, then image_id."""
-    units = act.shape[1]
-    unit_major_act = act.T
-    ids = np.broadcast_to(image_ids[None, :], unit_major_act.shape)
-    order = np.lexsort((ids, -unit_major_act), axis=1)
-    flat_pos = np.take_along_axis(pos.T, order, axis=1).ravel()
-    columns = {
-        "image_id": np.take_along_axis(ids, order, axis=1).ravel(),
-        "layer": pa.repeat(pa.scalar(layer), act.size),
-        "unit": np.repeat(np.arange(units, dtype=np.int32), len(image_ids)),
-        "act": np.take_along_axis(unit_major_act, order, axis=1).ravel(),
-        "y": (flat_pos // width).astype(np.int16),
-        "x": (flat_pos % width).astype(np.int16),
-    }
-    return pa.table(columns, schema=schema.ACTIVATIONS)
+    with replacing(path) as tmp, pq.ParquetWriter(tmp, table.schema, compression="zstd", **options) as out:
+        out.write_table(table, row_group_size=row_group_size)
+        if metadata and not stored_schema:
+            out.add_key_value_metadata({"actindex": json.dumps(metadata)})
 
 
 def write_activations(table: pa.Table, path: Path, metadata: dict) -> None:
-    sorting = [pq.SortingColumn(2), pq.SortingColumn(3, descending=True)]
+    """One layer of one shard, sorted by unit then act (pipeline.finish.activations_table): row groups of
+    ROWS_PER_GROUP with unit/act statistics and a page index, so a one-unit query reads one group."""
     write_parquet(
         table,
         path,
         metadata,
         row_group_size=ROWS_PER_GROUP,
         use_byte_stream_split=["act"],
-        use_dictionary=["image_id", "layer", "y", "x"],
-        sorting_columns=sorting,
+        use_dictionary=["image_id", "layer", "unit", "y", "x"],
+        write_statistics=["unit", "act", "image_id"],
+        sorting_columns=[pq.SortingColumn(2), pq.SortingColumn(3, descending=True)],
         write_page_index=True,
+        store_schema=False,  # dictionary-typed in memory; readers get the plain types
     )
-
-
-class ShardWriter:
-    """A stage: one finished shard's tables -> files in the layout, then its completion marker."""
-
-    def __init__(self, layout: IndexLayout, metadata: dict):
-        self.layout = layout
-        self.metadata = metadata
-
-    def write_shard(
-        self, shard: int, digest: str, images: pa.Table, activations: dict[str, pa.Table]
-    ) -> dict:
-        """Write the shard's files, then its marker: until the marker exists, readers ignore the files."""
-        files = self.write_files(shard, images, activations)
-        return self.write_marker(shard, digest, images, activations, files)
-
-    def write_files(self, shard: int, images: pa.Table, activations: dict[str, pa.Table]) -> list[Path]:
-        files = [self.layout.images_file(shard)]
-        write_parquet(images, files[0], self.metadata)
-        for layer, table in activations.items():
-            files.append(self.layout.activations_file(layer, shard))
-            write_activations(table, files[-1], self.metadata)
-        return files
-
-    def write_marker(
-        self, shard: int, digest: str, images: pa.Table, activations: dict[str, pa.Table], files: list[Path]
-    ) -> dict:
-        marker = {
-            "version": MARKER_VERSION,
-            "shard": shard,
-            "digest": digest,
-            "images": images.num_rows,
-            "ok": int(pc_count(images, "ok")),
-            "activation_rows": sum(t.num_rows for t in activations.values()),
-            "files": [str(f.relative_to(self.layout.root)) for f in files],
-        }
-        atomic_write_json(self.layout.marker(shard), marker)
-        return marker
 
 
 def marker_totals(markers: dict[int, dict]) -> tuple[int, int, int]:
@@ -193,7 +174,3 @@ def marker_totals(markers: dict[int, dict]) -> tuple[int, int, int]:
         sum(m["ok"] for m in values),
         sum(m["activation_rows"] for m in values),
     )
-
-
-def pc_count(images: pa.Table, status: str) -> int:
-    return int(np.count_nonzero(images.column("status").to_numpy(zero_copy_only=False) == status))

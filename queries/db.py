@@ -5,6 +5,7 @@
     rows = run_sql_file(con, "top_images", layer="layer4", units=[17], k=9)
 
 Views list only the files of completed shards (from their markers), so a query never sees half a shard.
+An index built with `--store topk` has no activations: querying that view fails with one line saying so.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ import duckdb
 import pyarrow as pa
 
 from pipeline import schema
+from pipeline.errors import MissingInputError, UnknownNameError
 from pipeline.writer import IndexLayout
 
 
-class NotAnIndexError(FileNotFoundError):
+class NotAnIndexError(MissingInputError):
     """The directory has no run.json: it is not an actindex index."""
+
+
+NO_ACTIVATIONS = (
+    "this index was built with --store topk: it has no activations table (topk, images and layers are "
+    "here); rebuild it with --store dense to query every image"
+)
 
 
 def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
@@ -33,7 +41,10 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     files = [layout.root / f for marker in layout.completed_shards().values() for f in marker["files"]]
     _view(con, "images", [f for f in files if f.parts[len(layout.root.parts)] == "images"])
-    _view(con, "activations", [f for f in files if f.parts[len(layout.root.parts)] == "activations"])
+    if layout.read_manifest().get("params", {}).get("store") == "topk":
+        _failing_view(con, "activations", NO_ACTIVATIONS)
+    else:
+        _view(con, "activations", [f for f in files if f.parts[len(layout.root.parts)] == "activations"])
     _view(con, "layers", [layout.layers] if layout.layers.is_file() else [])
     _view(con, "topk", sorted((layout.root / "topk").glob("*.parquet")))
     return con
@@ -44,6 +55,24 @@ def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> None:
         con.read_parquet([str(f) for f in files]).create_view(name)
     else:
         con.register(name, schema.TABLES[name].empty_table())
+
+
+def _failing_view(con: duckdb.DuckDBPyConnection, name: str, message: str) -> None:
+    """A view with the table's columns that raises `message` when it is read."""
+    columns = ", ".join(
+        f"CAST(NULL AS {_SQL_TYPES[str(field.type)]}) AS {field.name}" for field in schema.TABLES[name]
+    )
+    literal = "'" + message.replace("'", "''") + "'"  # views cannot take bound parameters
+    con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM range(1) WHERE error({literal})")
+
+
+_SQL_TYPES = {
+    "int64": "BIGINT",
+    "int32": "INTEGER",
+    "int16": "SMALLINT",
+    "float": "FLOAT",
+    "string": "VARCHAR",
+}
 
 
 def sql_text(name: str) -> str:
@@ -66,7 +95,7 @@ def layer_channels(con: duckdb.DuckDBPyConnection, layer: str) -> int:
     info = run_sql_file(con, "layer_info", layer=layer)
     if info.num_rows == 0:
         names = run_sql_file(con, "layer_names").column("layer").to_pylist()
-        raise LookupError(f"layer {layer!r} is not in this index; indexed layers: {', '.join(names)}")
+        raise UnknownNameError(f"layer {layer!r} is not in this index; indexed layers: {', '.join(names)}")
     return int(info.column("channels")[0].as_py())
 
 
@@ -75,5 +104,5 @@ def top_images(con: duckdb.DuckDBPyConnection, layer: str, units: list[int], k: 
     channels = layer_channels(con, layer)
     bad = [u for u in units if not 0 <= u < channels]
     if bad:
-        raise ValueError(f"unit {bad[0]} is out of range: layer {layer!r} has units 0-{channels - 1}")
+        raise UnknownNameError(f"unit {bad[0]} is out of range: layer {layer!r} has units 0-{channels - 1}")
     return run_sql_file(con, "top_images", layer=layer, units=units, k=k)

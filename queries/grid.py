@@ -13,26 +13,38 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from enum import Enum
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pipeline.decode import to_rgb
+from pipeline.errors import InvalidInputError
 from pipeline.sources import path_from_display
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 BACKGROUND = (250, 250, 248)
 INK = (30, 30, 30)
 MUTED = (110, 110, 110)
 MISSING = (225, 225, 225)
-LAYOUTS = ("row", "block")
+
+
+class Layout(str, Enum):
+    row = "row"  # one row per unit: caption, then its k crops
+    block = "block"  # a square block per unit (3x3 for k=9), caption above
+
+
+LAYOUTS = tuple(item.value for item in Layout)
 
 
 def render_grid(rows: pa.Table, tile: int = 96, layout: str = "row") -> Image.Image:
     """One sheet for the units in `rows` (the columns of queries/top_images.sql)."""
     if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+        raise InvalidInputError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if rows.num_rows == 0:
-        raise ValueError("no top-k rows to draw: is the unit indexed and the index complete?")
+        raise InvalidInputError("no top-k rows to draw: is the unit indexed and the index complete?")
     by_unit: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for row in rows.to_pylist():
         by_unit[(row["layer"], row["unit"])].append(row)

@@ -127,7 +127,7 @@ def ray_local():
     """One local Ray for the tests that need it (2 CPUs, like CI)."""
     import ray
 
-    from jobs.ray_runner import init_ray
+    from jobs.ray_executor import init_ray
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -153,13 +153,13 @@ def ray_index(ray_local, natural_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def planted_index(planted_dataset, tmp_path_factory):
-    from jobs.config import IndexConfig
     from jobs.index import run_index
+    from jobs.spec import IndexRequest
     from queries.db import connect
 
     folder, truth = planted_dataset
     out = tmp_path_factory.mktemp("planted_index")
-    config = IndexConfig(
+    config = IndexRequest(
         source=str(folder),
         out=str(out),
         model=PLANTED,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import jobs.index
-from jobs.config import IndexConfig
 from jobs.index import run_index
+from jobs.spec import IndexRequest
 from pipeline.preprocess import Preprocessing
 from pipeline.sources import display_path, list_images, path_from_display
 from queries.db import connect
@@ -16,8 +16,8 @@ PREP = Preprocessing(resize=72, crop=64, interpolation="bilinear")
 LAYER1_UNITS = 64  # resnet18 layer1 channels
 
 
-def config(source, out, **kwargs) -> IndexConfig:
-    return IndexConfig(
+def config(source, out, **kwargs) -> IndexRequest:
+    return IndexRequest(
         source=str(source),
         out=str(out),
         model="resnet18",

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 
 import duckdb
+import numpy as np
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from jobs.bench import BenchConfig, run_bench, table_rows
+from jobs.bench.bench import BenchConfig, run_bench, table_rows
+from jobs.bench.query_bench import UNITS, build_synthetic_index, time_queries
 from jobs.cli import app
-from jobs.query_bench import UNITS, build_synthetic_index, time_queries
 from pipeline.synthetic import synthetic_jpeg, synthetic_photo
 
 
@@ -19,7 +20,7 @@ def test_synthetic_photos_are_deterministic_natural_jpegs():
     assert synthetic_jpeg(3) == synthetic_jpeg(3) != synthetic_jpeg(4)
     photo = synthetic_photo(3)
     assert photo.size == (500, 375)
-    pixels = list(photo.resize((50, 37)).getdata())
+    pixels = {tuple(p) for p in np.asarray(photo.resize((50, 37))).reshape(-1, 3)}
     assert len(set(pixels)) > 500  # varied content, not a flat image
 
 
@@ -27,27 +28,36 @@ def test_bench_measures_every_stage_and_the_size_per_column(tmp_path):
     config = BenchConfig(
         out=str(tmp_path),
         model="resnet18",
-        layers=("layer4",),
+        layers=("layer3", "layer4"),
         images=6,
         batch_size=4,
-        executors=("local",),
+        executors=("local", "plain"),
+        finish_shard=16,
         extra_args=("--resize", "40", "--crop", "32"),
     )
     results = run_bench(config, echo=lambda s: None)
-    assert results["images"] == 6 and results["layers"] == ["layer4"]
+    assert results["images"] == 6 and results["layers"] == ["layer3", "layer4"]
     assert results["decode_images_per_second"] > 0 and results["forward_images_per_second"] > 0
     assert results["device_decode"] == "cpu" and results["device_decode_images_per_second"] > 0
-    run = results["end_to_end_local"]
-    assert run["images"] == 6 and run["peak_rss_mib"] > 50
+    finish = results["finish"]
+    assert finish["rows_per_shard"] == 16 * (256 + 512)
+    assert all(finish[key] > 0 for key in ("rows_per_cpu_second", "rows_per_second_1", "rows_per_second_4"))
+    for executor in ("local", "plain"):
+        run = results[f"end_to_end_{executor}"]
+        assert run["images"] == 6 and run["peak_rss_mib"] > 50 and run["cpu_seconds"] > 0
+        assert run["wall_seconds"] > 0
+    plain = list((tmp_path / "index_plain").glob("*.parquet"))
+    assert sum(pq.ParquetFile(f).metadata.num_rows for f in plain) == 6 * (256 + 512)  # the same work
     size = results["size"]
-    assert size["rows"] == 6 * 512
+    assert size["rows"] == 6 * (256 + 512)
     files = list((tmp_path / "index_local" / "activations").rglob("*.parquet"))
     assert sum(pq.ParquetFile(f).metadata.num_rows for f in files) == size["rows"]
     assert sum(size["columns"].values()) < size["bytes_per_row"]  # columns + footers = file bytes
     assert "BYTE_STREAM_SPLIT" in size["encodings"]["act"]
-    assert json.loads((tmp_path / "results.json").read_text())["size"]["rows"] == 6 * 512
+    assert json.loads((tmp_path / "results.json").read_text())["size"]["rows"] == size["rows"]
     measures = [measure for measure, _ in table_rows(results)]
-    assert any(m.startswith("end to end, plain loop (6 images)") for m in measures)
+    assert any(m.startswith("end to end, plain loop (6 images, whole process)") for m in measures)
+    assert any(m.startswith("finish shards (12,288 rows each") for m in measures)
 
 
 def test_query_bench_index_is_a_real_index_with_sorted_and_unsorted_copies(tmp_path):

@@ -50,7 +50,7 @@ def test_rerun_with_other_parameters_refuses_unless_overwrite(natural_dataset, t
     run_index(index_config(natural_dataset, tmp_path / "idx", executor="local"))
     other = index_config(natural_dataset, tmp_path / "idx", executor="local")
     other.k = 2
-    with pytest.raises(IndexMismatchError, match="different k.*--overwrite"):
+    with pytest.raises(IndexMismatchError, match=r"different parameters \(k: 5 -> 2\).*--overwrite"):
         run_index(other)
     other.overwrite = True
     summary = run_index(other)

@@ -15,8 +15,8 @@ import torchvision
 from PIL import Image, ImageOps
 from torchvision import transforms
 
-from jobs.config import IndexConfig
 from jobs.index import run_index
+from jobs.spec import IndexRequest
 from pipeline.preprocess import Preprocessing
 from queries.db import connect
 
@@ -68,8 +68,8 @@ def expected(natural_dataset):
     return reference(natural_dataset)
 
 
-def index_config(source, out, **kwargs) -> IndexConfig:
-    return IndexConfig(
+def index_config(source, out, **kwargs) -> IndexRequest:
+    return IndexRequest(
         source=str(source),
         out=str(out),
         model="resnet18",

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import IndexConfig
 from jobs.index import run_index
+from jobs.spec import IndexRequest
 from queries.db import connect, top_images
 
 
 @pytest.fixture(scope="module")
 def photo_index(skimage_photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("photo_index")
-    config = IndexConfig(
+    config = IndexRequest(
         source=str(skimage_photos),
         out=str(out),
         model="efficientnet_lite0",

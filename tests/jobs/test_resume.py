@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import IndexConfig
 from jobs.index import run_index
 from jobs.lock import IndexBusyError
+from jobs.spec import IndexRequest
 from jobs.status import index_status
 from pipeline.preprocess import Preprocessing
 from pipeline.writer import IndexLayout
@@ -48,8 +48,8 @@ def make_images(folder: Path, count: int, first: int = 0) -> Path:
     return folder
 
 
-def config(source: Path, out: Path, **kwargs) -> IndexConfig:
-    return IndexConfig(
+def config(source: Path, out: Path, **kwargs) -> IndexRequest:
+    return IndexRequest(
         source=str(source),
         out=str(out),
         model="resnet18",
@@ -65,7 +65,7 @@ def config(source: Path, out: Path, **kwargs) -> IndexConfig:
 
 
 def start_job(source: Path, out: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "jobs.index", str(source), "--out", str(out), *ARGS]
+    command = [sys.executable, "-m", "jobs", "index", str(source), "--out", str(out), *ARGS]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -157,20 +157,29 @@ def test_sigint_stops_cleanly_and_resume_finishes(dataset, uninterrupted, tmp_pa
     assert_same_tables(out, uninterrupted)
 
 
-def test_second_job_refuses_and_a_killed_job_leaves_no_stale_lock(dataset, tmp_path):
+def test_second_job_refuses_and_a_killed_job_leaves_no_stale_lock(dataset, tmp_path, monkeypatch):
     out = tmp_path / "idx"
     proc = start_job(dataset, out)
     try:
-        assert wait_for_lock(out, proc)
-        with pytest.raises(IndexBusyError, match=f"pid {proc.pid}"):
-            run_index(config(dataset, out))
-        assert index_status(out).locked_by is not None
+        assert wait_for_lock(out, proc)  # the job takes the lock first, before it loads the model
+        with monkeypatch.context() as patched:  # the second job refuses before loading any model
+            patched.setattr("jobs.worker.plan_model", _no_model)
+            patched.setattr("pipeline.models.load_model", _no_model)
+            with pytest.raises(IndexBusyError, match=f"pid {proc.pid}"):
+                run_index(config(dataset, out))
+        assert index_status(out).locked_by is not None  # being created: no run.json yet, or indexing
+        wait_for_markers(out, proc, 1)
+        assert index_status(out).locked_by is not None and index_status(out).shards_done >= 1
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert index_status(out).locked_by is None
     summary = run_index(config(dataset, out))
-    assert summary.images == 40 and summary.shards_done_before >= 0
+    assert summary.images == 40 and summary.shards_done_before >= 1
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded")
 
 
 def test_adding_images_indexes_only_them_and_equals_a_fresh_run(dataset, tmp_path):

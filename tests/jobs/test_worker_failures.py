@@ -72,7 +72,7 @@ def crash_dataset(natural_dataset: Path, folder: Path) -> Path:
 
 def run_cli(source: Path, out: Path, executor: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CRASH_PLUGIN), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "jobs.index", str(source), "--out", str(out), "--model", "resnet18"]
+    command = [sys.executable, "-m", "jobs", "index", str(source), "--out", str(out), "--model", "resnet18"]
     command += ["--layers", "layer4", "--resize", "36", "--crop", "32", "--batch-size", "4", "--no-progress"]
     command += ["--executor", executor]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

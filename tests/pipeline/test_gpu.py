@@ -1,4 +1,4 @@
-"""The GPU path (pipeline.gpu, jobs.gpu_stage) run on the CPU: geometry, EXIF, colour modes, fallbacks,
+"""The GPU path (pipeline.gpu, jobs.bench.gpu_stage) run on the CPU: geometry, EXIF, colour modes, fallbacks,
 recorder equality with ActivationRecorder, and the measuring script end to end."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pipeline.gpu import (
     device_decodable,
     orient,
     parse_jpeg_header,
-    prefetch,
     traced_reductions,
 )
+from pipeline.loop import Prefetcher, record_batches
 from pipeline.preprocess import Preprocessing
 from pipeline.recorder import ActivationRecorder
 
@@ -316,7 +316,7 @@ def test_traced_reductions_and_compile_match_the_hooks(model, pixels):
 
 
 def test_gpu_stage_script_runs_on_cpu(tmp_path, capsys):
-    from jobs.gpu_stage import main
+    from jobs.bench.gpu_stage import main
 
     out = tmp_path / "gpu.json"
     argv = "--device cpu --model resnet18 --images 16 --batch-size 8 --precision fp32 --resize 40 --crop 32"
@@ -336,25 +336,59 @@ def test_gpu_stage_script_runs_on_cpu(tmp_path, capsys):
 
 def test_gpu_modules_import_without_ray_duckdb_or_typer():
     code = (
-        "import sys, jobs.gpu_stage, pipeline.gpu\n"
+        "import sys, jobs.bench.gpu_stage, pipeline.gpu\n"
         "bad = [m for m in ('ray', 'duckdb', 'typer', 'pyarrow') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
-def test_prefetch_yields_the_batches_in_order():
+def test_decoding_in_a_prefetch_thread_gives_the_batches_in_order():
+    from concurrent.futures import ThreadPoolExecutor
+
     prep = Preprocessing(resize=64, crop=64)
     decoder = GpuDecoder(prep, "cpu")
     blobs = [jpeg_bytes(textured(100 + 10 * i, 75, seed=i)) for i in range(7)] + [b"junk"]
     batches = [blobs[i : i + 3] for i in range(0, len(blobs), 3)]
-    got = list(prefetch(decoder, batches, depth=1))
+    with ThreadPoolExecutor(1) as pool:
+        got = list(Prefetcher(lambda batch: decoder(batch, wait=False), batches, pool, depth=1))
     assert [len(b.ok) for b in got] == [3, 3, 2]
     for batch, decoded in zip(batches, got, strict=True):
         direct = decoder(batch)
-        assert torch.equal(decoded.pixels, direct.pixels) and list(decoded.error) == list(direct.error)
+        assert torch.equal(decoded.wait(), direct.pixels) and list(decoded.error) == list(direct.error)
         assert decoded.width.tolist() == direct.width.tolist()
     assert got[-1].ok.tolist() == [True, False]
+
+
+def test_the_fallback_hook_decodes_what_the_device_decoder_leaves(tmp_path):
+    prep = Preprocessing(resize=64, crop=64)
+    png = io.BytesIO()
+    textured(80, 60).save(png, "PNG")
+    blobs = [jpeg_bytes(textured(80, 60)), png.getvalue(), b"junk"]
+    asked = []
+
+    def fallback(i):
+        asked.append(i)
+        return cpu_decode(Decoder(prep), blobs[i], tmp_path, f"{i}.img")
+
+    got = GpuDecoder(prep, "cpu")(blobs, fallback=fallback)
+    assert (
+        asked == [1, 2] and got.ok.tolist() == [True, True, False] and got.error[2].startswith("not an image")
+    )
+
+
+def test_nested_layers_ending_on_one_node_each_reduce_their_own_module(model, pixels):
+    """layer4 and layer4.1 end on the same node (the block's last relu): compiled or not, both reduce
+    the module's output, not the add before it."""
+    layers = ["layer4", "layer4.1", "layer3.1", "layer3"]
+    want = ActivationRecorder(fresh(model), layers, PREP)(pixels.numpy())
+    np.testing.assert_array_equal(want["layer4"][0], want["layer4.1"][0])
+    compiled = GpuRecorder(
+        fresh(model), layers, PREP, "cpu", precision="fp32", channels_last=False, compile="eager"
+    )(pixels)
+    for name in layers:
+        np.testing.assert_allclose(compiled[name][0], want[name][0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(compiled[name][1], want[name][1])
 
 
 # ------------------------------------------------------------------ CUDA only (skipped on CPU machines)
@@ -418,8 +452,9 @@ def test_cuda_recorder_fp32_matches_the_cpu_recorder(model, pixels):
 
 @cuda
 def test_cuda_pipelined_loop_equals_one_batch_at_a_time(model):
-    """Decode in a thread, forward, async copies, several batches in flight: the same results as a loop
-    that synchronizes after every step (a missing stream dependency would show as different numbers)."""
+    """The worker's loop (decode in a thread, forward, async copies, the next batch submitted before the
+    last is waited for): the same results as a loop that synchronizes after every step (a missing stream
+    dependency would show as different numbers)."""
     prep = Preprocessing(resize=256, crop=224)
     blobs = [jpeg_bytes(textured(500, 375, seed=i)) for i in range(24)]
     batches = [[blobs[(i * 7 + j) % 24] for j in range(48)] for i in range(8)]
@@ -431,12 +466,11 @@ def test_cuda_pipelined_loop_equals_one_batch_at_a_time(model):
         torch.cuda.synchronize()
         want.append(recorder(pixels.clone()))
         torch.cuda.synchronize()
-    pending, got = [], []
-    for decoded in prefetch(decoder, batches):
-        pending.append(recorder.submit(decoded.ok_pixels()))
-        if len(pending) > 2:
-            got.append(pending.pop(0).result())
-    got += [p.result() for p in pending]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        decoded = Prefetcher(lambda batch: decoder(batch, wait=False), batches, pool, depth=2)
+        got = [results for _, results in record_batches(recorder, decoded)]
     for a, b in zip(got, want, strict=True):
         for name in a:
             np.testing.assert_allclose(a[name][0], b[name][0], rtol=1e-2, atol=1e-2)

@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from pipeline.preprocess import Preprocessing
-from pipeline.recorder import ActivationRecorder, LayerTrace, record_batch, reduce_units
+from pipeline.recorder import ActivationRecorder, LayerTrace, reduce_units
 
 PREP = Preprocessing(resize=64, crop=64)
 LAYERS = ["layer1", "layer2.0.conv1", "layer3", "layer4"]
@@ -188,40 +188,6 @@ def test_layer_trace_removes_hooks_when_the_body_raises() -> None:
         assert model[1]._forward_hooks
         raise KeyError("x")
     assert all(not m._forward_hooks for m in model.modules())
-
-
-def test_record_batch_fills_failed_rows(model: nn.Module, pixels: np.ndarray) -> None:
-    recorder = ActivationRecorder(model, ["layer3", "fc"], PREP)
-    batch_pixels = np.zeros((5, 3, 64, 64), dtype=np.uint8)
-    ok = np.array([True, False, True, False, True])
-    batch_pixels[ok] = pixels
-    batch = {"pixels": batch_pixels, "ok": ok, "image_id": np.arange(5, dtype=np.int64) + 100}
-    out = record_batch(recorder, batch)
-
-    assert "pixels" not in out
-    assert np.array_equal(out["image_id"], batch["image_id"]) and np.array_equal(out["ok"], ok)
-    expected, logits = plain_outputs(model, normalized(pixels), ["layer3"])
-    want_act, want_pos = brute_reduce(expected["layer3"])
-    for i, (units, act_want) in enumerate([(256, want_act), (1000, logits)]):
-        act, pos = out[f"act_{i}"], out[f"pos_{i}"]
-        assert act.shape == pos.shape == (5, units)
-        assert act.dtype == np.float32 and pos.dtype == np.int32
-        assert np.isnan(act[~ok]).all() and np.all(pos[~ok] == -1)
-        assert not np.isnan(act[ok]).any() and np.all(pos[ok] >= 0)
-        np.testing.assert_allclose(act[ok], act_want, rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(out["pos_1"][ok], 0)
-    assert np.all(out["pos_0"][ok] < 4 * 4)  # layer3 at 64 px is 4x4
-
-
-def test_record_batch_with_no_good_rows_does_not_run_the_model() -> None:
-    counter = CallCounter()
-    model = nn.Sequential(counter, nn.Conv2d(3, 2, 1))
-    recorder = ActivationRecorder(model, ["1"], Preprocessing(resize=4, crop=4))
-    counter.calls = 0
-    out = record_batch(recorder, {"pixels": np.zeros((2, 3, 4, 4), np.uint8), "ok": np.array([False, False])})
-    assert counter.calls == 0
-    assert out["act_0"].shape == (2, 2) and np.isnan(out["act_0"]).all()
-    assert np.all(out["pos_0"] == -1)
 
 
 def test_linear_layer_values_survive_a_later_inplace_relu() -> None:

@@ -19,19 +19,24 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from jobs.finalize import write_topk
+from jobs.spec import RunSpec
+from jobs.worker import ShardFinisher, ShardTask, WorkContext
 from pipeline import schema
+from pipeline.layers import LayerInfo
 from pipeline.models import IMAGENET
 from pipeline.receptive_field import ReceptiveField
 from pipeline.shards import ids_digest
+from pipeline.sources import ImageRef
 from pipeline.topk import RunningTopK
 from pipeline.writer import (
+    INDEX_FORMAT,
     ROWS_PER_GROUP,
     IndexLayout,
-    ShardWriter,
-    activations_table,
     atomic_write_json,
+    commit_marker,
     write_parquet,
 )
 from queries.db import connect, sql_text
@@ -39,29 +44,54 @@ from queries.db import connect, sql_text
 LAYER = "layer4"
 UNITS = 2048  # resnet50 layer4
 SHARD = 1024
+INFO = LayerInfo(LAYER, "Sequential", UNITS, 7, 7)
 RF = ReceptiveField(427, 427, 32, 32, -213, -213, False)  # resnet50 layer4 at 224
+
+
+def synthetic_context(root: Path, k: int = 100) -> WorkContext:
+    """A run of 'synthetic' ResNet-50 layer4 maxima: what the query benchmark and the finish benchmark
+    hand to the job's own ShardFinisher."""
+    spec = RunSpec(
+        model="synthetic", weights="random", weights_sha256="0" * 64, layers=(LAYER,), preprocessing=IMAGENET,
+        k=k, shard_size=SHARD, max_pixels=1, dataset_root="/synthetic", store="dense", device="cpu",
+        precision="fp32", device_decode=False, batch_size=SHARD, compile=False,
+    )  # fmt: skip
+    return WorkContext(spec, str(root), {LAYER: INFO}, {LAYER: RF}, metadata=spec.params())
+
+
+def synthetic_shard(rng: np.random.Generator, shard: int, ids: np.ndarray) -> tuple[ShardTask, dict, dict]:
+    """(task, meta, {layer: (act, pos)}): one shard of 500x375 images with post-ReLU-like maxima."""
+    refs = tuple(ImageRef(int(i), f"/synthetic/{i}.jpg", f"{i}.jpg") for i in ids)
+    n = len(ids)
+    meta = {
+        "ok": np.ones(n, dtype=bool),
+        "width": np.full(n, 500, dtype=np.int32),
+        "height": np.full(n, 375, dtype=np.int32),
+        "error": np.full(n, "", dtype=object),
+    }
+    return ShardTask(shard, ids_digest(ids.tolist()), refs), meta, {LAYER: _activations(rng, n)}
 
 
 def build_synthetic_index(out: Path, rows: int, k: int = 100, seed: int = 0, echo=print) -> Path:
     """Write an index of ceil(rows / 2048) images x 2048 units, and an unsorted copy in out/unsorted."""
     layout = IndexLayout(out / "index")
     layout.clear()
-    params = {"model": "synthetic", "layers": [LAYER], "k": k, "shard_size": SHARD}
-    atomic_write_json(layout.manifest, {"params": params, "source": "synthetic", "status": "complete"})
-    writer = ShardWriter(layout, params)
-    top = RunningTopK(UNITS, k)
+    context = synthetic_context(layout.root, k)
+    manifest = {"format": INDEX_FORMAT, "params": context.spec.params(), "source": "synthetic"}
+    atomic_write_json(layout.manifest, {**manifest, "status": "complete"})
+    finisher = ShardFinisher(context)
     rng = np.random.default_rng(seed)
     images = math.ceil(rows / UNITS)
     for shard, start in enumerate(range(0, images, SHARD)):
         ids = np.arange(start, min(start + SHARD, images), dtype=np.int64) * 7919 + 11
-        act, pos = _activations(rng, len(ids))
-        table = activations_table(LAYER, ids, act, pos, 7)
-        writer.write_shard(shard, ids_digest(ids.tolist()), _images(ids), {LAYER: table})
-        _write_unsorted(out / "unsorted" / f"shard-{shard:05d}.parquet", table, rng)
-        top.add(act, ids, pos)
-        echo(f"  shard {shard}: {table.num_rows:,} rows")
-    write_parquet(_layers_table(), layout.layers, params)
-    write_topk(layout, layout.completed_shards(), {LAYER: top}, {LAYER: RF}, {LAYER: 7}, IMAGENET, params)
+        result = finisher(*synthetic_shard(rng, shard, ids))
+        commit_marker(layout, result.marker())
+        written = next(f for f in result.files if f.startswith("activations/"))
+        _write_unsorted(out / "unsorted" / f"shard-{shard:05d}.parquet", layout.root / written, rng)
+        echo(f"  shard {shard}: {result.activation_rows:,} rows")
+    write_parquet(_layers_table(), layout.layers, context.metadata)
+    fresh = {LAYER: RunningTopK(UNITS, k)}  # filled from the shards' top-k partials
+    write_topk(layout, layout.completed_shards(), fresh, set(), {LAYER: INFO}, context.metadata)
     return out
 
 
@@ -72,23 +102,6 @@ def _activations(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.n
     return act, rng.integers(0, 49, (count, UNITS), dtype=np.int32)
 
 
-def _images(ids: np.ndarray) -> pa.Table:
-    n = len(ids)
-    return pa.table(
-        {
-            "image_id": ids,
-            "uri": [f"/synthetic/{i}.jpg" for i in ids],
-            "relpath": [f"{i}.jpg" for i in ids],
-            "width": np.full(n, 500, dtype=np.int32),
-            "height": np.full(n, 375, dtype=np.int32),
-            "label": [None] * n,
-            "status": ["ok"] * n,
-            "error": [None] * n,
-        },
-        schema=schema.IMAGES,
-    )
-
-
 def _layers_table() -> pa.Table:
     row = {"layer": LAYER, "type": "Sequential", "channels": UNITS, "height": 7, "width": 7}
     row |= {"rf_size_y": 427, "rf_size_x": 427, "rf_jump_y": 32, "rf_jump_x": 32}
@@ -96,7 +109,8 @@ def _layers_table() -> pa.Table:
     return pa.Table.from_pylist([row], schema=schema.LAYERS)
 
 
-def _write_unsorted(path: Path, table: pa.Table, rng: np.random.Generator) -> None:
+def _write_unsorted(path: Path, written: Path, rng: np.random.Generator) -> None:
+    table = pq.read_table(written)
     shuffled = table.take(rng.permutation(table.num_rows))
     write_parquet(shuffled, path, None, row_group_size=ROWS_PER_GROUP, use_byte_stream_split=["act"])
 

@@ -1,8 +1,9 @@
 """Measure (and check) the GPU stage on one machine, without Ray and without DuckDB.
 
-    python -m jobs.gpu_stage                                   # resnet50, relu + layer1..4, bf16, cuda
-    python -m jobs.gpu_stage --compile --json gpu.json
-    python -m jobs.gpu_stage --device cpu --model resnet18 --images 64 --batch-size 16 --precision fp32
+    python -m jobs.bench.gpu_stage                       # resnet50, relu + layer1..4, bf16, cuda
+    python -m jobs.bench.gpu_stage --compile --json gpu.json
+    python -m jobs.bench.gpu_stage --job 20000           # and the whole job, --executor local, on 20,000 files
+    python -m jobs.bench.gpu_stage --device cpu --model resnet18 --images 64 --batch-size 16 --precision fp32
 
 Synthetic ImageNet-like JPEGs (about 500x375, smooth colour fields with shapes, fine texture and noise,
 quality 90, 4:2:0, 50-110 KB each) are made in memory; a few hundred distinct ones are cycled through.
@@ -10,8 +11,10 @@ Printed (and returned by `main`):
 
   (a) decode + preprocess: JPEG bytes -> (B, 3, crop, crop) uint8 on the device (pipeline.gpu.GpuDecoder)
   (b) forward + reductions + async copy, on uint8 tensors already on the device (GpuRecorder.submit)
-  (c) end to end from JPEG bytes: decode of batch i+1 (in a background thread) overlaps the forward of
-      batch i; also measured with decoding in the main thread
+  (c) end to end from JPEG bytes through the worker's own loop (pipeline.loop): decode of batch i+1 (in
+      a background thread) overlaps the forward of batch i; also measured with decoding in the main thread
+  (d) with --job N: the whole job, `python -m jobs index ... --executor local`, from N JPEG files (the
+      synthetic ones, cycled, under distinct names) to Parquet, in a child process; its images/s
   peak device memory, the device's name, and a correctness check on a small sample: the GPU stage against
   the fp32 CPU reference (pipeline.decode.Decoder + pipeline.recorder.ActivationRecorder on the same bytes,
   written to a temporary folder), and against the device's own fp32 on the same pixels.
@@ -34,6 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.loop import DecodedBatch, Prefetcher, record_batches
 from pipeline.synthetic import encode_jpeg, natural_image
 
 DEFAULT_LAYERS = "relu,layer1,layer2,layer3,layer4"
@@ -102,23 +106,18 @@ def time_decode(decoder, blobs, batch_size: int, images: int, warmup: int = 2) -
     return done / (time.perf_counter() - start)
 
 
-def run_pipelined(recorder, inputs, consume=None) -> int:
-    """Submit batch i+1 before waiting for batch i's results; `inputs` yields device pixels."""
-    pending, done = None, 0
-    for pixels in inputs:
-        submitted = recorder.submit(pixels)
-        if pending is not None:
-            out = pending.result()
-            done += len(next(iter(out.values()))[0])
-            if consume:
-                consume(out)
-        pending = submitted
-    if pending is not None:
-        out = pending.result()
-        done += len(next(iter(out.values()))[0])
-        if consume:
-            consume(out)
-    return done
+def run_loop(recorder, batches) -> int:
+    """Images through the worker's model loop (pipeline.loop.record_batches): batch i+1 is submitted
+    before batch i's results are waited for. `batches` yields DecodedBatches."""
+    return sum(len(batch.ok) for batch, _ in record_batches(recorder, batches))
+
+
+def _on_device(pixels) -> DecodedBatch:
+    n = len(pixels)
+    return DecodedBatch(
+        pixels, np.ones(n, dtype=bool), np.zeros(n, np.int32), np.zeros(n, np.int32),
+        np.full(n, "", dtype=object), np.ones(n, dtype=bool),
+    )  # fmt: skip
 
 
 def profile_overlap(decoder, recorder, blobs, batch_size: int, rounds: int = 6) -> dict:
@@ -182,12 +181,12 @@ def time_forward(recorder, batch_size: int, images: int, crop: int, warmup: int 
 
     generator = torch.Generator(device="cpu").manual_seed(0)
     pixels = torch.randint(0, 256, (batch_size, 3, crop, crop), dtype=torch.uint8, generator=generator)
-    pixels = pixels.to(recorder.device)
-    run_pipelined(recorder, [pixels] * warmup)
+    batch = _on_device(pixels.to(recorder.device))
+    run_loop(recorder, [batch] * warmup)
     _sync(recorder.device)
     count = max(1, images // batch_size)
     start = time.perf_counter()
-    done = run_pipelined(recorder, [pixels] * count)
+    done = run_loop(recorder, [batch] * count)
     _sync(recorder.device)
     return done / (time.perf_counter() - start)
 
@@ -195,23 +194,21 @@ def time_forward(recorder, batch_size: int, images: int, crop: int, warmup: int 
 def time_end_to_end(
     decoder, recorder, blobs, batch_size: int, images: int, threaded: bool = True, warmup: int = 2
 ) -> float:
-    """(c) images/s from JPEG bytes to (B, U) numpy results on the host. `threaded`: decode in a background
-    thread (pipeline.gpu.prefetch); otherwise decode batch i+1 in the main thread between submitting
-    batch i and waiting for it."""
-    from pipeline.gpu import prefetch
+    """(c) images/s from JPEG bytes to (B, U) numpy results on the host, through the worker's loop:
+    `threaded` decodes in a background thread (pipeline.loop.Prefetcher), as the job does; otherwise
+    batch i+1 is decoded in the main thread between submitting batch i and waiting for it."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    def inputs(batches):
-        if threaded:
-            for decoded in prefetch(decoder, batches):
-                yield decoded.ok_pixels()
-        else:
-            for batch in batches:
-                yield decoder(batch).ok_pixels()
+    def measure(batches) -> int:
+        if not threaded:
+            return run_loop(recorder, (decoder(batch) for batch in batches))
+        with ThreadPoolExecutor(1, thread_name_prefix="actindex-decode") as pool:
+            return run_loop(recorder, Prefetcher(lambda batch: decoder(batch, wait=False), batches, pool))
 
-    run_pipelined(recorder, inputs(_batches(blobs, batch_size, batch_size * warmup)))
+    measure(_batches(blobs, batch_size, batch_size * warmup))
     _sync(recorder.device)
     start = time.perf_counter()
-    done = run_pipelined(recorder, inputs(_batches(blobs, batch_size, images)))
+    done = measure(_batches(blobs, batch_size, images))
     _sync(recorder.device)
     return done / (time.perf_counter() - start)
 
@@ -321,7 +318,9 @@ def check_correctness(args, decoder, stage, count: int) -> dict:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jobs.gpu_stage", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.bench.gpu_stage", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--weights", default=None, help="None = random (seeded); DEFAULT or a .pth")
     parser.add_argument("--layers", default=DEFAULT_LAYERS, help="comma-separated names or globs")
@@ -339,6 +338,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="also time the loop's parts (ms per batch)")
     parser.add_argument("--pin-inputs", action="store_true", help="stage JPEG bytes in pinned memory")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--job", type=int, default=0, help="also run the whole job on this many JPEG files")
     return parser.parse_args(argv)
 
 
@@ -405,7 +405,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "synthesis_s": round(made, 2),
     }
     if args.compile:  # compile on the first batch, outside the timings
-        run_pipelined(recorder, [torch.zeros((args.batch_size, 3, prep.crop, prep.crop), dtype=torch.uint8)])
+        run_loop(
+            recorder, [_on_device(torch.zeros((args.batch_size, 3, prep.crop, prep.crop), dtype=torch.uint8))]
+        )
         _sync(device)
         results["compile_s"] = round(time.perf_counter() - compile_started, 1)
 
@@ -433,11 +435,59 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(json.dumps(results["profile_ms_per_batch"]))
     if args.check_images > 0:
         results["correctness"] = check_correctness(args, decoder, recorder, args.check_images)
+    if args.job:
+        del decoder, recorder  # the job's worker loads its own copy of the model
+        results["job"] = run_whole_job(args, blobs, layers)
     report(results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return results
+
+
+def run_whole_job(args: argparse.Namespace, blobs: list[bytes], layers: list[str]) -> dict:
+    """(d) The whole job, `python -m jobs index ... --executor local`, on args.job JPEG files written to a
+    temporary folder (the synthetic JPEGs, cycled, under distinct names): its images/s and the index
+    process's own CPU time, in a child process."""
+    import shutil
+    import subprocess
+
+    from jobs.bench.child import parse_report
+
+    folder = tempfile.mkdtemp(prefix="actindex-job-")
+    try:
+        images = os.path.join(folder, "images")
+        os.makedirs(images)
+        for i in range(args.job):
+            with open(os.path.join(images, f"img{i:07d}.jpg"), "wb") as f:
+                f.write(blobs[i % len(blobs)])
+        out = os.path.join(folder, "index")
+        command = [sys.executable, "-m", "jobs.bench.child", images, "--out", out, "--executor", "local"]
+        command += ["--model", args.model, "--layers", ",".join(layers), "--batch-size", str(args.batch_size)]
+        command += ["--precision", args.precision, "--device", args.device, "--no-progress"]
+        for option in ("resize", "crop", "interpolation", "weights"):
+            if getattr(args, option) is not None:
+                command += [f"--{option}", str(getattr(args, option))]
+        if args.compile:
+            command.append("--compile")
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"the job failed:\n{done.stderr[-3000:]}")
+        with open(os.path.join(out, "run.json")) as f:
+            manifest = json.load(f)
+        return {
+            "images": manifest["new_images"],
+            "images_per_s": manifest["new_images"] / wall,
+            "images_per_s_after_startup": manifest["steady_images_per_second"],
+            "job_seconds": manifest["seconds"],
+            "wall_seconds": wall,
+            "activation_rows": manifest["activation_rows"],
+            **parse_report(done.stderr),
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def report(results: dict) -> None:
@@ -462,6 +512,20 @@ def report(results: dict) -> None:
         ),
         ("peak device memory", "n/a (cpu)" if gib is None else f"{gib:.2f} GiB"),
     ]
+    job = results.get("job")
+    if job:
+        steady = job["images_per_s_after_startup"] or 0.0
+        rows += [
+            (
+                f"(d) whole job, --executor local, {job['images']:,} files",
+                f"{job['images_per_s']:,.0f} images/s ({steady:,.0f} after start-up); "
+                f"{job['images_per_s'] / results['end_to_end_images_per_s']:.2f}x of (c)",
+            ),
+            (
+                "    index process CPU, peak RSS",
+                f"{job['cpu_seconds']:,.1f} s, {job['peak_rss_mib']:,.0f} MiB",
+            ),
+        ]
     check = results.get("correctness")
     if check:
         stage, same = check["stage_vs_cpu"], check["same_pixels_vs_cpu"]

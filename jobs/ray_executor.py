@@ -1,0 +1,438 @@
+"""The Ray executor: one model actor per GPU, or per node of a CPU cluster, each finishing its shards.
+
+    executor = RayExecutor(address=None, workers=None)     # a local Ray unless an address is given
+    for event in executor.run(context, tasks):
+        ...   # int (images done, negative to take back a lost attempt's) or ShardResult
+
+Each actor is a jobs.worker.ShardWorker pinned to one node. It holds two shards at once (one in the
+model, the other decoding ahead or being finished) and writes every shard's files itself, on its own
+node; the driver only hands out shards, commits markers and merges the top-k lists it gets back. The
+actors need nothing else from the cluster (decoding and encoding run in their own threads), so a node
+with one CPU runs its actor and nothing waits for a task that can never be scheduled.
+
+Resources: on a GPU cluster one actor per GPU (num_gpus=1 and its share of the node's CPUs); on a CPU
+cluster one actor per node (or `workers` spread over the nodes), reserving one CPU and running torch on
+the node's cores. A node with no CPU (a KubeRay head started with num-cpus 0) gets no actor. When no
+node can host an actor, the job stops at once and says so; when actors wait for resources other jobs
+hold, it says so after a few seconds and keeps waiting.
+
+Failures: an actor that dies (a crashed decoder, a lost node) is restarted by Ray where its node still
+exists; its shards go back to the queue (another actor may take them) and their progress is taken back.
+A shard that fails MAX_ATTEMPTS times, or an exception raised by the worker's code, stops the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from jobs.worker import IN_FLIGHT, ModelPlan, ShardResult, ShardTask, ShardWorker, WorkContext, plan_model
+from pipeline.errors import InvalidInputError, UserError
+
+log = logging.getLogger("actindex")
+MAX_ATTEMPTS = 4  # a shard whose actor dies this often stops the job (a decoder crash costs two)
+WAIT_WARNING_S = 10.0  # say that actors wait for resources after this long without one ready
+
+
+class ClusterError(UserError):
+    """The cluster cannot run the job as it is (no node for an actor, every actor lost)."""
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray's C++ core logs notices about actors' constructor arguments at error level; they are not ours.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local throwaway Ray; a cluster sets its own mode
+    logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
+    ray.init(
+        address=address or os.environ.get("RAY_ADDRESS"),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+
+
+class _NotMainThread(logging.Filter):
+    """Ray warns that it sets no SIGTERM handler when started outside the main thread (RayExecutor starts it
+    in the background); a SIGTERM then ends the driver, and Ray's processes with it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "current thread is not the main thread" not in record.getMessage()
+
+
+@dataclass(frozen=True)
+class ActorSlot:
+    """Where one model actor goes and what it reserves."""
+
+    node_id: str
+    host: str
+    num_cpus: float
+    num_gpus: int
+    threads: int  # torch threads (the node's cores shared by its actors)
+
+
+def plan_actors(nodes: list[dict], device: str, workers: int | None) -> list[ActorSlot]:
+    """Actor slots for the alive `nodes` (as ray.nodes() lists them): one per GPU for cuda, else one per
+    node with a CPU (or `workers` spread round-robin over those nodes)."""
+    usable = []
+    for node in nodes:
+        resources = node.get("Resources", {})
+        cpus, gpus = resources.get("CPU", 0), int(resources.get("GPU", 0))
+        if node.get("Alive") and (gpus if device == "cuda" else cpus >= 1):
+            usable.append((node, cpus, gpus))
+    if not usable:
+        return []
+    counts = Counter()
+    if device == "cuda":
+        for node, _, gpus in usable:
+            counts[node["NodeID"]] = gpus
+        if workers:
+            counts = _spread(workers, [node["NodeID"] for node, _, _ in usable], cap=dict(counts))
+    else:
+        counts = _spread(workers or len(usable), [node["NodeID"] for node, _, _ in usable])
+    slots = []
+    for node, cpus, _ in usable:
+        count = counts[node["NodeID"]]
+        for _ in range(count):
+            share = min(1.0, cpus / count) if cpus else 0.0
+            threads = max(1, int(cpus) // count)
+            slots.append(
+                ActorSlot(
+                    node["NodeID"],
+                    node.get("NodeManagerHostname", "?"),
+                    share,
+                    int(device == "cuda"),
+                    threads,
+                )
+            )
+    return slots
+
+
+def _spread(count: int, node_ids: list[str], cap: dict | None = None) -> Counter:
+    counts: Counter = Counter()
+    placed, i = 0, 0
+    while placed < count and (cap is None or sum(cap.values()) > placed):
+        node = node_ids[i % len(node_ids)]
+        if cap is None or counts[node] < cap[node]:
+            counts[node] += 1
+            placed += 1
+        i += 1
+    return counts
+
+
+class _ShardActor:
+    """The Ray actor around a ShardWorker. `warm()` imports torch and torchvision as soon as the actor
+    exists; the first actor also `plan`s the model for the driver (and keeps it). The worker is built by
+    the first `ready(context)` or `run_shard(context, task)`, so a failure to load the model comes back as
+    the worker's own exception, and an actor Ray restarts builds it again on its next call."""
+
+    def __init__(self, threads: int, node: str):
+        import threading
+
+        # Ray sets OMP_NUM_THREADS to the CPUs the actor reserved (1). torch's threads pick their count
+        # when they first run an op, from the global setting: set it before any thread touches torch.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+        self.threads, self.node = threads, node
+        self.worker: ShardWorker | None = None
+        self.module = None  # the model plan() loaded, for the worker
+        self.lock = threading.Lock()
+
+    def warm(self) -> None:
+        import torchvision.models  # noqa: F401 - the slow imports, done before the work arrives
+
+        import jobs.worker  # noqa: F401
+
+    def plan(self, request, geometry: bool) -> ModelPlan:
+        with self.lock:
+            plan, self.module = plan_model(request, geometry)
+        return plan
+
+    def ready(self, context: WorkContext) -> dict:
+        with self.lock:
+            if self.worker is None:
+                module, self.module = self.module, None
+                self.worker = ShardWorker(context, threads=self.threads, node=self.node, module=module)
+        return {**self.worker.writer, "threads": self.threads}
+
+    def run_shard(self, context: WorkContext, task: ShardTask):
+        self.ready(context)
+        yield from self.worker.run_shard(task)
+
+
+class RayExecutor:
+    """Starts Ray and the actors in a background thread as soon as it is made, so that they come up while
+    the driver loads the model; `gpus()` and `run()` wait for them."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None, device=None):
+        import threading
+
+        self.workers = workers
+        self.device = getattr(device, "value", device) or "auto"
+        self.actors: list = []
+        self.slots: list[ActorSlot] = []
+        self.has_gpus = False
+        self._error: BaseException | None = None
+        self._started = threading.Event()
+        threading.Thread(target=self._start, args=(address,), name="actindex-ray", daemon=True).start()
+
+    def _start(self, address: str | None) -> None:
+        try:
+            init_ray(address)
+            import ray
+
+            self.has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+            device = "cuda" if self.device == "cuda" or (self.device == "auto" and self.has_gpus) else "cpu"
+            if device == "cuda" and not self.has_gpus:
+                self._error = InvalidInputError("--device cuda, but no node of the Ray cluster has a GPU")
+                return
+            self.slots = plan_actors(ray.nodes(), device, self.workers)
+            if not self.slots:
+                self._error = ClusterError(_no_node_message(ray.nodes(), device))
+                return
+            self.actors = [_start_actor(slot) for slot in self.slots]
+            for actor in self.actors:
+                actor.warm.remote()
+        except BaseException as exc:  # noqa: BLE001 - raised in the driver's thread by _wait()
+            self._error = exc
+        finally:
+            self._started.set()
+        # Ray's processes are started with PR_SET_PDEATHSIG: they die with the thread that started them,
+        # so this one stays (parked) until the process ends
+        threading.Event().wait()
+
+    def _wait(self) -> None:
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def gpus(self) -> bool:
+        self._wait()
+        return self.has_gpus
+
+    def plan(self, request, geometry: bool = True) -> ModelPlan:
+        """The model planned by the first actor (its process imports torch; the driver does not)."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self._wait()
+        for actor in self.actors:
+            try:
+                return ray.get(actor.plan.remote(request, geometry))
+            except RayTaskError as exc:
+                raise _cause(exc) from None
+            except RayActorError as exc:
+                log.warning(
+                    "a model actor was lost while loading the model (%s); trying another", _first_line(exc)
+                )
+        raise ClusterError(
+            "no model actor could load the model: "
+            + (
+                _no_node_message(ray.nodes(), self.device)
+                if not self.actors
+                else "see the Ray logs (ray logs)"
+            )
+        )
+
+    def run(self, context: WorkContext, tasks: list[ShardTask]) -> Iterator[int | ShardResult]:
+        import ray
+
+        self._wait()
+        if not self.actors:
+            raise ClusterError(_no_node_message(ray.nodes(), context.spec.device))
+        yield from _Scheduler(self.actors, tasks, self.slots, ray.put(context)).run()
+
+    def close(self) -> None:
+        import ray
+
+        self._started.wait()
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+def _start_actor(slot: ActorSlot):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return (
+        ray.remote(_ShardActor)
+        .options(
+            num_cpus=slot.num_cpus,
+            num_gpus=slot.num_gpus,
+            max_concurrency=IN_FLIGHT,
+            max_restarts=MAX_ATTEMPTS,
+            max_task_retries=0,  # the scheduler retries shards itself, on any actor
+            scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
+        )
+        .remote(slot.threads, slot.node_id)
+    )
+
+
+class _Scheduler:
+    """Hands shards to actors (IN_FLIGHT each), streams their events, and requeues the shards of actors
+    that die."""
+
+    def __init__(self, actors: list, tasks: list[ShardTask], slots: list[ActorSlot], context):
+        import ray
+
+        self.context = context  # an ObjectRef: each node fetches it once
+        self.queue = deque(tasks)
+        self.slots = dict(zip(actors, slots, strict=True))
+        self.load: Counter = Counter()
+        self.alive: list = []
+        self.starting = {actor.ready.remote(context): actor for actor in actors}  # ping -> actor
+        self.inflight: dict = {}  # generator -> [actor, task, images reported]
+        self.attempts: Counter = Counter()
+        self.since = time.monotonic()
+        self.warned = False
+        self._ray = ray
+
+    def run(self) -> Iterator[int | ShardResult]:
+        ray = self._ray
+        while self.queue or self.inflight:
+            self._assign()
+            if not self.inflight and not self.starting:
+                raise ClusterError("every model actor was lost; see the Ray logs (ray logs) for why")
+            waitables = list(self.inflight) + list(self.starting)
+            ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
+            if not ready:
+                self._warn_if_waiting()
+                continue
+            for item in ready:
+                if item in self.starting:
+                    self._started(item)
+                else:
+                    yield from self._advance(item)
+
+    def _assign(self) -> None:
+        for actor in self.alive:
+            while self.queue and self.load[actor] < IN_FLIGHT:
+                task = self.queue.popleft()
+                generator = actor.run_shard.options(num_returns="streaming").remote(self.context, task)
+                self.inflight[generator] = [actor, task, 0]
+                self.load[actor] += 1
+
+    def _started(self, ping) -> None:
+        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+        actor = self.starting.pop(ping)
+        try:
+            self._ray.get(ping)
+        except RayTaskError as exc:  # the worker could not be built: the model, its weights, ...
+            raise _cause(exc) from None
+        except ActorUnavailableError:  # restarting: ask again, shortly
+            time.sleep(0.2)
+            self.starting[actor.ready.remote(self.context)] = actor
+            return
+        except RayActorError as exc:  # gone for good (its node left the cluster, too many restarts)
+            log.warning("a model actor on %s is lost: %s", self.slots[actor].host, _first_line(exc))
+            return
+        self.alive.append(actor)
+        self.since = time.monotonic()
+
+    def _advance(self, generator) -> Iterator[int | ShardResult]:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        actor, task, reported = self.inflight[generator]
+        try:
+            value = self._ray.get(next(generator))
+        except StopIteration:
+            self._release(generator)
+            return
+        except RayTaskError as exc:
+            raise _cause(exc) from None
+        except RayActorError as exc:
+            yield -reported
+            self._lost(generator, exc)
+            return
+        if isinstance(value, int):
+            self.inflight[generator][2] += value
+        self.since = time.monotonic()
+        yield value
+
+    def _release(self, generator) -> None:
+        actor, _, _ = self.inflight.pop(generator)
+        self.load[actor] -= 1
+
+    def _lost(self, generator, exc: Exception) -> None:
+        """The actor running `generator` died: its shard goes back to the queue, the actor is asked
+        whether it came back."""
+        actor, task, _ = self.inflight[generator]
+        self._release(generator)
+        self.attempts[task.shard] += 1
+        if self.attempts[task.shard] >= MAX_ATTEMPTS:
+            raise RuntimeError(
+                f"shard {task.shard} lost its worker {self.attempts[task.shard]} times; "
+                f"the last time: {_first_line(exc)}"
+            )
+        log.warning(
+            "shard %d: its worker on %s died (%s); retrying it",
+            task.shard,
+            self.slots[actor].host,
+            _first_line(exc),
+        )
+        self.queue.appendleft(task)
+        if actor in self.alive:
+            self.alive.remove(actor)
+            self.starting[actor.ready.remote(self.context)] = actor
+
+    def _warn_if_waiting(self) -> None:
+        if self.alive or self.warned or time.monotonic() - self.since < WAIT_WARNING_S:
+            return
+        self.warned = True
+        need = Counter()
+        for actor in self.starting.values():
+            slot = self.slots[actor]
+            need[
+                f"{slot.host}: {slot.num_cpus:g} CPU" + (f", {slot.num_gpus} GPU" if slot.num_gpus else "")
+            ] += 1
+        free = self._ray.available_resources()
+        log.warning(
+            "waiting for %d model actors to start (%s); the cluster has %g CPUs and %g GPUs free: other jobs "
+            "may hold them (see `ray status`); free them or add nodes",
+            len(self.starting),
+            "; ".join(f"{count} x {what}" for what, count in need.items()),
+            free.get("CPU", 0),
+            free.get("GPU", 0),
+        )
+
+
+def _cause(exc) -> BaseException:
+    """The exception the worker's code raised, without Ray's wrapper."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _no_node_message(nodes: list[dict], device: str) -> str:
+    alive = [n for n in nodes if n.get("Alive")]
+    described = ", ".join(
+        f"{n.get('NodeManagerHostname', '?')} ({n.get('Resources', {}).get('CPU', 0):g} CPUs, "
+        f"{n.get('Resources', {}).get('GPU', 0):g} GPUs)"
+        for n in alive
+    )
+    need = "a GPU" if device == "cuda" else "at least one CPU"
+    return (
+        f"no node of the Ray cluster can run a model actor: each needs {need}, and the cluster has "
+        f"{described or 'no alive node'}; add a node (ray start --address=HEAD:6379 --num-cpus=N"
+        + (" --num-gpus=N" if device == "cuda" else "")
+        + ")"
+        + (" or run with --device cpu" if device == "cuda" else "")
+    )

@@ -1,0 +1,204 @@
+"""What a run computes (RunSpec) and what the user asked for (IndexRequest).
+
+    request = IndexRequest(source="photos/", out="idx/", layers=("layer*",), model="resnet18")
+    spec = resolve_spec(request, plan, dataset_root, gpus=False)     # plan: jobs.worker.ModelPlan
+    spec.params()        # exactly run.json's "params": every value resolved, nothing left "auto"
+
+An IndexRequest holds layer patterns, "auto" choices and how to run (executor, address, workers, ...).
+The driver resolves it once, before any shard starts, against the model it loaded and the workers it
+has (GPUs or not): the RunSpec is frozen, travels to every worker, and is recorded. A rerun whose
+resolved spec differs from the index's refuses and names what differs, so a run started on a GPU (bf16,
+nvjpeg) and resumed on a CPU (fp32, Pillow) cannot mix shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pipeline.decode import DEFAULT_MAX_PIXELS
+from pipeline.errors import InvalidInputError
+from pipeline.preprocess import Preprocessing
+
+
+class Executor(str, Enum):
+    """Where the workers run."""
+
+    ray = "ray"  # Ray actors: a local Ray unless --address / RAY_ADDRESS names a cluster
+    local = "local"  # this process: no Ray at all
+
+
+class Device(str, Enum):
+    auto = "auto"  # cuda where the workers have GPUs
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 on GPUs, fp32 on CPUs
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class Store(str, Enum):
+    """What the index keeps."""
+
+    dense = "dense"  # every image x unit in `activations`, plus `topk`
+    topk = "topk"  # `images`, `layers` and `topk` only: for datasets whose dense table is too large
+
+
+GPU_BATCH, CPU_BATCH = 256, 32  # 256 keeps an H100 busy with ResNet-50 (see README); more buys little
+EXECUTION_PARAMS = ("device", "precision", "device_decode", "batch_size", "compile")  # resolved per workers
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run computes. `params()` is exactly run.json's params; every worker gets this object."""
+
+    model: str  # torchvision name, timm:NAME, efficientnet_lite0, a TorchScript file or python:module:factory
+    weights: str  # "random", "DEFAULT", "builtin", "torchscript" or the state-dict file loaded
+    weights_sha256: str  # hash of the loaded state dict: every worker checks it built the same network
+    layers: tuple[str, ...]  # resolved layer names, in module order
+    preprocessing: Preprocessing  # resize, crop, interpolation, mean, std
+    k: int  # images kept per unit in topk
+    shard_size: int  # images per shard: the unit of work, of output files and of resume
+    max_pixels: int  # larger images are error rows ("too large")
+    dataset_root: str  # what image paths are relative to
+    store: str  # "dense" or "topk" (Store)
+    device: str  # "cpu" or "cuda": where the model runs
+    precision: str  # "fp32", "bf16" or "fp16"
+    device_decode: bool  # JPEGs decoded on the model's device (nvjpeg on GPUs)
+    batch_size: int  # images per forward pass; batches never cross a shard
+    compile: bool  # torch.compile the forward and reductions
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+
+    def params(self) -> dict:
+        """The JSON form recorded in run.json and compared on every rerun."""
+        out = dataclasses.asdict(self)
+        out["layers"] = list(self.layers)
+        out["preprocessing"] = self.preprocessing.to_dict()
+        out["preprocessing"]["mean"] = list(self.preprocessing.mean)
+        out["preprocessing"]["std"] = list(self.preprocessing.std)
+        return out
+
+    @classmethod
+    def from_params(cls, params: dict) -> RunSpec:
+        values = {f.name: params[f.name] for f in dataclasses.fields(cls)}
+        values["preprocessing"] = Preprocessing.from_dict(params["preprocessing"])
+        return cls(**values)
+
+    @property
+    def weights_arg(self) -> str | None:
+        """What `pipeline.models.load_model` takes to load these weights again."""
+        return None if self.weights in ("random", "builtin", "torchscript") else self.weights
+
+
+@dataclass
+class IndexRequest:
+    """An index job as the user asked for it (the CLI builds it; so can a notebook)."""
+
+    source: str  # image folder (recursive), glob, or .txt/.csv list of paths
+    out: str  # index directory (created if missing)
+    layers: tuple[str, ...]  # named_modules() names or globs ('layer*', 'features.**')
+    model: str = "resnet50"  # torchvision name, timm:NAME, efficientnet_lite0, or a TorchScript file
+    weights: str | None = None  # None = the model's default (random, or built-in); "DEFAULT"; a .pth file
+    k: int = 100  # images kept per unit in the topk table
+    shard_size: int = 1024  # images per shard (unit of output files and of resume)
+    preprocessing: Preprocessing | None = None  # None = the model's own
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are recorded as errors ("too large")
+    store: Store = Store.dense  # dense, or topk (no activations table)
+    device: Device = Device.auto  # auto = cuda where the workers have GPUs
+    precision: Precision = Precision.auto  # auto = bf16 on GPUs, fp32 on CPUs
+    device_decode: bool | None = None  # decode JPEGs on the model's device; None = on GPUs only
+    batch_size: int | None = None  # images per forward pass; None = 256 on GPUs, 32 on CPUs
+    compile: bool = False  # torch.compile the forward + reductions
+    executor: Executor = Executor.ray  # ray (local Ray started if no address) or local (no Ray)
+    address: str | None = None  # Ray cluster address; None = RAY_ADDRESS or a new local Ray
+    workers: int | None = None  # model actors; None = one per GPU, or one per node
+    overwrite: bool = False  # clear an index made with other parameters instead of refusing
+    prune: bool = False  # drop indexed images that are no longer in the dataset
+    trust_code: bool = False  # allow models that execute code when loaded (TorchScript, python:)
+    progress: bool = True  # show a progress bar
+    extra: dict = field(default_factory=dict)  # free-form notes stored in run.json
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(self.layers)
+        for name, kind in (
+            ("store", Store),
+            ("device", Device),
+            ("precision", Precision),
+            ("executor", Executor),
+        ):
+            setattr(self, name, _choice(kind, getattr(self, name), name))
+        if not self.layers:
+            raise InvalidInputError("choose at least one layer (--layers); see: actindex layers MODEL")
+        if self.k < 1:
+            raise InvalidInputError(f"k must be at least 1 (got {self.k})")
+        if (self.batch_size is not None and self.batch_size < 1) or self.shard_size < 1:
+            raise InvalidInputError(
+                f"batch_size ({self.batch_size}) and shard_size ({self.shard_size}) must be positive"
+            )
+        if self.executor is Executor.local and self.address:
+            raise InvalidInputError(
+                "--address joins a Ray cluster; it cannot be combined with --executor local"
+            )
+        if self.max_pixels < 1:
+            raise InvalidInputError(f"max_pixels must be positive (got {self.max_pixels})")
+        if self.workers is not None and self.workers < 1:
+            raise InvalidInputError(f"workers must be at least 1 (got {self.workers})")
+
+
+def _choice(kind: type[Enum], value, name: str) -> Enum:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(item.value for item in kind)
+        raise InvalidInputError(f"{name} {value!r} is not one of {choices}") from None
+
+
+def resolve_spec(request: IndexRequest, plan, dataset_root: str, gpus: bool) -> RunSpec:
+    """Every "auto" of `request` decided for workers that have GPUs (`gpus`) or not; `plan` (a
+    jobs.worker.ModelPlan) says what loading the model found: weights, layer names, preprocessing."""
+    device = ("cuda" if gpus else "cpu") if request.device is Device.auto else request.device.value
+    if device == "cuda" and not gpus:
+        raise InvalidInputError("--device cuda, but no worker has a GPU; use --device cpu or auto")
+    if request.precision is Precision.auto:
+        precision = "bf16" if device == "cuda" else "fp32"
+    else:
+        precision = request.precision.value
+    return RunSpec(
+        model=request.model,
+        weights=plan.weights,
+        weights_sha256=plan.weights_sha256,
+        layers=tuple(plan.layers),
+        preprocessing=plan.preprocessing,
+        k=request.k,
+        shard_size=request.shard_size,
+        max_pixels=request.max_pixels,
+        dataset_root=dataset_root,
+        store=request.store.value,
+        device=device,
+        precision=precision,
+        device_decode=device == "cuda" if request.device_decode is None else request.device_decode,
+        batch_size=request.batch_size or (GPU_BATCH if device == "cuda" else CPU_BATCH),
+        compile=request.compile,
+    )
+
+
+def differences(old: dict, new: dict, keys=None) -> list[str]:
+    """'name: old -> new' for each of `keys` (default: all) whose values differ, for one-line refusals."""
+    names = keys if keys is not None else sorted(set(old) | set(new))
+    return [
+        f"{key}: {_short(old.get(key))} -> {_short(new.get(key))}"
+        for key in names
+        if old.get(key) != new.get(key)
+    ]
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
