@@ -49,8 +49,8 @@ whatever the caller's current stream had queued. `torchvision.io.decode_jpeg` bl
 until nvjpeg is done (about 0.1 ms of host time per ImageNet-sized JPEG on an H100), so the worker decodes
 in a background thread (pipeline.loop.Prefetcher): nvjpeg releases the GIL, and the main thread keeps the
 device busy meanwhile. Measured on one H100 (jobs/bench/gpu_stage.py, ResNet-50 relu + layer1..4, bf16,
-batch 256): decode + resize 12-15k images/s alone, forward + reductions 11.5k (eager) / 18k (compiled), end to end from JPEG bytes
-7.2k (eager) / 9.0k (compiled) with the decode thread.
+batch 256): decode + resize 12-15k images/s alone, forward + reductions 11.5k (eager) / 18k (compiled),
+end to end from JPEG bytes 7.2k (eager) / 9.0k (compiled) with the decode thread.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python -m jobs.bench.gpu_stage                       # resnet50, relu + layer1..4, bf16, cuda
     python -m jobs.bench.gpu_stage --compile --json gpu.json
-    python -m jobs.bench.gpu_stage --job 20000           # and the whole job, --executor local, on 20,000 files
+    python -m jobs.bench.gpu_stage --job 20000           # and the whole job (--executor local), 20,000 files
     python -m jobs.bench.gpu_stage --device cpu --model resnet18 --images 64 --batch-size 16 --precision fp32
 
 Synthetic ImageNet-like JPEGs (about 500x375, smooth colour fields with shapes, fine texture and noise,
