@@ -90,6 +90,7 @@ def run_index(request: IndexRequest) -> Summary:
     refs, listing_errors = _list(request)
     root = dataset_root(request.source)
     with IndexLock(layout.root), ExitStack() as stack:
+        _check_directory(layout, request.overwrite)
         executor = plan = None
         if _needs_workers(layout, refs, request):  # the workers load the model: Ray starts right away
             executor = stack.enter_context(open_executor(request))
@@ -153,24 +154,29 @@ def _params(request: IndexRequest, plan, root: str, gpus: bool | None) -> dict:
     return params if gpus is not None else {k: v for k, v in params.items() if k not in EXECUTION_PARAMS}
 
 
+def _check_directory(layout: IndexLayout, overwrite: bool) -> None:
+    """Refuse, before anything is loaded, a directory that holds something other than an index of this
+    format (unless --overwrite)."""
+    existing = layout.read_manifest()
+    if overwrite:
+        return
+    if existing is None and any(p.name != ".lock" for p in layout.root.iterdir()):
+        raise IndexMismatchError(
+            f"{layout.root} is not empty and holds no actindex run.json; choose another --out"
+        )
+    if existing is not None and existing.get("format") != INDEX_FORMAT:
+        raise IndexMismatchError(
+            f"{layout.root} was written by an older actindex (index format {existing.get('format', 1)}, "
+            f"this one writes {INDEX_FORMAT}); use another --out, or --overwrite to rebuild it"
+        )
+
+
 def _check_index(layout: IndexLayout, params: dict, overwrite: bool) -> dict | None:
     """The index's manifest when it was made with `params` (those not resolved per worker); None when
     the directory is new or empty (or was cleared by --overwrite). Refuses anything else."""
     existing = layout.read_manifest()
-    if existing is None:
-        if layout.root.is_dir() and any(p.name != ".lock" for p in layout.root.iterdir()) and not overwrite:
-            raise IndexMismatchError(
-                f"{layout.root} is not empty and holds no actindex run.json; choose another --out"
-            )
-        layout.clear()
-        return None
-    if existing.get("format") != INDEX_FORMAT:
-        if not overwrite:
-            raise IndexMismatchError(
-                f"{layout.root} was written by an older actindex (index format {existing.get('format', 1)}, "
-                f"this one writes {INDEX_FORMAT}); use another --out, or --overwrite to rebuild it"
-            )
-        layout.clear()
+    if existing is None or existing.get("format") != INDEX_FORMAT:
+        layout.clear()  # an empty directory, or --overwrite of one _check_directory let through
         return None
     old = {k: v for k, v in existing["params"].items() if k not in EXECUTION_PARAMS}
     if old != params:

@@ -223,28 +223,27 @@ class RayExecutor:
         return self.has_gpus
 
     def plan(self, request, geometry: bool = True) -> ModelPlan:
-        """The model planned by the first actor (its process imports torch; the driver does not)."""
+        """The model as the first actor to load it found it (every actor loads it now, for its worker;
+        the driver never imports torch)."""
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayTaskError
 
         self._wait()
-        for actor in self.actors:
+        pending = {actor.plan.remote(request, geometry): actor for actor in self.actors}
+        patience = _Patience()
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if not ready:
+                patience.check([self.slots[self.actors.index(actor)] for actor in pending.values()])
+                continue
+            pending.pop(ready[0])
             try:
-                return ray.get(actor.plan.remote(request, geometry))
+                return ray.get(ready[0])
             except RayTaskError as exc:
                 raise _cause(exc) from None
-            except RayActorError as exc:
-                log.warning(
-                    "a model actor was lost while loading the model (%s); trying another", _first_line(exc)
-                )
-        raise ClusterError(
-            "no model actor could load the model: "
-            + (
-                _no_node_message(ray.nodes(), self.device)
-                if not self.actors
-                else "see the Ray logs (ray logs)"
-            )
-        )
+            except _lost_actor_errors() as exc:
+                log.warning("a model actor was lost while loading the model (%s)", _first_line(exc))
+        raise ClusterError("no model actor could load the model; see the Ray logs (ray logs)")
 
     def run(self, context: WorkContext, tasks: list[ShardTask]) -> Iterator[int | ShardResult]:
         import ray
@@ -296,8 +295,7 @@ class _Scheduler:
         self.starting = {actor.ready.remote(context): actor for actor in actors}  # ping -> actor
         self.inflight: dict = {}  # generator -> [actor, task, images reported]
         self.attempts: Counter = Counter()
-        self.since = time.monotonic()
-        self.warned = False
+        self.patience = _Patience()
         self._ray = ray
 
     def run(self) -> Iterator[int | ShardResult]:
@@ -309,7 +307,8 @@ class _Scheduler:
             waitables = list(self.inflight) + list(self.starting)
             ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
             if not ready:
-                self._warn_if_waiting()
+                if not self.alive:
+                    self.patience.check([self.slots[actor] for actor in self.starting.values()])
                 continue
             for item in ready:
                 if item in self.starting:
@@ -326,7 +325,7 @@ class _Scheduler:
                 self.load[actor] += 1
 
     def _started(self, ping) -> None:
-        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+        from ray.exceptions import ActorUnavailableError, RayTaskError
 
         actor = self.starting.pop(ping)
         try:
@@ -337,14 +336,14 @@ class _Scheduler:
             time.sleep(0.2)
             self.starting[actor.ready.remote(self.context)] = actor
             return
-        except RayActorError as exc:  # gone for good (its node left the cluster, too many restarts)
+        except _lost_actor_errors() as exc:  # gone for good (its node left the cluster, too many restarts)
             log.warning("a model actor on %s is lost: %s", self.slots[actor].host, _first_line(exc))
             return
         self.alive.append(actor)
-        self.since = time.monotonic()
+        self.patience.progressed()
 
     def _advance(self, generator) -> Iterator[int | ShardResult]:
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayTaskError
 
         actor, task, reported = self.inflight[generator]
         try:
@@ -354,13 +353,13 @@ class _Scheduler:
             return
         except RayTaskError as exc:
             raise _cause(exc) from None
-        except RayActorError as exc:
+        except _lost_actor_errors() as exc:
             yield -reported
             self._lost(generator, exc)
             return
         if isinstance(value, int):
             self.inflight[generator][2] += value
-        self.since = time.monotonic()
+        self.patience.progressed()
         yield value
 
     def _release(self, generator) -> None:
@@ -389,25 +388,42 @@ class _Scheduler:
             self.alive.remove(actor)
             self.starting[actor.ready.remote(self.context)] = actor
 
-    def _warn_if_waiting(self) -> None:
-        if self.alive or self.warned or time.monotonic() - self.since < WAIT_WARNING_S:
+
+class _Patience:
+    """Says once, WAIT_WARNING_S after the last progress, that model actors wait for resources."""
+
+    def __init__(self):
+        self.since, self.warned = time.monotonic(), False
+
+    def progressed(self) -> None:
+        self.since = time.monotonic()
+
+    def check(self, waiting: list[ActorSlot]) -> None:
+        if self.warned or not waiting or time.monotonic() - self.since < WAIT_WARNING_S:
             return
+        import ray
+
         self.warned = True
-        need = Counter()
-        for actor in self.starting.values():
-            slot = self.slots[actor]
-            need[
-                f"{slot.host}: {slot.num_cpus:g} CPU" + (f", {slot.num_gpus} GPU" if slot.num_gpus else "")
-            ] += 1
-        free = self._ray.available_resources()
+        need = Counter(
+            f"{slot.host}: {slot.num_cpus:g} CPU" + (f", {slot.num_gpus} GPU" if slot.num_gpus else "")
+            for slot in waiting
+        )
+        free = ray.available_resources()
         log.warning(
             "waiting for %d model actors to start (%s); the cluster has %g CPUs and %g GPUs free: other jobs "
             "may hold them (see `ray status`); free them or add nodes",
-            len(self.starting),
+            len(waiting),
             "; ".join(f"{count} x {what}" for what, count in need.items()),
             free.get("CPU", 0),
             free.get("GPU", 0),
         )
+
+
+def _lost_actor_errors() -> tuple[type[Exception], ...]:
+    """What Ray raises for a call to an actor that died or can never be placed again (its node left)."""
+    from ray.exceptions import ActorUnschedulableError, RayActorError
+
+    return (RayActorError, ActorUnschedulableError)
 
 
 def _cause(exc) -> BaseException:

@@ -19,6 +19,7 @@ from enum import Enum
 
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.errors import InvalidInputError
+from pipeline.model_args import check_model_args
 from pipeline.preprocess import Preprocessing
 
 
@@ -150,6 +151,7 @@ class IndexRequest:
             raise InvalidInputError(f"max_pixels must be positive (got {self.max_pixels})")
         if self.workers is not None and self.workers < 1:
             raise InvalidInputError(f"workers must be at least 1 (got {self.workers})")
+        check_model_args(self.model, self.weights, self.trust_code)
 
 
 def _choice(kind: type[Enum], value, name: str) -> Enum:

@@ -120,7 +120,7 @@ class ShardResult:
     seconds: dict[str, float]  # model (decode + forward) and finish (order + encode + write) time
 
     def marker(self) -> dict:
-        keys = ("shard", "digest", "attempt", "files", "images", "ok", "activation_rows", "writer")
+        keys = ("shard", "digest", "attempt", "files", "images", "ok", "activation_rows", "writer", "seconds")
         return {key: getattr(self, key) for key in keys}
 
 

@@ -19,16 +19,20 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError, UserError
+from pipeline.errors import InvalidInputError, UnknownNameError
+from pipeline.model_args import (  # noqa: F401 - UntrustedCodeError is part of this module's interface
+    BUILTIN_EFFICIENTNET,
+    TORCHSCRIPT_SUFFIXES,
+    UntrustedCodeError,
+    check_model_args,
+)
 from pipeline.preprocess import Preprocessing
 
-BUILTIN_EFFICIENTNET = "efficientnet_lite0"
 RANDOM_SEED = 0
 IMAGENET = Preprocessing(resize=256, crop=224, interpolation="bilinear")
 EFFICIENTNET_LITE0 = Preprocessing(
     resize=256, crop=224, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
 )
-TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".torchscript", ".jit")
 
 
 @dataclass
@@ -39,23 +43,12 @@ class LoadedModel:
     weights_sha256: str  # hash of the state dict's tensors (names, shapes, bytes)
 
 
-class UntrustedCodeError(UserError, PermissionError):
-    """The model would execute code when loaded, and trust_code was not given."""
-
-
 def load_model(name: str, weights: str | None = None, trust_code: bool = False) -> LoadedModel:
     """Build the model `name` and load `weights` (None = random, "DEFAULT", or a state-dict file).
 
     TorchScript files and python: factories execute code when loaded: they need `trust_code=True`.
     """
-    if not trust_code and (name.startswith("python:") or name.endswith(TORCHSCRIPT_SUFFIXES)):
-        raise UntrustedCodeError(
-            f"loading {name!r} executes code from it; pass --trust-code if you trust its source"
-        )
-    if weights is not None and weights != "DEFAULT" and not os.path.isfile(weights):
-        raise MissingInputError(
-            f"weights file {weights!r} does not exist (pass a .pth state dict or DEFAULT)"
-        )
+    check_model_args(name, weights, trust_code)
     if name == BUILTIN_EFFICIENTNET:
         module, prep, label = _builtin_efficientnet(weights)
     elif name.startswith("timm:"):

@@ -71,3 +71,13 @@ class OutOfMemory(_ResNet18):
 
 def resnet18() -> ResNet:
     return _ResNet18()
+
+
+class Slow(_ResNet18):
+    """resnet18, one second slower per forward (the same weights and results): spreads a small job's
+    shards over every actor of a test cluster, whichever starts first."""
+
+    def fault(self, x):
+        import time
+
+        time.sleep(1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -100,6 +101,7 @@ def test_not_an_index(tmp_path):
 
 
 def test_index_errors_name_the_fix(natural_dataset, tmp_path):
+    # the layer is checked where the model loads: in the model actor on Ray, in this process without
     result = invoke(
         "index", natural_dataset, "--out", tmp_path / "a", "--model", "resnet18", "--layers", "layer5"
     )
@@ -108,7 +110,19 @@ def test_index_errors_name_the_fix(natural_dataset, tmp_path):
         and "did you mean" in result.output
         and "actindex layers resnet18" in result.output
     )
-    result = invoke("index", natural_dataset, "--out", tmp_path / "b", "--model", "resnet1", "--layers", "x")
+    assert len(result.output.strip().splitlines()) == 1
+    result = invoke(
+        "index",
+        natural_dataset,
+        "--out",
+        tmp_path / "b",
+        "--model",
+        "resnet1",
+        "--layers",
+        "x",
+        "--executor",
+        "local",
+    )
     assert (
         result.exit_code == 2 and "unknown model 'resnet1'" in result.output and "resnet18" in result.output
     )
@@ -118,6 +132,7 @@ def test_index_errors_name_the_fix(natural_dataset, tmp_path):
     assert result.exit_code == 2 and "weights file 'no.pth' does not exist" in result.output
     result = invoke("index", tmp_path / "nothing", "--out", tmp_path / "d", "--layers", "fc")
     assert result.exit_code == 2 and "nothing" in result.output
+    assert not any((tmp_path / name).exists() for name in "abcd")  # no empty index directory is left
 
 
 def test_layers_lists_shapes_and_receptive_fields():
@@ -197,3 +212,64 @@ def test_a_pickled_full_model_is_refused_as_weights(natural_dataset, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 2 and "would run code" in result.output and "state_dict()" in result.output
     assert "Traceback" not in result.output
+
+
+def test_python_m_jobs_is_the_cli_without_an_import_cycle():
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs", "index", "--help"], capture_output=True, text=True, env=env
+    )
+    assert (
+        done.returncode == 0
+        and "Usage: actindex index" in done.stdout
+        and "RuntimeWarning" not in done.stderr
+    )
+    for choices in (
+        "<ray|local>",
+        "<auto|cpu|cuda>",
+        "<auto|bf16|fp16|fp32>",
+        "<dense|topk>",
+        "<nearest|bilinear",
+    ):
+        assert choices in done.stdout, choices  # Typer lists the enums' values
+    command = [sys.executable, "-m", "jobs", "index", "x", "--out", "y", "--layers", "fc", "--precision", "int8"]
+    bad = subprocess.run(command, capture_output=True, text=True)
+    assert bad.returncode == 2 and "'int8' is not one of" in bad.stderr
+
+
+def test_a_bug_shows_its_traceback_and_user_errors_do_not(natural_dataset, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr("jobs.index.plan_work", broken)
+    args = ["--model", "resnet18", "--layers", "fc", "--executor", "local", "--no-progress"]
+    result = invoke("index", natural_dataset, "--out", tmp_path / "idx", *args)
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)  # not the user's fault: exit 1
+    assert "Error: an internal invariant broke" not in result.output
+
+
+def test_a_resume_with_another_resolved_precision_refuses_in_one_line(natural_dataset, tmp_path):
+    args = ["index", natural_dataset, "--out", tmp_path / "idx", "--model", "resnet18", "--layers", "layer4"]
+    args += ["--resize", "36", "--crop", "32", "--executor", "local", "--no-progress"]
+    assert invoke(*args, "--precision", "fp32").exit_code == 0
+    (tmp_path / "idx" / "_done" / "shard-00000.json").unlink()  # as if the first run had been killed
+    refused = invoke(*args, "--precision", "bf16")
+    assert refused.exit_code == 2, refused.output
+    lines = refused.output.strip().splitlines()
+    assert len(lines) == 1 and "precision: fp32 -> bf16" in lines[0] and "--overwrite" in lines[0]
+    assert invoke(*args).exit_code == 0  # auto resolves to fp32 on this CPU, as recorded: it resumes
+
+
+def test_a_rerun_with_nothing_to_do_starts_no_ray(natural_dataset, tmp_path):
+    args = [sys.executable, "-m", "jobs", "index", str(natural_dataset), "--out", str(tmp_path / "idx")]
+    args += ["--model", "resnet18", "--layers", "layer4", "--resize", "36", "--crop", "32", "--no-progress"]
+    assert subprocess.run([*args, "--executor", "local"], capture_output=True).returncode == 0
+    code = (
+        "import sys, runpy; sys.argv = " + repr(["jobs", *args[3:]]) + "\n"
+        "try:\n    runpy.run_module('jobs', run_name='__main__')\nexcept SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\nassert 'ray' not in sys.modules and 'torch' in sys.modules\n"
+        "print('no ray')"
+    )
+    rerun = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert rerun.returncode == 0 and "no ray" in rerun.stdout, rerun.stderr
+    assert "0 new this run" in rerun.stdout

@@ -9,7 +9,7 @@ import pytest
 from jobs.index import IndexMismatchError, run_index
 from queries.db import connect
 from tests.jobs.test_index_reference import index_config
-from tests.jobs.test_ray_executor import assert_same_tables
+from tests.tables import assert_same_tables
 
 
 @pytest.fixture()

@@ -121,8 +121,18 @@ def test_activations_equal_brute_force(local_index, expected):
     assert_matches_reference(local_index, expected)
 
 
-def test_topk_equals_brute_force_sort_and_boxes(local_index, expected, natural_dataset):
-    con = connect(local_index)
+@pytest.fixture(scope="module")
+def topk_only_index(natural_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("topk_only_index")
+    run_index(index_config(natural_dataset, out, executor="local", store="topk"))
+    return out
+
+
+@pytest.mark.parametrize("store", ["dense", "topk"])
+def test_topk_equals_brute_force_sort_and_boxes(
+    local_index, topk_only_index, expected, natural_dataset, store
+):
+    con = connect(local_index if store == "dense" else topk_only_index)
     ids = dict(con.sql("SELECT relpath, image_id FROM images").fetchall())
     sizes = {p: Image.open(natural_dataset / p).size for p in ids}
     rf = {

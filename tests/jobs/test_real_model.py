@@ -52,3 +52,46 @@ def test_blocks_boxes_lie_inside_their_images(photo_index):
         "WHERE x0 < 0 OR y0 < 0 OR x1 > width OR y1 > height OR x0 >= x1 OR y0 >= y1"
     ).fetchall()[0][0]
     assert bad == 0
+
+
+def test_a_topk_only_index_has_the_same_topk_and_no_activations(photo_index, skimage_photos, tmp_path):
+    import duckdb
+    import pytest as _pytest
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+    from queries.db import NO_ACTIVATIONS
+
+    _, dense = photo_index
+    out = tmp_path / "topk_only"
+    request = IndexRequest(
+        source=str(skimage_photos), out=str(out), model="efficientnet_lite0", store="topk",
+        layers=("blocks.3", "classifier"), k=3, batch_size=8, executor="local", progress=False,
+    )  # fmt: skip
+    summary = run_index(request)
+    assert (
+        summary.activation_rows == 0
+        and summary.topk_rows == dense.sql("SELECT count(*) FROM topk").fetchall()[0][0]
+    )
+    assert not (out / "activations").exists()
+    con = connect(out)
+    query = "SELECT * FROM topk ORDER BY layer, unit, rank"
+    assert con.sql(query).fetchall() == dense.sql(query).fetchall()
+    with _pytest.raises(duckdb.Error, match="built with --store topk"):
+        con.sql("SELECT count(*) FROM activations").fetchall()
+    runner = CliRunner()
+    top = runner.invoke(app, ["top", str(out), "--layer", "classifier", "--unit", "967", "--k", "1"])
+    assert top.exit_code == 0 and "coffee.png" in top.output
+    sheet = runner.invoke(
+        app,
+        ["grid", str(out), "--layer", "classifier", "--units", "967,282", "--out", str(tmp_path / "g.png")],
+    )
+    assert sheet.exit_code == 0 and (tmp_path / "g.png").is_file()
+    status = runner.invoke(app, ["status", str(out)])
+    assert status.exit_code == 0 and f"{summary.indexed} ok" in status.output
+    failed = runner.invoke(app, ["sql", str(out), "SELECT count(*) FROM activations"])
+    assert (
+        failed.exit_code == 2
+        and NO_ACTIVATIONS in failed.output
+        and len(failed.output.strip().splitlines()) == 1
+    )

@@ -23,7 +23,7 @@ from pipeline.preprocess import Preprocessing
 from pipeline.writer import IndexLayout
 from queries.db import connect
 from tests.conftest import natural_image
-from tests.jobs.test_ray_executor import assert_close_tables, assert_same_tables
+from tests.tables import assert_matches_forward, assert_same_tables, forward_maps, table_rows
 
 PREP = Preprocessing(resize=36, crop=32)
 ARGS = [
@@ -192,10 +192,7 @@ def test_adding_images_indexes_only_them_and_equals_a_fresh_run(dataset, tmp_pat
     assert (st.new_images, st.missing_images, st.shards_pending) == (5, 0, 3)
     second = run_index(config(folder, out))
     assert second.new_images == 5 and second.shards_done_before == 20 and second.images == 45
-    fresh = tmp_path / "fresh"
-    run_index(config(folder, fresh))
-    # the new images were batched differently from the fresh run: floats may differ in the last bit
-    assert_close_tables(out, fresh)
+    assert_equivalent_to_a_fresh_run(out, folder, tmp_path / "fresh")
     assert first.new_images == 40
 
 
@@ -219,9 +216,7 @@ def test_removed_images_are_reported_then_pruned(dataset, tmp_path):
         con.sql("SELECT count(*) FROM topk JOIN images USING (image_id)").fetchall()[0][0]
         == con.sql("SELECT count(*) FROM topk").fetchall()[0][0]
     )
-    fresh = tmp_path / "fresh"
-    run_index(config(folder, fresh))
-    assert_close_tables(out, fresh)
+    assert_equivalent_to_a_fresh_run(out, folder, tmp_path / "fresh")
     assert index_status(out).missing_images == 0
 
 
@@ -234,9 +229,52 @@ def test_adding_and_removing_at_once_with_prune_equals_a_fresh_run(dataset, tmp_
     make_images(folder, 3, first=200)
     summary = run_index(config(folder, out, prune=True))
     assert (summary.pruned, summary.new_images, summary.images) == (1, 3, 42)
-    fresh = tmp_path / "fresh"
+    assert summary.reindexed == 1  # img004, which shared a shard with img005
+    assert_equivalent_to_a_fresh_run(out, folder, tmp_path / "fresh")
+
+
+def assert_equivalent_to_a_fresh_run(out: Path, folder: Path, fresh: Path) -> None:
+    """The index equals a fresh run over the same images: the same images rows, and (the new images were
+    batched differently) activations and top-k within float32 rounding of per-image forward passes, as the
+    fresh run's are."""
     run_index(config(folder, fresh))
-    assert_close_tables(out, fresh)
+    assert table_rows(out, "images") == table_rows(fresh, "images")
+    maps = forward_maps(folder, "resnet18", ["layer2", "layer4"], PREP)
+    assert_matches_forward(out, maps, k=4)
+    assert_matches_forward(fresh, maps, k=4)
+
+
+def test_reruns_never_read_an_activation_file(dataset, tmp_path):
+    """Resume, incremental and --prune runs with every existing activation file replaced by garbage: they
+    succeed (so they read none of them), and with the files put back the index equals a fresh run."""
+    folder = tmp_path / "images"
+    shutil.copytree(dataset, folder)
+    out = tmp_path / "idx"
+    run_index(config(folder, out))
+    layout = IndexLayout(out)
+    for shard in (18, 19):  # a killed run: the last shards never got their markers
+        layout.marker(shard).unlink()
+    originals = _garble_activation_files(out)
+    resumed = run_index(config(folder, out))
+    assert (resumed.shards_done_before, resumed.new_images) == (18, 4)
+    (folder / "img007.png").unlink()
+    make_images(folder, 3, first=300)
+    for path, data in _garble_activation_files(out).items():
+        originals.setdefault(path, data)  # the files garbled before keep their real bytes
+    changed = run_index(config(folder, out, prune=True))
+    assert (changed.pruned, changed.new_images, changed.reindexed) == (1, 3, 1)
+    for path, data in originals.items():
+        if path.exists():  # the pruned shard's files are gone
+            path.write_bytes(data)
+    assert_equivalent_to_a_fresh_run(out, folder, tmp_path / "fresh")
+
+
+def _garble_activation_files(out: Path) -> dict[Path, bytes]:
+    originals = {}
+    for path in (out / "activations").rglob("*.parquet"):
+        originals[path] = path.read_bytes()
+        path.write_bytes(b"not parquet: a run that read this file would fail")
+    return originals
 
 
 def test_pipeline_never_imports_ray():
@@ -244,3 +282,44 @@ def test_pipeline_never_imports_ray():
     code = f"import sys, {modules}; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert out.stdout.strip() == "False"
+
+
+def test_the_forward_check_catches_a_wrong_value_a_wrong_peak_and_a_missed_image(
+    dataset, uninterrupted, tmp_path
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    maps = forward_maps(dataset, "resnet18", ["layer2", "layer4"], PREP)
+    assert_matches_forward(uninterrupted, maps, k=4)
+    for change in ("act", "peak", "topk"):
+        out = tmp_path / change
+        shutil.copytree(uninterrupted, out)
+        if change == "topk":  # drop the best image of unit 0 from its list: a missed image
+            path = next((out / "topk").glob("layer=layer4.parquet"))
+            table = pq.read_table(path)
+            keep = [
+                not (u == 0 and r == 1)
+                for u, r in zip(table["unit"].to_pylist(), table["rank"].to_pylist(), strict=True)
+            ]
+            table = table.filter(pa.array(keep))
+            ranks = [
+                r - 1 if u == 0 else r
+                for u, r in zip(table["unit"].to_pylist(), table["rank"].to_pylist(), strict=True)
+            ]
+            pq.write_table(
+                table.set_column(table.schema.get_field_index("rank"), "rank", pa.array(ranks, pa.int32())),
+                path,
+            )
+        else:
+            path = next((out / "activations" / "layer=layer2").glob("*.parquet"))  # 4 x 4 maps at 32 px
+            table = pq.read_table(path)
+            if change == "act":  # 1% too large: far beyond float rounding
+                column = pa.array([a * 1.01 + 1e-3 for a in table["act"].to_pylist()], pa.float32())
+                table = table.set_column(table.schema.get_field_index("act"), "act", column)
+            else:  # every peak moved one column over
+                column = pa.array([(x + 1) % 4 for x in table["x"].to_pylist()], pa.int16())
+                table = table.set_column(table.schema.get_field_index("x"), "x", column)
+            pq.write_table(table, path)
+        with pytest.raises(AssertionError):
+            assert_matches_forward(out, maps, k=4)

@@ -15,7 +15,7 @@ from jobs.index import run_index
 from queries.db import connect
 from tests import faults
 from tests.jobs.test_index_reference import index_config
-from tests.jobs.test_ray_executor import assert_close_tables, assert_same_tables
+from tests.tables import assert_same_tables
 
 CRASH_PLUGIN = Path(__file__).parents[1] / "crash_plugin"
 
@@ -41,7 +41,7 @@ def test_exception_in_a_batch_is_retried(executor, ray_index, natural_dataset, t
     flag = faults.arm("raise-once")
     summary = run_index(faulty_config(natural_dataset, tmp_path / "idx", "RaiseOnce", executor))
     assert not flag.exists() and summary.indexed == 14 and summary.failed == 0
-    assert_close_tables(tmp_path / "idx", ray_index)
+    assert_same_tables(tmp_path / "idx", ray_index)
 
 
 def test_out_of_memory_splits_batches_and_fails_only_an_image_that_never_fits(natural_dataset, tmp_path):
