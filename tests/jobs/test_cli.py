@@ -232,7 +232,8 @@ def test_python_m_jobs_is_the_cli_without_an_import_cycle():
         "<nearest|bilinear",
     ):
         assert choices in done.stdout, choices  # Typer lists the enums' values
-    command = [sys.executable, "-m", "jobs", "index", "x", "--out", "y", "--layers", "fc", "--precision", "int8"]
+    command = [sys.executable, "-m", "jobs", "index", "x", "--out", "y", "--layers", "fc"]
+    command += ["--precision", "int8"]
     bad = subprocess.run(command, capture_output=True, text=True)
     assert bad.returncode == 2 and "'int8' is not one of" in bad.stderr
 
