@@ -171,7 +171,7 @@ def index(
             device_decode=device_decode,
             store=store,
             progress=progress,
-            preprocessing=_preprocessing(model, weights, trust_code, resize, crop, interpolation, mean, std),
+            preprocessing=_preprocessing(resize, crop, interpolation, mean, std),
         )
         summary = run_index(request)
     except UserError as exc:
@@ -186,25 +186,17 @@ def index(
         raise typer.Exit(code=1)
 
 
-def _preprocessing(model, weights, trust_code, resize, crop, interpolation, mean, std):
-    overrides = {
-        key: value
-        for key, value in dict(
-            resize=resize,
-            crop=crop,
-            interpolation=interpolation.value if interpolation else None,
-            mean=parse_floats(mean),
-            std=parse_floats(std),
-        ).items()
-        if value is not None
-    }
-    if not overrides:
-        return None
-    import dataclasses
-
-    from pipeline.models import load_model
-
-    return dataclasses.replace(load_model(model, weights, trust_code).preprocessing, **overrides)
+def _preprocessing(resize, crop, interpolation, mean, std) -> dict | None:
+    """The --resize/--crop/--interpolation/--mean/--std given: replacements for the model's own values,
+    applied where the model is loaded (so this process never loads it)."""
+    overrides = dict(
+        resize=resize,
+        crop=crop,
+        interpolation=interpolation.value if interpolation else None,
+        mean=parse_floats(mean),
+        std=parse_floats(std),
+    )
+    return {key: value for key, value in overrides.items() if value is not None} or None
 
 
 def _print_summary(summary) -> None:

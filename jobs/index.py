@@ -7,12 +7,13 @@
 As a cluster batch job (same options as `actindex index`):
     ray job submit --working-dir . -- python -m jobs index PHOTOS/ --layers 'layer*' --out idx/
 
-The driver lists the images, loads the model once (layer names, weights hash, receptive fields), takes
-the index directory's lock and compares what it would compute with what the index holds. With nothing
-new it returns without starting Ray. Otherwise it resolves the run spec against the executor's workers,
-hands them whole shards, commits each shard's marker once the worker has written its files, and folds
-the shard's top-k into the running lists; it never touches an activation row. The topk table is written
-at the end, from top-k lists only.
+The driver lists the images, takes the index directory's lock and compares the shards it would compute
+with the index's markers. With nothing new it loads the model only to check the index's parameters, and
+returns without starting Ray. Otherwise it starts the executor, whose workers load the model and report
+what the job needs from it (layer names, weights hash, receptive fields); the driver resolves the run spec
+against those workers, hands them whole shards, commits each shard's marker once the worker has written its
+files, and folds the shard's top-k into the running lists. It never runs the model on a shard and never
+touches an activation row. The topk table is written at the end, from top-k lists only.
 """
 
 from __future__ import annotations
@@ -91,35 +92,45 @@ def run_index(request: IndexRequest) -> Summary:
     root = dataset_root(request.source)
     with IndexLock(layout.root), ExitStack() as stack:
         _check_directory(layout, request.overwrite)
-        executor = plan = None
-        if _needs_workers(layout, refs, request):  # the workers load the model: Ray starts right away
-            executor = stack.enter_context(open_executor(request))
-            plan = executor.plan(request, geometry=not _reusable_layers(layout))
-        else:  # most likely a rerun with nothing to do: check it in this process, without Ray
-            plan, _ = plan_model(request, geometry=False)
+        executor, plan = _start(request, layout, refs, stack)
         existing = _check_index(layout, _params(request, plan, root, gpus=None), request.overwrite)
         state = read_state(layout)
         work = plan_work(refs, state, layout, request.shard_size, request.prune)
         if work.idle and existing is not None:
             return _finish_idle(layout, existing, state, work, started, cpu)
-        if executor is None:  # work after all (a marker whose files were gone): the workers plan again
-            executor = stack.enter_context(open_executor(request))
-            plan = executor.plan(request, geometry=existing is None)
-        elif not plan.infos and existing is None:  # --overwrite cleared the index and its layers table
-            plan = executor.plan(request, geometry=True)
+        executor = executor or stack.enter_context(open_executor(request))
         spec = resolve_spec(request, plan, root, executor.gpus())
         if existing is not None and existing["params"] != spec.params():
             _refuse_or_clear(layout, existing["params"], spec.params(), request.overwrite, EXECUTION_PARAMS)
             existing, state = None, read_state(layout)
             work = plan_work(refs, state, layout, request.shard_size, request.prune)
-            if not plan.infos:
-                plan = executor.plan(request, geometry=True)
-        infos, rfs = (plan.infos, plan.rfs) if plan.infos else read_geometry(layout)
+        infos, rfs = _geometry(layout, executor, request, plan, existing is not None)
         manifest = _manifest(request, len(refs), listing_errors, spec, started)
         atomic_write_json(layout.manifest, manifest)
         write_parquet(layers_table(spec, infos, rfs), layout.layers, spec.params())
         context = WorkContext(spec, str(layout.root), infos, rfs, request.trust_code, spec.params())
         return _run(layout, executor, context, state, work, manifest, request, (started, cpu))
+
+
+def _start(request: IndexRequest, layout: IndexLayout, refs: list, stack: ExitStack):
+    """(executor or None, ModelPlan). When the run will compute, the executor starts now (on Ray, Ray and
+    the actors come up in the background) and the workers load the model; a rerun with nothing to do loads
+    it here, to check the index's parameters, and starts nothing."""
+    if _needs_workers(layout, refs, request):
+        executor = stack.enter_context(open_executor(request))
+        return executor, executor.plan(request, geometry=not _reusable_layers(layout))
+    return None, plan_model(request, geometry=False)[0]
+
+
+def _geometry(layout: IndexLayout, executor, request: IndexRequest, plan, reuse: bool):
+    """Each layer's output shape and receptive field: traced by the plan, or from the index's layers.parquet
+    (the tracing takes seconds on large models), or traced now."""
+    if plan.infos:
+        return plan.infos, plan.rfs
+    if reuse:
+        return read_geometry(layout)
+    plan = executor.plan(request, geometry=True)
+    return plan.infos, plan.rfs
 
 
 def _list(request: IndexRequest) -> tuple[list, list[str]]:

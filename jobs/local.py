@@ -1,12 +1,12 @@
-"""The executor without Ray: one ShardWorker in this process, two shards in flight.
+"""The executor without Ray: one ShardWorker in this process, several shards in flight.
 
     executor = LocalExecutor()
     for event in executor.run(context, tasks):
         ...   # int (images done) or ShardResult
 
 Used by `actindex index --executor local`, by GPU machines without Ray, and for debugging. One thread
-runs the model over a shard while another finishes the previous shard (ordering, encoding, writing) in
-the worker's finishing threads, so encoding overlaps the forward passes.
+runs the model over a shard while the next one decodes ahead and earlier ones are finished (ordering,
+encoding, writing) in the worker's finishing threads, so encoding overlaps the forward passes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from jobs.worker import IN_FLIGHT, ModelPlan, ShardResult, ShardTask, ShardWorker, WorkContext, plan_model
+from jobs.worker import ModelPlan, ShardResult, ShardTask, ShardWorker, WorkContext, plan_model
 
 _DONE = object()
 
@@ -54,10 +54,10 @@ class LocalExecutor:
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
                 events.put(_Failed(exc))
 
-        with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="actindex-shard") as threads:
+        with ThreadPoolExecutor(worker.in_flight, thread_name_prefix="actindex-shard") as threads:
             try:
                 while pending or running:
-                    while pending and running < IN_FLIGHT:
+                    while pending and running < worker.in_flight:
                         threads.submit(work, pending.popleft())
                         running += 1
                     event = _next(events)

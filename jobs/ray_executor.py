@@ -4,11 +4,12 @@
     for event in executor.run(context, tasks):
         ...   # int (images done, negative to take back a lost attempt's) or ShardResult
 
-Each actor is a jobs.worker.ShardWorker pinned to one node. It holds two shards at once (one in the
-model, the other decoding ahead or being finished) and writes every shard's files itself, on its own
-node; the driver only hands out shards, commits markers and merges the top-k lists it gets back. The
-actors need nothing else from the cluster (decoding and encoding run in their own threads), so a node
-with one CPU runs its actor and nothing waits for a task that can never be scheduled.
+Each actor is a jobs.worker.ShardWorker pinned to one node. It holds several shards at once (one in the
+model, the next decoding ahead, the others being finished: jobs.worker.IN_FLIGHT) and writes every
+shard's files itself, on its own node; the driver only hands out shards, commits markers and merges the
+top-k lists it gets back. The actors need nothing else from the cluster (decoding and encoding run in
+their own threads), so a node with one CPU runs its actor and nothing waits for a task that can never be
+scheduled.
 
 Resources: on a GPU cluster one actor per GPU (num_gpus=1 and its share of the node's CPUs); on a CPU
 cluster one actor per node (or `workers` spread over the nodes), reserving one CPU and running torch on
@@ -77,6 +78,10 @@ class ActorSlot:
     num_cpus: float
     num_gpus: int
     threads: int  # torch threads (the node's cores shared by its actors)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.num_gpus else "cpu"
 
 
 def plan_actors(nodes: list[dict], device: str, workers: int | None) -> list[ActorSlot]:
@@ -271,7 +276,7 @@ def _start_actor(slot: ActorSlot):
         .options(
             num_cpus=slot.num_cpus,
             num_gpus=slot.num_gpus,
-            max_concurrency=IN_FLIGHT,
+            max_concurrency=IN_FLIGHT[slot.device] + 1,  # + the plan/ready calls
             max_restarts=MAX_ATTEMPTS,
             max_task_retries=0,  # the scheduler retries shards itself, on any actor
             scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
@@ -281,8 +286,8 @@ def _start_actor(slot: ActorSlot):
 
 
 class _Scheduler:
-    """Hands shards to actors (IN_FLIGHT each), streams their events, and requeues the shards of actors
-    that die."""
+    """Hands shards to actors (IN_FLIGHT each), streams their events, and requeues the shards of actors that
+    die."""
 
     def __init__(self, actors: list, tasks: list[ShardTask], slots: list[ActorSlot], context):
         import ray
@@ -318,7 +323,7 @@ class _Scheduler:
 
     def _assign(self) -> None:
         for actor in self.alive:
-            while self.queue and self.load[actor] < IN_FLIGHT:
+            while self.queue and self.load[actor] < IN_FLIGHT[self.slots[actor].device]:
                 task = self.queue.popleft()
                 generator = actor.run_shard.options(num_returns="streaming").remote(self.context, task)
                 self.inflight[generator] = [actor, task, 0]

@@ -109,7 +109,7 @@ class IndexRequest:
     weights: str | None = None  # None = the model's default (random, or built-in); "DEFAULT"; a .pth file
     k: int = 100  # images kept per unit in the topk table
     shard_size: int = 1024  # images per shard (unit of output files and of resume)
-    preprocessing: Preprocessing | None = None  # None = the model's own
+    preprocessing: Preprocessing | dict | None = None  # None: the model's own; a dict: some of it replaced
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are recorded as errors ("too large")
     store: Store = Store.dense  # dense, or topk (no activations table)
     device: Device = Device.auto  # auto = cuda where the workers have GPUs
@@ -147,6 +147,10 @@ class IndexRequest:
             raise InvalidInputError(
                 "--address joins a Ray cluster; it cannot be combined with --executor local"
             )
+        if isinstance(self.preprocessing, dict):
+            unknown = set(self.preprocessing) - {f.name for f in dataclasses.fields(Preprocessing)}
+            if unknown:
+                raise InvalidInputError(f"unknown preprocessing values {sorted(unknown)}")
         if self.max_pixels < 1:
             raise InvalidInputError(f"max_pixels must be positive (got {self.max_pixels})")
         if self.workers is not None and self.workers < 1:

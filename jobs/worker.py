@@ -1,16 +1,17 @@
 """The worker every executor runs: it turns whole shards into their files, next to the model.
 
     worker = ShardWorker(context)                  # loads the model once, checks its weights' hash
-    for event in worker.run_shard(task):           # task: one shard's images
-        ...   # an int per batch (images done), then the ShardResult
+    for event in worker.run_shard(task):           # task: one shard's images; worker.in_flight at once
+        ...   # ints (images done, every half second), then the ShardResult
 
 For each shard: decode in background threads (CPU Pillow, crash-journaled, or nvjpeg on the device with
 the journaled CPU decoder as its fallback), run the model loop (pipeline.loop), then finish the shard
 in this worker's finishing threads: order every unit (pipeline.finish), encode the activations files,
 take the shard's top-k, and write images, activations and the top-k partial under names unique to
 this attempt. The driver gets back what the marker needs and the top-k (units x k); it never sees an
-activation row. Two shards may be in a worker at once: one in the model (a lock keeps the model to one
-of them), the other decoding ahead or being finished, so encoding overlaps the forward passes.
+activation row. Several shards may be in a worker at once (`in_flight`: 2 on a CPU, 4 on a GPU, whose
+forward is faster than finishing): one in the model (a lock keeps the model to one of them), the next one
+decoding ahead, the others being finished, so encoding overlaps the forward passes.
 
 The decode journal makes an image that kills its process (a segfault in a C decoder) cost only that
 image: each attempt at a batch appends `attempt`, then `start ID` / `end ID` around every CPU decode, to
@@ -21,6 +22,7 @@ without Ray the user reruns the job.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -48,7 +50,7 @@ from pipeline.writer import IndexLayout, new_attempt, write_activations, write_p
 
 log = logging.getLogger("actindex")
 CRASH_REASON = "crashed the decoder: the process died while decoding this file"
-IN_FLIGHT = 2  # shards a worker holds at once: one in the model, one decoding ahead or finishing
+IN_FLIGHT = {"cpu": 2, "cuda": 4}  # shards a worker holds at once, by device: see the module docstring
 PROGRESS_EVERY = 0.5  # seconds between a worker's progress reports
 
 
@@ -83,6 +85,8 @@ def plan_model(request: IndexRequest, geometry: bool = True):
     loaded = load_model(request.model, request.weights, trust_code=request.trust_code)
     layers = resolve_layers(loaded.module, request.layers, request.model)
     prep = request.preprocessing or loaded.preprocessing
+    if isinstance(prep, dict):  # --resize/--crop/...: the model's own values, some replaced
+        prep = dataclasses.replace(loaded.preprocessing, **prep)
     infos, rfs = {}, {}
     if geometry:
         size = (prep.crop, prep.crop)
@@ -138,8 +142,8 @@ class ShardWorker:
         node: str | None = None,
         module=None,
     ):
-        """`module`: the spec's model already loaded in this process (the local executor passes the
-        driver's); otherwise it is loaded here and its weights' hash checked against the spec's."""
+        """`module`: the spec's model already loaded in this process (by plan_model, which the executor ran
+        here); otherwise it is loaded here and its weights' hash checked against the spec's."""
         import torch
 
         if threads:
@@ -154,17 +158,17 @@ class ShardWorker:
 
             self.device_decoder = GpuDecoder(self.spec.preprocessing, self.spec.device, self.spec.max_pixels)
         self.journal = DecodeJournal(self.layout.journal_dir)
-        cores = os.cpu_count() or 1
+        cores, gpu = threads or os.cpu_count() or 1, self.spec.device == "cuda"
         if decode_threads is None:  # nvjpeg wants one host thread; Pillow as many as the GPU needs
-            decode_threads = (
-                1 if self.spec.device_decode else max(1, cores // (2 if self.spec.device == "cuda" else 4))
-            )
+            decode_threads = 1 if self.spec.device_decode else max(1, cores // (2 if gpu else 4))
         self.decode_threads = decode_threads
         self.decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="actindex-decode")
         self.finish_pool = ThreadPoolExecutor(
-            finish_threads or max(1, cores // 4), thread_name_prefix="actindex-finish"
+            finish_threads or max(1, cores // (2 if gpu else 4)), thread_name_prefix="actindex-finish"
         )
+        self.in_flight = IN_FLIGHT[self.spec.device]
         self.model_lock = threading.Lock()
+        self.decoding = threading.Semaphore(2)  # the shard in the model and the next one decode
         self.cancelled = threading.Event()
         self.writer = {"host": socket.gethostname(), "pid": os.getpid(), **({"node": node} if node else {})}
         self.finisher = ShardFinisher(context, self.finish_pool, self.writer)
@@ -196,6 +200,7 @@ class ShardWorker:
         started = time.perf_counter()
         size = self.spec.batch_size
         batches = [task.refs[i : i + size] for i in range(0, len(task.refs), size)]
+        self.decoding.acquire()
         decoded = Prefetcher(self.decode, batches, self.decode_pool, depth=self.decode_threads + 1)
         shard = _ShardResults(self.spec.layers)
         done, reported, last = 0, 0, time.monotonic()
@@ -211,6 +216,7 @@ class ShardWorker:
                         reported, last = done, time.monotonic()
         finally:
             decoded.close()
+            self.decoding.release()
         if done > reported:
             yield done - reported
         computed = time.perf_counter()
