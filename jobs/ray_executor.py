@@ -32,7 +32,16 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from jobs.worker import IN_FLIGHT, ModelPlan, ShardResult, ShardTask, ShardWorker, WorkContext, plan_model
+from jobs.worker import (
+    IN_FLIGHT,
+    ModelPlan,
+    ShardResult,
+    ShardTask,
+    ShardWorker,
+    WorkContext,
+    check_weights,
+    plan_model,
+)
 from pipeline.errors import InvalidInputError, UserError
 
 log = logging.getLogger("actindex")
@@ -140,8 +149,6 @@ class _ShardActor:
     the worker's own exception, and an actor Ray restarts builds it again on its next call."""
 
     def __init__(self, threads: int, node: str):
-        import threading
-
         # Ray sets OMP_NUM_THREADS to the CPUs the actor reserved (1). torch's threads pick their count
         # when they first run an op, from the global setting: set it before any thread touches torch.
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -150,7 +157,7 @@ class _ShardActor:
         torch.set_num_threads(threads)
         self.threads, self.node = threads, node
         self.worker: ShardWorker | None = None
-        self.module = None  # the model plan() loaded, for the worker
+        self.loaded = None  # (weights sha256, module) that plan() loaded, for the worker
         self.lock = threading.Lock()
 
     def warm(self) -> None:
@@ -160,13 +167,18 @@ class _ShardActor:
 
     def plan(self, request, geometry: bool) -> ModelPlan:
         with self.lock:
-            plan, self.module = plan_model(request, geometry)
+            plan, module = plan_model(request, geometry)
+            self.loaded = (plan.weights_sha256, module)
         return plan
 
     def ready(self, context: WorkContext) -> dict:
         with self.lock:
             if self.worker is None:
-                module, self.module = self.module, None
+                module = None
+                if self.loaded is not None:
+                    sha256, module = self.loaded
+                    check_weights(sha256, context.spec)  # this node may have other files than the first
+                    self.loaded = None
                 self.worker = ShardWorker(context, threads=self.threads, node=self.node, module=module)
         return {**self.worker.writer, "threads": self.threads}
 
@@ -177,13 +189,11 @@ class _ShardActor:
 
 class RayExecutor:
     """Starts Ray and the actors in a background thread as soon as it is made, so that they come up while
-    the driver loads the model; `gpus()` and `run()` wait for them."""
+    the driver reads the index; `plan()`, `gpus()` and `run()` wait for them."""
 
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, device=None):
-        import threading
-
         self.workers = workers
         self.device = getattr(device, "value", device) or "auto"
         self.actors: list = []

@@ -2,7 +2,7 @@
 
     worker = ShardWorker(context)                  # loads the model once, checks its weights' hash
     for event in worker.run_shard(task):           # task: one shard's images; worker.in_flight at once
-        ...   # ints (images done, every half second), then the ShardResult
+        ...   # ints (images done, every second), then the ShardResult
 
 For each shard: decode in background threads (CPU Pillow, crash-journaled, or nvjpeg on the device with
 the journaled CPU decoder as its fallback), run the model loop (pipeline.loop), then finish the shard
@@ -41,6 +41,7 @@ import pyarrow as pa
 from jobs.spec import IndexRequest, RunSpec
 from pipeline import schema
 from pipeline.decode import DecodedImage, Decoder
+from pipeline.errors import UserError
 from pipeline.finish import activations_table, order_units
 from pipeline.geometry import LayerInfo, ReceptiveField, boxes
 from pipeline.preprocess import Preprocessing
@@ -51,7 +52,7 @@ from pipeline.writer import IndexLayout, new_attempt, write_activations, write_p
 log = logging.getLogger("actindex")
 CRASH_REASON = "crashed the decoder: the process died while decoding this file"
 IN_FLIGHT = {"cpu": 2, "cuda": 4}  # shards a worker holds at once, by device: see the module docstring
-PROGRESS_EVERY = 0.5  # seconds between a worker's progress reports
+PROGRESS_EVERY = 1.0  # seconds between a worker's progress reports (each costs the driver a message)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class ShardWorker:
         module=None,
     ):
         """`module`: the spec's model already loaded in this process (by plan_model, which the executor ran
-        here); otherwise it is loaded here and its weights' hash checked against the spec's."""
+        here; the caller checked its weights with check_weights); otherwise it is loaded here and checked."""
         import torch
 
         if threads:
@@ -177,12 +178,7 @@ class ShardWorker:
         from pipeline.models import load_model
 
         loaded = load_model(self.spec.model, self.spec.weights_arg, trust_code=self.context.trust_code)
-        if loaded.weights_sha256 != self.spec.weights_sha256:
-            raise RuntimeError(
-                f"the model loaded on {socket.gethostname()} has other weights than the driver's "
-                f"(sha256 {loaded.weights_sha256[:12]} != {self.spec.weights_sha256[:12]}): install the same "
-                "torch, torchvision, timm and weights file on every node"
-            )
+        check_weights(loaded.weights_sha256, self.spec)
         return loaded.module
 
     def close(self) -> None:
@@ -332,6 +328,16 @@ class _now:
 
     def result(self):
         return self.value
+
+
+def check_weights(sha256: str, spec: RunSpec) -> None:
+    """Every worker must compute with the weights the run spec records."""
+    if sha256 != spec.weights_sha256:
+        raise UserError(
+            f"the model loaded on {socket.gethostname()} has other weights than the run's (sha256 "
+            f"{sha256[:12]} != {spec.weights_sha256[:12]}): install the same torch, torchvision, timm and "
+            "weights file on every node"
+        )
 
 
 def make_recorder(module, spec: RunSpec):

@@ -36,8 +36,8 @@ ERROR_KINDS (use `error_kind(error)` to get it):
   unsupported   a recognised image Pillow cannot convert here (missing codec, unusual mode)
   failed        anything else, with the exception's type and message: a bug worth reporting
 
-The job adds two kinds of its own (jobs/stages.py), for failures the decoder cannot report itself:
-"out of memory" and "crashed the decoder".
+The job adds two kinds of its own (jobs/worker.py, pipeline/loop.py), for failures the decoder cannot
+report itself: "out of memory" and "crashed the decoder".
 
 Known limit: a JPEG whose entropy-coded data is damaged (flipped or overwritten bytes, no stray marker)
 decodes without error. libjpeg recovers and only warns ("Corrupt JPEG data: ..."), and Pillow discards
@@ -119,7 +119,7 @@ class Decoder:
             return DecodedImage(None, width, height, _describe(exc, uri))
 
     def decode_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Ray Data / plain-loop form: adds pixels, ok, width, height and error columns to a batch."""
+        """Column form: adds pixels, ok, width, height and error columns to a batch with a `uri` column."""
         decoded = [self(str(uri)) for uri in batch["uri"]]
         crop = self.preprocessing.crop
         blank = np.zeros((3, crop, crop), dtype=np.uint8)

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from jobs.index import IndexMismatchError, run_index
+from jobs.spec import RunSpec
 from queries.db import connect
 from tests.jobs.test_index_reference import index_config
 from tests.tables import assert_same_tables
@@ -78,3 +79,15 @@ def test_manifest_records_the_parameters(natural_dataset, tmp_path):
     assert params["preprocessing"]["crop"] == 64 and len(params["weights_sha256"]) == 64
     assert manifest["status"] == "complete" and manifest["images"] == 14 and manifest["indexed"] == 14
     assert manifest["started"] <= manifest["finished"]
+    # every "auto" was resolved before the run and recorded; the params are exactly the frozen run spec
+    resolved = {key: params[key] for key in ("device", "precision", "device_decode", "batch_size", "compile")}
+    assert resolved == {
+        "device": "cpu",
+        "precision": "fp32",
+        "device_decode": False,
+        "batch_size": 4,
+        "compile": False,
+    }
+    assert params["store"] == "dense" and "auto" not in json.dumps(params)
+    assert RunSpec.from_params(params).params() == params
+    assert manifest["driver_cpu_seconds"] > 0 and manifest["listing_errors"] == []

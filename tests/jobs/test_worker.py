@@ -102,3 +102,22 @@ def test_the_job_runs_where_neither_ray_nor_duckdb_is_installed(natural_dataset,
     assert "14 images: 14 indexed, 0 failed" in done.stdout
     probe = subprocess.run([sys.executable, "-c", "import ray"], capture_output=True, text=True, env=env)
     assert probe.returncode != 0  # the block works: the job really ran without them
+
+
+def test_a_worker_whose_model_has_other_weights_refuses(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from jobs.spec import IndexRequest, resolve_spec
+    from jobs.worker import ShardWorker, WorkContext, plan_model
+    from pipeline.errors import UserError
+
+    request = IndexRequest(source=str(tmp_path), out=str(tmp_path), model="resnet18", layers=("layer4",))
+    plan, _ = plan_model(request)
+    spec = resolve_spec(request, plan, str(tmp_path), gpus=False)
+    other = dataclasses.replace(spec, weights_sha256="f" * 64)  # a node with another torchvision, say
+    context = WorkContext(other, str(tmp_path), plan.infos, plan.rfs)
+    with pytest.raises(UserError, match="other weights than the run's"):
+        ShardWorker(context)
+    ShardWorker(WorkContext(spec, str(tmp_path), plan.infos, plan.rfs)).close()  # the right ones load

@@ -70,19 +70,25 @@ def crash_dataset(natural_dataset: Path, folder: Path) -> Path:
     return folder
 
 
-def run_cli(source: Path, out: Path, executor: str) -> subprocess.CompletedProcess:
+def run_cli(source: Path, out: Path, executor: str, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CRASH_PLUGIN), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "jobs", "index", str(source), "--out", str(out), "--model", "resnet18"]
     command += ["--layers", "layer4", "--resize", "36", "--crop", "32", "--batch-size", "4", "--no-progress"]
-    command += ["--executor", executor]
+    command += ["--executor", executor, *extra]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_decoder_segfault_costs_one_image_in_the_plain_loop(natural_dataset, tmp_path):
+@pytest.mark.parametrize("decode", ["--cpu-decode", "--device-decode"])
+def test_decoder_segfault_costs_one_image_in_the_plain_loop(natural_dataset, tmp_path, decode):
+    """Also when the device decoder (torchvision.io, here on the CPU) hands the PNG to its CPU fallback:
+    every CPU decode is journaled."""
     source = crash_dataset(natural_dataset, tmp_path / "images")
-    first, second = run_cli(source, tmp_path / "idx", "local"), run_cli(source, tmp_path / "idx", "local")
+    first, second = (
+        run_cli(source, tmp_path / "idx", "local", decode),
+        run_cli(source, tmp_path / "idx", "local", decode),
+    )
     assert first.returncode == second.returncode == -11  # twice: a kill by chance is not blamed on a file
-    third = run_cli(source, tmp_path / "idx", "local")
+    third = run_cli(source, tmp_path / "idx", "local", decode)
     assert third.returncode == 0, third.stderr
     assert "7 images: 6 indexed, 1 failed" in third.stdout
     errors = (
