@@ -270,7 +270,7 @@ def _finish_idle(
         fresh = {layer: RunningTopK(info.channels, manifest["params"]["k"]) for layer, info in infos.items()}
         topk_rows = write_topk(layout, state.done, fresh, set(), infos, manifest["params"])
     if topk_rows is None:
-        topk_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in layout.topk_dir.glob("*.parquet"))
+        topk_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in layout.topk_dir.glob("*/*.parquet"))
     counts = {
         "listing_errors": len(manifest.get("listing_errors", [])),
         "new_images": 0,

@@ -316,7 +316,7 @@ class ShardFinisher:
         if self.spec.store != "dense":
             return top, None, 0
         path = self.layout.activations_file(layer, shard, attempt)
-        write_activations(activations_table(layer, ordered, width), path, self.context.metadata)
+        write_activations(activations_table(ordered, width), path, self.context.metadata)
         return top, path, ordered.rows
 
 

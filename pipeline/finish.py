@@ -2,7 +2,7 @@
 shard's own top-k.
 
     ordered = order_units(act, pos, image_ids)           # act, pos (N, U) of the shard's ok images
-    table = activations_table("layer4", ordered, width=7)  # rows by unit, then act desc, then image_id
+    table = activations_table(ordered, width=7)          # rows by unit, then act desc, then image_id
     top = ordered.top(k, boxes_for)                      # the shard's top-k partial (pipeline.topk.TopK)
 
 Ordering is one integer sort per unit: each activation becomes a 32-bit key that sorts in descending
@@ -10,9 +10,10 @@ float order (NaN last, -0.0 equal to 0.0), shifted left by 31 bits and or-ed wit
 image_id, so ties fall to the smaller image_id without a second pass. numpy sorts int64 rows with a
 vectorized sort: about 25 ns per row on one core, a quarter of what encoding costs.
 
-The table is built from dictionary arrays (image ids, units, positions, the layer name), so the Parquet
-writer stores the dictionaries as they are instead of hashing millions of values; the files are written
-without the Arrow schema, so every reader sees the plain types of `pipeline.schema.ACTIVATIONS`.
+The table is built from dictionary arrays (image ids, units, positions), so the Parquet writer stores the
+dictionaries as they are instead of hashing millions of values; the files are written without the Arrow
+schema, so every reader sees the plain types of `pipeline.schema.in_files("activations")` (the layer is the
+name of the file's directory).
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ class OrderedUnits:
         """The first k slots of every unit as a TopK; `boxes_for(index, pos)` gives the (U, k, 4) boxes of
         the images `ids[index]` peaking at `pos`."""
         index, pos = self.index[:, :k], self.pos[:, :k]
-        return TopK(self.act[:, :k], self.ids[index], pos, boxes_for(index, pos))
+        beyond = None
+        if self.act.shape[1] > k:  # images equal to the k-th that the list leaves out (act is sorted)
+            last, rest = self.act[:, k - 1 : k], self.act[:, k:]
+            beyond = ((rest == last) | (np.isnan(rest) & np.isnan(last))).sum(axis=1).astype(np.int64)
+        return TopK(self.act[:, :k], self.ids[index], pos, boxes_for(index, pos), beyond)
 
 
 def order_units(act: np.ndarray, pos: np.ndarray, image_ids: np.ndarray) -> OrderedUnits:
@@ -64,13 +69,13 @@ def order_units(act: np.ndarray, pos: np.ndarray, image_ids: np.ndarray) -> Orde
     )
 
 
-def activations_table(layer: str, ordered: OrderedUnits, width: int) -> pa.Table:
-    """Long-format rows of one layer (schema.ACTIVATIONS), in the order `ordered` ranks them."""
+def activations_table(ordered: OrderedUnits, width: int) -> pa.Table:
+    """Long-format rows of one layer (the columns of schema.in_files("activations")), in the order
+    `ordered` ranks them."""
     units, images = ordered.index.shape
     pos = ordered.pos.ravel()
     columns = [
         _dictionary(ordered.index.ravel(), pa.array(ordered.ids)),
-        _dictionary(np.zeros(units * images, dtype=np.int32), pa.array([layer])),
         _dictionary(
             np.repeat(np.arange(units, dtype=np.int32), images), pa.array(np.arange(units, dtype=np.int32))
         ),
@@ -96,4 +101,4 @@ def _dictionary_field(field: pa.Field) -> pa.Field:
 
 
 # What activations_table builds: the schema's columns, dictionary-encoded except `act`.
-_DICTIONARY_SCHEMA = pa.schema([_dictionary_field(field) for field in schema.ACTIVATIONS])
+_DICTIONARY_SCHEMA = pa.schema([_dictionary_field(field) for field in schema.in_files("activations")])

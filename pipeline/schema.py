@@ -92,10 +92,26 @@ TOPK = pa.schema(
         _field("y0", pa.int32(), "top"),
         _field("x1", pa.int32(), "right (exclusive), clipped to the image"),
         _field("y1", pa.int32(), "bottom (exclusive), clipped to the image"),
+        _field(
+            "ties",
+            pa.int64(),
+            "images of the whole index whose act for this unit equals this row's, this one included; where "
+            "it exceeds the rows of that value in the list (always at rank k), image_id picked among equals",
+        ),
     ]
 )
 
 TABLES = {"images": IMAGES, "layers": LAYERS, "activations": ACTIVATIONS, "topk": TOPK}
+
+# activations/ and topk/ hold one directory per layer, `layer=<name>` (hive partitioning): their files
+# have every column but `layer`, which readers take from the directory name.
+PARTITIONED = ("activations", "topk")
+
+
+def in_files(name: str) -> pa.Schema:
+    """The columns of table `name` as its Parquet files store them."""
+    table = TABLES[name]
+    return table.remove(table.get_field_index("layer")) if name in PARTITIONED else table
 
 
 def markdown(schema: pa.Schema) -> str:
@@ -113,6 +129,12 @@ def tables_markdown() -> str:
     parts = ["# Index tables", "", "Generated from `pipeline/schema.py` by `python -m pipeline.schema`.", ""]
     for name, table in TABLES.items():
         parts += [f"## {name}", "", markdown(table), ""]
+        if name in PARTITIONED:
+            parts += [
+                f"Files: `{name}/layer=<layer>/*.parquet`. `layer` is the directory's name (hive "
+                "partitioning), not a column inside the files; every Parquet reader adds it.",
+                "",
+            ]
     return "\n".join(parts)
 
 

@@ -9,6 +9,12 @@
 Order is act descending, then image_id ascending, so ties resolve the same way on every run and merging
 partials in any order gives the same lists; NaN sorts last. A TopK also carries each entry's box (x0, y0,
 x1, y1 in original-image pixels), so merged lists need nothing but themselves to become the topk table.
+
+Ties stay countable through merges: a TopK records per unit how many images with its last value it left
+out (`beyond`). Merging lists of disjoint image sets adds them up: an image left out of a full list is
+never better than that list's last entry, so only the lists whose last value is the merged list's last
+value can hold left-out images equal to it. The topk table's `ties` column is then, for every row, the
+number of images of the whole index with exactly that act.
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ class TopK:
     image_ids: np.ndarray  # int64
     positions: np.ndarray  # int32 flat peak positions y * width + x
     boxes: np.ndarray  # int32 receptive-field boxes of the peaks in original pixels
+    beyond: np.ndarray | None = None  # (U,) int64: images equal to the last value that the list left out
+
+    def __post_init__(self):
+        if self.beyond is None:
+            self.beyond = np.zeros(self.values.shape[0], dtype=np.int64)
 
     @classmethod
     def empty(cls, units: int) -> TopK:
@@ -61,6 +72,18 @@ class TopK:
     @property
     def units(self) -> int:
         return self.values.shape[0]
+
+    def ties(self) -> np.ndarray:
+        """(U, n) int64: for every entry, the images of the covered set whose act equals its act."""
+        keys = descending_keys(self.values)
+        units, n = keys.shape
+        if n == 0:
+            return np.zeros((units, 0), dtype=np.int64)
+        starts = np.ones((units, n), dtype=bool)
+        starts[:, 1:] = keys[:, 1:] != keys[:, :-1]  # best first: equal values are adjacent
+        group = np.cumsum(starts, axis=1) + np.arange(units)[:, None] * (n + 1)
+        ties = np.bincount(group.ravel(), minlength=units * (n + 1))[group]
+        return ties + (keys == keys[:, -1:]) * self.beyond[:, None]
 
 
 class RunningTopK:
@@ -87,7 +110,7 @@ class RunningTopK:
             changed = np.flatnonzero(~(other.values.max(axis=1, initial=-np.inf) < top.values[:, -1]))
             if len(changed) < top.units:
                 merged = _merge(_rows(top, changed), _rows(other, changed), self.k)
-                for name in ("values", "image_ids", "positions", "boxes"):
+                for name in ("values", "image_ids", "positions", "boxes", "beyond"):
                     getattr(top, name)[changed] = getattr(merged, name)
                 return
         self.top = _merge(top, other, self.k)
@@ -103,7 +126,7 @@ class RunningTopK:
 
 
 def _rows(top: TopK, rows: np.ndarray) -> TopK:
-    return TopK(top.values[rows], top.image_ids[rows], top.positions[rows], top.boxes[rows])
+    return TopK(top.values[rows], top.image_ids[rows], top.positions[rows], top.boxes[rows], top.beyond[rows])
 
 
 def _merge(a: TopK, b: TopK, k: int) -> TopK:
@@ -112,12 +135,28 @@ def _merge(a: TopK, b: TopK, k: int) -> TopK:
     order = best_first(values, ids, k)
     positions = np.concatenate([a.positions, b.positions.astype(np.int32, copy=False)], axis=1)
     boxes = np.concatenate([a.boxes, b.boxes.astype(np.int32, copy=False)], axis=1)
+    kept = np.take_along_axis(values, order, axis=1)
     return TopK(
-        np.take_along_axis(values, order, axis=1),
+        kept,
         np.take_along_axis(ids, order, axis=1),
         np.take_along_axis(positions, order, axis=1),
         np.take_along_axis(boxes, order[:, :, None], axis=1),
+        _left_out(kept, values, (a, b)),
     )
+
+
+def _left_out(kept: np.ndarray, values: np.ndarray, sources: tuple[TopK, ...]) -> np.ndarray:
+    """(U,) images equal to the last kept value that the merged list leaves out: entries of `values` (all
+    the sources' entries) not kept, plus what the sources themselves had left out of that value."""
+    units = kept.shape[0]
+    if kept.shape[1] == 0:
+        return np.zeros(units, dtype=np.int64)
+    last = descending_keys(kept[:, -1:])
+    beyond = (descending_keys(values) == last).sum(axis=1) - (descending_keys(kept) == last).sum(axis=1)
+    for source in sources:
+        if source.values.shape[1]:
+            beyond += np.where(descending_keys(source.values[:, -1:])[:, 0] == last[:, 0], source.beyond, 0)
+    return beyond.astype(np.int64)
 
 
 def best_first(values: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -150,12 +189,14 @@ def topk_table(layer: str, top: TopK, width: int) -> pa.Table:
     }
     for j, name in enumerate(("x0", "y0", "x1", "y1")):
         columns[name] = top.boxes[:, :, j].ravel()
+    columns["ties"] = top.ties().ravel()
     return pa.table(columns).cast(schema.TOPK)
 
 
 def read_topk(table: pa.Table, layer: str, units: int, width: int) -> TopK:
-    """The TopK of one layer from rows of the topk schema (a partial, or the topk table)."""
-    rows = table.filter(pc.equal(table.column("layer"), layer))
+    """The TopK of one layer from rows of the topk schema: a partial (every layer), or the file of the
+    layer's topk partition (no `layer` column)."""
+    rows = table.filter(pc.equal(table.column("layer"), layer)) if "layer" in table.column_names else table
     order = np.lexsort((rows.column("rank").to_numpy(), rows.column("unit").to_numpy()))
     count = len(order) // units if units else 0
     if count * units != len(order):
@@ -166,4 +207,8 @@ def read_topk(table: pa.Table, layer: str, units: int, width: int) -> TopK:
 
     positions = column("y", np.int32) * width + column("x", np.int32)
     box = np.stack([column(name, np.int32) for name in ("x0", "y0", "x1", "y1")], axis=2)
-    return TopK(column("act", np.float32), column("image_id", np.int64), positions, box)
+    top = TopK(column("act", np.float32), column("image_id", np.int64), positions, box)
+    if count:
+        ties = column("ties", np.int64)
+        top.beyond = ties[:, -1] - (descending_keys(top.values) == descending_keys(top.values[:, -1:])).sum(1)
+    return top

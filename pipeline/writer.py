@@ -29,7 +29,9 @@ import pyarrow.parquet as pq
 
 ROWS_PER_GROUP = 65_536  # ~64 units of a 1,024-image shard: a one-unit query reads one group per file
 MARKER_VERSION = 2
-INDEX_FORMAT = 2  # run.json "format": 2 = attempt-named shard files, kept top-k partials
+# run.json "format": 2 = attempt-named shard files, kept top-k partials; 3 = no `layer` column inside
+# layer=<name>/ partitions, topk/layer=<name>/topk.parquet, topk ties
+INDEX_FORMAT = 3
 
 
 def layer_dirname(layer: str) -> str:
@@ -57,6 +59,10 @@ class IndexLayout:
     done = property(lambda self: self.root / "_done")
     topk_dir = property(lambda self: self.root / "topk")
     topk_base = property(lambda self: self.root / "_topk_base")  # the last topk, aside while a run adds
+    # which shards' top-k lists topk/ (or _topk_base/) merged; outside the table's folder, which holds
+    # Parquet files only (polars refuses a folder with anything else in it)
+    topk_covers = property(lambda self: self.root / "_topk.json")
+    topk_base_covers = property(lambda self: self.root / "_topk_base.json")
     partials_dir = property(lambda self: self.root / "_topk")  # each shard's own top-k
     journal_dir = property(lambda self: self.root / "_journal")
 
@@ -72,8 +78,8 @@ class IndexLayout:
     def partial_file(self, shard: int, attempt: str) -> Path:
         return self.partials_dir / f"{self.shard_name(shard, attempt)}.parquet"
 
-    def topk_file(self, layer: str) -> Path:
-        return self.topk_dir / f"{layer_dirname(layer)}.parquet"
+    def topk_file(self, layer: str, folder: Path | None = None) -> Path:
+        return (folder or self.topk_dir) / layer_dirname(layer) / "topk.parquet"
 
     def marker(self, shard: int) -> Path:
         return self.done / f"shard-{shard:05d}.json"
@@ -98,7 +104,7 @@ class IndexLayout:
         """Remove everything actindex writes (and nothing else) from the directory."""
         for name in ("images", "activations", "topk", "_topk", "_topk_base", "_done", "_journal"):
             shutil.rmtree(self.root / name, ignore_errors=True)
-        for path in (self.manifest, self.layers):
+        for path in (self.manifest, self.layers, self.topk_covers, self.topk_base_covers):
             path.unlink(missing_ok=True)
 
 
@@ -158,9 +164,9 @@ def write_activations(table: pa.Table, path: Path, metadata: dict) -> None:
         metadata,
         row_group_size=ROWS_PER_GROUP,
         use_byte_stream_split=["act"],
-        use_dictionary=["image_id", "layer", "unit", "y", "x"],
+        use_dictionary=["image_id", "unit", "y", "x"],
         write_statistics=["unit", "act", "image_id"],
-        sorting_columns=[pq.SortingColumn(2), pq.SortingColumn(3, descending=True)],
+        sorting_columns=[pq.SortingColumn(1), pq.SortingColumn(2, descending=True)],
         write_page_index=True,
         store_schema=False,  # dictionary-typed in memory; readers get the plain types
     )

@@ -46,15 +46,24 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
     else:
         _view(con, "activations", [f for f in files if f.parts[len(layout.root.parts)] == "activations"])
     _view(con, "layers", [layout.layers] if layout.layers.is_file() else [])
-    _view(con, "topk", sorted((layout.root / "topk").glob("*.parquet")))
+    _view(con, "topk", sorted(layout.topk_dir.glob("layer=*/*.parquet")))
     return con
 
 
 def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> None:
-    if files:
-        con.read_parquet([str(f) for f in files]).create_view(name)
-    else:
+    if not files:
         con.register(name, schema.TABLES[name].empty_table())
+        return
+    listed = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
+    options = ""
+    if name in schema.PARTITIONED:  # `layer` is the directory's name, always text (never a number)
+        options = ", hive_partitioning = true, hive_types = {'layer': VARCHAR}"
+    columns = ", ".join(schema.TABLES[name].names)
+    con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM read_parquet({listed}{options})")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _failing_view(con: duckdb.DuckDBPyConnection, name: str, message: str) -> None:
@@ -62,8 +71,8 @@ def _failing_view(con: duckdb.DuckDBPyConnection, name: str, message: str) -> No
     columns = ", ".join(
         f"CAST(NULL AS {_SQL_TYPES[str(field.type)]}) AS {field.name}" for field in schema.TABLES[name]
     )
-    literal = "'" + message.replace("'", "''") + "'"  # views cannot take bound parameters
-    con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM range(1) WHERE error({literal})")
+    # views cannot take bound parameters
+    con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM range(1) WHERE error({_literal(message)})")
 
 
 _SQL_TYPES = {

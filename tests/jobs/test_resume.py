@@ -296,7 +296,7 @@ def test_the_forward_check_catches_a_wrong_value_a_wrong_peak_and_a_missed_image
         out = tmp_path / change
         shutil.copytree(uninterrupted, out)
         if change == "topk":  # drop the best image of unit 0 from its list: a missed image
-            path = next((out / "topk").glob("layer=layer4.parquet"))
+            path = out / "topk" / "layer=layer4" / "topk.parquet"
             table = pq.read_table(path)
             keep = [
                 not (u == 0 and r == 1)

@@ -65,7 +65,7 @@ def test_activations_table_rows_by_unit_then_act_then_image_id(tmp_path):
     image_ids = rng.choice(10_000, n, replace=False).astype(np.int64)
     act = rng.integers(0, 3, (n, units)).astype(np.float32)  # many ties
     pos = rng.integers(0, width * 3, (n, units)).astype(np.int32)
-    table = activations_table("layer2", order_units(act, pos, image_ids), width)
+    table = activations_table(order_units(act, pos, image_ids), width)
     expected = sorted(
         (u, -float(act[i, u]), int(image_ids[i]), int(pos[i, u]) // width, int(pos[i, u]) % width)
         for i in range(n)
@@ -73,21 +73,19 @@ def test_activations_table_rows_by_unit_then_act_then_image_id(tmp_path):
     )
     write_activations(table, tmp_path / "a.parquet", {})
     for got in (table.to_pydict(), pq.read_table(tmp_path / "a.parquet").to_pydict()):
-        assert set(got["layer"]) == {"layer2"}
         rows = list(
             zip(got["unit"], [-a for a in got["act"]], got["image_id"], got["y"], got["x"], strict=True)
         )
         assert rows == expected
-    assert table.schema.names == schema.ACTIVATIONS.names
+    assert table.schema.names == schema.in_files("activations").names  # the layer is the directory
 
 
 def test_activations_table_position_conversion_by_hand():
     ordered = order_units(
         np.array([[1.0], [2.0]], dtype=np.float32), np.array([[13], [6]], dtype=np.int32), np.array([10, 20])
     )
-    assert activations_table("l", ordered, width=7).to_pydict() == {
+    assert activations_table(ordered, width=7).to_pydict() == {
         "image_id": [20, 10],
-        "layer": ["l", "l"],
         "unit": [0, 0],
         "act": [2.0, 1.0],
         "y": [0, 1],
@@ -97,4 +95,4 @@ def test_activations_table_position_conversion_by_hand():
 
 def test_a_shard_without_ok_images_gives_an_empty_table():
     ordered = order_units(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros(0, np.int64))
-    assert activations_table("l", ordered, 4).num_rows == 0 and ordered.index.shape == (3, 0)
+    assert activations_table(ordered, 4).num_rows == 0 and ordered.index.shape == (3, 0)

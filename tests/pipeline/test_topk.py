@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.topk import RunningTopK
+from pipeline.finish import order_units
+from pipeline.topk import RunningTopK, read_topk, topk_table
 
 
 def brute_force(act: np.ndarray, ids: np.ndarray, pos: np.ndarray, k: int):
@@ -153,3 +154,46 @@ def test_float64_input_is_stored_as_float32() -> None:
 def test_k_below_one_raises(k: int) -> None:
     with pytest.raises(ValueError, match="k must be at least 1"):
         RunningTopK(units=3, k=k)
+
+
+def brute_ties(act: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For every (unit, entry): the images of `act` (N, U) whose act equals the entry's (NaN equals NaN)."""
+    out = np.zeros(values.shape, dtype=np.int64)
+    for u in range(values.shape[0]):
+        for j, value in enumerate(values[u]):
+            column = act[:, u]
+            out[u, j] = np.isnan(column).sum() if np.isnan(value) else (column == value).sum()
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_ties_count_every_equal_image_through_batches_shards_tables_and_merges(seed: int, k: int) -> None:
+    rng = np.random.default_rng(300 + seed)
+    act, ids, pos = random_data(rng, n=90, units=5)  # 7 values and NaN: every list ends in a tie
+    act[rng.random(act.shape) < 0.3] = 0.0
+    act[rng.random(act.shape) < 0.1] = -0.0  # equal to 0.0
+    batches = RunningTopK(units=5, k=k)
+    feed(batches, act, ids, pos, rng)
+    cuts = np.sort(rng.integers(0, 91, 3))
+    shards = RunningTopK(units=5, k=k)
+    for lo, hi in zip([0, *cuts], [*cuts, 90], strict=True):
+        top = order_units(act[lo:hi], pos[lo:hi], ids[lo:hi]).top(k, lambda i, p: np.zeros((*i.shape, 4)))
+        table = topk_table("l", top, width=7)  # a shard's partial, as written and read back
+        shards.merge(read_topk(table, "l", 5, 7))
+    for top in (batches, shards):
+        assert_same(top, brute_force(act, ids, pos, k))
+        expected = brute_ties(act, top.values)
+        np.testing.assert_array_equal(top.result().ties(), expected)
+        table = topk_table("l", top.result(), width=7).drop_columns(["layer"])  # the topk file
+        np.testing.assert_array_equal(read_topk(table, "l", 5, 7).ties(), expected)
+    assert (brute_ties(act, shards.values)[:, -1] > 1).all()  # the test exercises ties at rank k
+
+
+def test_ties_by_hand() -> None:
+    act = np.array([[6.0], [6.0], [6.0], [5.0], [6.0]], dtype=np.float32)
+    top = RunningTopK(units=1, k=2)
+    top.add(act[:2], np.array([1, 2]), np.zeros((2, 1), np.int32))
+    top.add(act[2:], np.array([3, 4, 5]), np.zeros((3, 1), np.int32))
+    assert top.image_ids.tolist() == [[1, 2]]
+    assert top.result().ties().tolist() == [[4, 4]]  # two more images at 6.0 were left out

@@ -64,7 +64,7 @@ def test_layer_paths_stay_inside_the_index_root(tmp_path: Path, layer: str) -> N
         assert resolved.is_relative_to(root)
         assert resolved != root
     assert layout.activations_file(layer, 3, "a1").parent.parent == layout.root / "activations"
-    assert layout.topk_file(layer).parent == layout.root / "topk"
+    assert layout.topk_file(layer).parent.parent == layout.root / "topk"
     assert layer_from_dirname(layer_dirname(layer)) == layer
 
 
@@ -76,7 +76,7 @@ def test_layout_paths(tmp_path: Path) -> None:
         == tmp_path / "activations" / "layer=layer4" / "shard-00012.ab12.parquet"
     )
     assert layout.partial_file(12, "ab12") == tmp_path / "_topk" / "shard-00012.ab12.parquet"
-    assert layout.topk_file("fc") == tmp_path / "topk" / "layer=fc.parquet"
+    assert layout.topk_file("fc") == tmp_path / "topk" / "layer=fc" / "topk.parquet"
     assert layout.marker(7) == tmp_path / "_done" / "shard-00007.json"
     assert layout.manifest == tmp_path / "run.json"
     assert layout.read_manifest() is None
@@ -121,17 +121,18 @@ def test_write_activations_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     act = rng.standard_normal((6, 3)).astype(np.float32)
     ordered = order_units(act, np.zeros((6, 3), np.int32), np.arange(6, dtype=np.int64))
-    table = activations_table("layer3", ordered, 4)
+    table = activations_table(ordered, 4)
     path = tmp_path / "a.parquet"
     write_activations(table, path, {"m": 1})
     back = pq.read_table(path)
-    assert back.schema.equals(schema.ACTIVATIONS.remove_metadata(), check_metadata=False)
-    assert [f.type for f in back.schema] == [f.type for f in schema.ACTIVATIONS]  # plain types for readers
+    assert back.schema.equals(schema.in_files("activations").remove_metadata(), check_metadata=False)
+    # plain types for readers
+    assert [f.type for f in back.schema] == [f.type for f in schema.in_files("activations")]
     assert back.equals(table.cast(back.schema))
     assert json.loads(back.schema.metadata[b"actindex"]) == {"m": 1}
     assert json.loads(pq.ParquetFile(path).metadata.metadata[b"actindex"]) == {"m": 1}
     sorting = pq.ParquetFile(path).metadata.row_group(0).sorting_columns
-    assert [(s.column_index, s.descending) for s in sorting] == [(2, False), (3, True)]
+    assert [(s.column_index, s.descending) for s in sorting] == [(1, False), (2, True)]
 
 
 def test_commit_marker_and_completed_shards(tmp_path: Path) -> None:
@@ -158,7 +159,9 @@ def test_clear_removes_only_what_actindex_writes(tmp_path: Path) -> None:
         layout.activations_file("x", 0, "a"),
         layout.partial_file(0, "a"),
         layout.topk_file("x"),
-        layout.topk_base / "layer=x.parquet",
+        layout.topk_file("x", layout.topk_base),
+        layout.topk_covers,
+        layout.topk_base_covers,
         layout.journal_dir / "batch-1.log",
     ):
         path.parent.mkdir(parents=True, exist_ok=True)
