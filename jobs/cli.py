@@ -50,7 +50,7 @@ def _console():
 
 
 def parse_units(text: str) -> list[int]:
-    """'0-3,7' -> [0, 1, 2, 3, 7]."""
+    """'0-3,7' -> [0, 1, 2, 3, 7]; '285,1,207' keeps its order; a unit given twice counts once."""
     units: list[int] = []
     try:
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -60,7 +60,7 @@ def parse_units(text: str) -> list[int]:
         raise typer.BadParameter(f"{text!r} is not a unit list like 0-15 or 3,7,9") from None
     if not units:
         raise typer.BadParameter("no units given")
-    return units
+    return list(dict.fromkeys(units))
 
 
 def parse_floats(text: str | None) -> tuple[float, float, float] | None:
@@ -279,29 +279,49 @@ def top(
     unit: Annotated[int, typer.Option("--unit", "-u", help="Unit (channel) number.")],
     k: KOpt = 9,
 ) -> None:
-    """Show the top-k images for one unit: activation, label, file and receptive-field box."""
+    """Show the top-k images for one unit: activation, ties, label, file and receptive-field box.
+
+    Answers from the topk table; beyond its k (or while it is being rebuilt) from activations, exactly."""
     from rich.table import Table
 
-    from queries.db import connect, top_images
+    tops = _unit_tops(index_dir, layer, [unit], k)
+    rows = tops.rows.to_pylist()
+    table = Table(title=f"top {len(rows)} images for {layer} unit {unit} (from {tops.source})")
+    for column in ("rank", "act", "ties", "label", "file", "box (x0,y0,x1,y1)"):
+        table.add_column(column, justify="right" if column in ("rank", "act", "ties") else "left")
+    for row in rows:
+        box = f"{row['x0']},{row['y0']},{row['x1']},{row['y1']}"
+        ties = f"{row['ties']:,}" if row["ties"] > 1 else ""
+        table.add_row(
+            str(row["rank"]), f"{row['act']:.4g}", ties, str(row["label"] or ""), row["relpath"], box
+        )
+    _console().print(table)
+    if len(rows) < k:
+        typer.echo(f"the index has {len(rows)} ok images for this unit, fewer than k={k}")
+    for note in tops.notes:
+        typer.echo(f"note: {note}")
+
+
+def _unit_tops(index_dir: Path, layer: str, units: list[int], k: int):
+    """queries.db.unit_tops, with its errors as one line: exit 1 when the index cannot answer yet."""
+    from queries.db import IncompleteIndexError, unit_tops
 
     try:
-        rows = top_images(connect(index_dir), layer, [unit], k)
+        return unit_tops(index_dir, layer, units, k)
+    except IncompleteIndexError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
     except UserError as exc:
         raise _fail(exc) from None
-    table = Table(title=f"top {k} images for {layer} unit {unit}")
-    for column in ("rank", "act", "label", "uri", "box (x0,y0,x1,y1)"):
-        table.add_column(column, justify="right" if column in ("rank", "act") else "left")
-    for row in rows.to_pylist():
-        box = f"{row['x0']},{row['y0']},{row['x1']},{row['y1']}"
-        table.add_row(str(row["rank"]), f"{row['act']:.4g}", str(row["label"] or ""), row["uri"], box)
-    _console().print(table)
 
 
 @app.command()
 def grid(
     index_dir: IndexDir,
     layer: LayerOpt,
-    units: Annotated[str, typer.Option("--units", "-u", help="Units, e.g. 0-15 or 3,7,9.")],
+    units: Annotated[
+        str, typer.Option("--units", "-u", help="Units, e.g. 0-15 or 285,1,207 (drawn in this order).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
     k: KOpt = 9,
     tile: Annotated[int, typer.Option(min=16, help="Tile side in pixels.")] = 96,
@@ -309,20 +329,23 @@ def grid(
         Layout, typer.Option(help="row: one row per unit; block: a square block per unit.")
     ] = Layout.row,
 ) -> None:
-    """Draw the receptive-field crops of each unit's top-k images into one PNG sheet."""
-    from queries.db import connect, top_images
+    """Draw the receptive-field crops of each unit's top-k images into one PNG sheet.
+
+    Each tile shows rank, activation, file name and label; '=N' marks an act that N images share."""
     from queries.grid import render_grid
 
+    tops = _unit_tops(index_dir, layer, parse_units(units), k)
     try:
-        rows = top_images(connect(index_dir), layer, parse_units(units), k)
-        sheet = render_grid(rows, tile=tile, layout=layout.value)
+        sheet = render_grid(tops.rows, tile=tile, layout=layout.value)
     except UserError as exc:
         raise _fail(exc) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     typer.echo(
-        f"wrote {out} ({sheet.width}x{sheet.height}, {len(set(rows.column('unit').to_pylist()))} units)"
+        f"wrote {out} ({sheet.width}x{sheet.height}, {len(set(tops.rows.column('unit').to_pylist()))} units)"
     )
+    for note in tops.notes:
+        typer.echo(f"note: {note}")
 
 
 @app.command()
@@ -393,15 +416,25 @@ def status(index_dir: IndexDir) -> None:
         typer.echo(f"index       {st.root}: being created\nwriting     {st.locked_by}")
         return
     params, manifest = st.manifest["params"], st.manifest
+    state = manifest["status"]
+    if state == "running" and not st.locked_by:
+        state = "interrupted (the job stopped before its end)"
+    if st.topk_current:
+        topk = f"{st.topk_rows:,} rows, k={params['k']}"
+    elif st.locked_by:
+        topk = "being rebuilt: the job writing the index writes it when it ends"
+    else:
+        topk = "not built: rerun the same index command to resume and rebuild it"
     lines = [
         f"index       {st.root}  ({st.bytes_on_disk / 1e6:.1f} MB)",
         f"model       {params['model']}  weights {params['weights']} ({params['weights_sha256'][:12]})",
         f"layers      {', '.join(params['layers'])}  k={params['k']}",
         f"dataset     {manifest['source']}",
-        f"last run    {manifest['status']}, {manifest['started']} to {manifest['finished'] or '-'}",
+        f"last run    {state}, {manifest['started']} to {manifest['finished'] or '-'}",
         f"shards      {st.shards_done} done"
         + (f", {st.shards_pending} pending" if st.shards_pending else ""),
         f"images      {st.images_ok} ok, {st.images_error} error; {st.activation_rows:,} activation rows",
+        f"topk        {topk}",
     ]
     if st.dataset_error:
         lines.append(f"dataset     cannot be listed: {st.dataset_error}")

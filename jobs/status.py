@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from jobs.finalize import topk_is_current
 from jobs.incremental import plan_work, read_state
 from jobs.lock import is_locked
 from pipeline.errors import UserError
@@ -32,6 +35,8 @@ class IndexStatus:
     shards_pending: int | None = None  # shards a rerun would write
     dataset_error: str | None = None  # why the dataset could not be listed
     notes: list[str] = field(default_factory=list)
+    topk_current: bool = False  # topk/ merges exactly the completed shards
+    topk_rows: int = 0
 
 
 def index_status(index_dir: str | Path) -> IndexStatus:
@@ -55,7 +60,12 @@ def index_status(index_dir: str | Path) -> IndexStatus:
         activation_rows=activation_rows,
         bytes_on_disk=layout.bytes_on_disk(),
         locked_by=locked_by,
+        topk_current=topk_is_current(layout, markers),
     )
+    if status.topk_current:
+        status.topk_rows = sum(
+            pq.ParquetFile(p).metadata.num_rows for p in layout.topk_dir.glob("*/*.parquet")
+        )
     _compare_with_dataset(layout, manifest, status)
     return status
 

@@ -10,19 +10,25 @@ An index built with `--store topk` has no activations: querying that view fails 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from pipeline import schema
-from pipeline.errors import MissingInputError, UnknownNameError
+from pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError, UserError
 from pipeline.writer import IndexLayout
 
 
 class NotAnIndexError(MissingInputError):
     """The directory has no run.json: it is not an actindex index."""
+
+
+class IncompleteIndexError(UserError):
+    """Nothing can be shown yet: a top-k-only index whose topk table is not built (its run did not end)."""
 
 
 NO_ACTIVATIONS = (
@@ -109,9 +115,131 @@ def layer_channels(con: duckdb.DuckDBPyConnection, layer: str) -> int:
 
 
 def top_images(con: duckdb.DuckDBPyConnection, layer: str, units: list[int], k: int) -> pa.Table:
-    """Top-k rows (joined with images) for `units` of `layer`; units are checked against the layer."""
+    """Top-k rows of the topk table (joined with images) for `units` of `layer`; units are checked
+    against the layer. `unit_tops` also answers beyond the table's k and while it is being rebuilt."""
+    check_units(con, layer, units)
+    return run_sql_file(con, "top_images", layer=layer, units=units, k=k)
+
+
+@dataclass
+class UnitTops:
+    """The top rows of some units, as `actindex top` and `grid` show them."""
+
+    rows: pa.Table  # the columns of queries/top_images.sql, units in the order asked for
+    source: str  # "topk" or "activations"
+    notes: list[str] = field(default_factory=list)  # what the reader should know about the answer
+
+
+def unit_tops(index_dir: str | Path, layer: str, units: list[int], k: int) -> UnitTops:
+    """Each unit's top-k images with their boxes. From the topk table while it is current and holds k;
+    otherwise from activations, exactly (boxes computed the way the workers compute them); a top-k-only
+    index that cannot answer says why."""
+    from jobs.finalize import topk_is_current
+
+    layout = IndexLayout(index_dir)
+    con = connect(index_dir)
+    check_units(con, layer, units)
+    manifest = layout.read_manifest()
+    kept, dense = manifest["params"]["k"], manifest["params"].get("store", "dense") == "dense"
+    markers = layout.completed_shards()
+    notes = []
+    current = topk_is_current(layout, markers)
+    if not current:
+        why = (
+            "a job is writing this index now; topk is rebuilt when it ends"
+            if _locked(layout)
+            else "the last run did not finish; rerun the same `actindex index` command to resume it and "
+            "rebuild topk"
+        )
+        if not dense:
+            raise IncompleteIndexError(f"{index_dir} has no topk table yet: {why}")
+        notes.append(f"{why}; answered from the activations of the {len(markers)} shards done")
+    elif k > kept and not dense:
+        raise InvalidInputError(
+            f"this index kept the top {kept} images per unit and no activations (--store topk); "
+            f"ask for --k {kept} or less, or index again with --k {k}"
+        )
+    elif k > kept:
+        notes.append(f"k={k} is more than the {kept} the topk table keeps: answered from activations (exact)")
+    if current and k <= kept:
+        rows, source = run_sql_file(con, "top_images", layer=layer, units=units, k=k), "topk"
+    else:
+        rows, source = _with_boxes(
+            con, layer, run_sql_file(con, "top_from_activations", **_p(layer, units, k))
+        )
+    rows = _in_order(rows, units)
+    notes += tie_notes(rows, k)
+    return UnitTops(rows, source, notes)
+
+
+def _p(layer: str, units: list[int], k: int) -> dict:
+    return {"layer": layer, "units": units, "k": k}
+
+
+def check_units(con: duckdb.DuckDBPyConnection, layer: str, units: list[int]) -> None:
     channels = layer_channels(con, layer)
     bad = [u for u in units if not 0 <= u < channels]
     if bad:
         raise UnknownNameError(f"unit {bad[0]} is out of range: layer {layer!r} has units 0-{channels - 1}")
-    return run_sql_file(con, "top_images", layer=layer, units=units, k=k)
+
+
+def _locked(layout: IndexLayout) -> bool:
+    from jobs.lock import is_locked
+
+    return is_locked(layout.root) is not None
+
+
+def _with_boxes(con: duckdb.DuckDBPyConnection, layer: str, rows: pa.Table) -> tuple[pa.Table, str]:
+    """Add x0, y0, x1, y1: the peaks' receptive-field boxes in original pixels, as the workers map them."""
+    from pipeline.geometry import ReceptiveField, boxes
+    from pipeline.preprocess import Preprocessing
+
+    info = arrow_table(con.sql("SELECT * FROM layers WHERE layer = $layer", params={"layer": layer}))
+    info = info.to_pylist()[0]
+    rf = ReceptiveField(
+        info["rf_size_y"], info["rf_size_x"], info["rf_jump_y"], info["rf_jump_x"],
+        info["rf_start_y"], info["rf_start_x"], info["rf_global"],
+    )  # fmt: skip
+    prep = Preprocessing.from_dict(
+        {name: info[name] for name in ("resize", "crop", "interpolation", "mean", "std")}
+    )
+    column = lambda name: rows.column(name).to_numpy()  # noqa: E731
+    model_boxes = boxes(rf, column("y"), column("x"))
+    original = prep.to_original(model_boxes, column("width"), column("height"))
+    for j, name in enumerate(("x0", "y0", "x1", "y1")):
+        rows = rows.append_column(name, pa.array(original[:, j], pa.int32()))
+    return rows.select(_TOP_COLUMNS), "activations"
+
+
+_TOP_COLUMNS = [
+    "layer", "unit", "rank", "act", "image_id", "label", "uri", "relpath", "width", "height",
+    "y", "x", "x0", "y0", "x1", "y1", "ties",
+]  # fmt: skip
+
+
+def _in_order(rows: pa.Table, units: list[int]) -> pa.Table:
+    """The rows with units in the order asked for (each unit's rows stay best first)."""
+    place = {unit: i for i, unit in enumerate(dict.fromkeys(units))}
+    order = np.lexsort((rows.column("rank").to_numpy(), [place[u] for u in rows.column("unit").to_pylist()]))
+    return rows.take(pa.array(order, pa.int64())) if rows.num_rows else rows
+
+
+def tie_notes(rows: pa.Table, k: int) -> list[str]:
+    """One line per unit whose k-th act is shared with images the list leaves out."""
+    by_unit: dict[int, list[dict]] = {}
+    for row in rows.to_pylist():
+        by_unit.setdefault(row["unit"], []).append(row)
+    notes = []
+    for unit, listed in by_unit.items():
+        last = listed[-1]
+        same = sum(1 for row in listed if _same_act(row["act"], last["act"]))
+        if last["rank"] == k and last["ties"] > same:
+            notes.append(
+                f"unit {unit}: {last['ties']:,} images share the k-th act {last['act']:.6g}; the {same} "
+                "listed are picked among them by smaller image_id"
+            )
+    return notes
+
+
+def _same_act(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)  # NaN equals NaN here, as in the index's order

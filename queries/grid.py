@@ -6,7 +6,8 @@
 
 Layout "row" puts a unit's k crops in one row after a caption; "block" packs them in a square block
 (3x3 for k=9) with the caption above. Each tile is the peak's receptive-field box, cut from the upright
-original file and fitted into the tile, with its activation underneath.
+original file and fitted into the tile, with its rank and activation underneath ('=N' when N images of
+the index share that activation), then the label and file name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from enum import Enum
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -59,7 +61,7 @@ def render_grid(rows: pa.Table, tile: int = 96, layout: str = "row") -> Image.Im
 def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font) -> Image.Image:
     caption_h = font.size + 6
     tiles = [_tile(row, tile, font) for row in rows]
-    tile_h = tile + caption_h
+    tile_h = tiles[0].height
     if layout == "row":
         label_w = tile + 16
         panel = Image.new("RGB", (label_w + k * (tile + 4), tile_h + 4), BACKGROUND)
@@ -76,11 +78,32 @@ def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font) -> Image
 
 
 def _tile(row: dict, tile: int, font) -> Image.Image:
-    caption_h = font.size + 6
-    out = Image.new("RGB", (tile, tile + caption_h), BACKGROUND)
+    """The crop, then two caption lines: rank, act ('=N' when N images share it); file name and label."""
+    line_h = font.size + 3
+    out = Image.new("RGB", (tile, tile + 2 * line_h + 4), BACKGROUND)
     out.paste(_crop(row, tile), (0, 0))
-    _text(out, (2, tile + 2), f"#{row['rank']}  {row['act']:.3g}", font, MUTED)
+    ties = row.get("ties") or 1
+    _text(
+        out,
+        (2, tile + 2),
+        f"#{row['rank']}  {row['act']:.3g}" + (f"  ={ties}" if ties > 1 else ""),
+        font,
+        MUTED,
+    )
+    name = PurePosixPath(row.get("relpath") or row["uri"]).name
+    if row.get("label"):
+        name = f"{row['label']} · {name}"
+    _text(out, (2, tile + 2 + line_h), _fit(name, tile - 4, font), font, MUTED)
     return out
+
+
+def _fit(text: str, width: int, font) -> str:
+    """`text`, cut with an ellipsis to fit `width` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def _crop(row: dict, tile: int) -> Image.Image:

@@ -1,4 +1,5 @@
--- Top images for one unit of one layer, best first, with the receptive-field box of each peak.
+-- Top images for units of one layer from the topk table, best first, with the receptive-field box of each
+-- peak and `ties`: how many images of the index share the row's act for the unit.
 -- Parameters: $layer (text), $units (list of integers), $k (integer).
 SELECT
     t.layer,
@@ -8,6 +9,7 @@ SELECT
     t.image_id,
     i.label,
     i.uri,
+    i.relpath,
     i.width,
     i.height,
     t.y,
@@ -15,7 +17,8 @@ SELECT
     t.x0,
     t.y0,
     t.x1,
-    t.y1
+    t.y1,
+    t.ties
 FROM topk AS t
 JOIN images AS i USING (image_id)
 WHERE t.layer = $layer

@@ -8,7 +8,6 @@ import sys
 
 import pyarrow.csv
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -20,19 +19,6 @@ PLANTED = "python:tests.conftest:PlantedNet"
 
 def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def planted_cli_index(planted_dataset, tmp_path_factory):
-    folder, _ = planted_dataset
-    out = tmp_path_factory.mktemp("cli") / "idx"
-    result = invoke(
-        "index", folder, "--out", out, "--model", PLANTED, "--layers", "relu*,head", "--k", "3",
-        "--executor", "local", "--trust-code", "--resize", "64", "--crop", "64", "--interpolation", "nearest",
-        "--mean", "0,0,0", "--std", "1,1,1", "--no-progress", "--shard-size", "4",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return out, result.output
 
 
 def test_index_prints_a_summary(planted_cli_index):
