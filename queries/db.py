@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.errors import MissingInputError, UnknownNameError
+from pipeline.preprocess import Preprocessing
 from pipeline.writer import IndexLayout
 
 
@@ -34,10 +35,7 @@ NO_ACTIVATIONS = (
 def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
     layout = IndexLayout(index_dir)
     if not layout.manifest.is_file():
-        raise NotAnIndexError(
-            f"{index_dir} is not an actindex index (no run.json); "
-            f"build one with: actindex index IMAGES --out {index_dir}"
-        )
+        raise _not_an_index(index_dir)
     con = duckdb.connect()
     files = [layout.root / f for marker in layout.completed_shards().values() for f in marker["files"]]
     _view(con, "images", [f for f in files if f.parts[len(layout.root.parts)] == "images"])
@@ -48,6 +46,22 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
     _view(con, "layers", [layout.layers] if layout.layers.is_file() else [])
     _view(con, "topk", sorted((layout.root / "topk").glob("*.parquet")))
     return con
+
+
+def index_preprocessing(index_dir: str | Path) -> Preprocessing:
+    """The preprocessing an index was built with (run.json's params): how its boxes map to the originals,
+    and how to open an original so that its pixels are the ones the boxes refer to (`decode`)."""
+    manifest = IndexLayout(index_dir).read_manifest()
+    if manifest is None:
+        raise _not_an_index(index_dir)
+    return Preprocessing.from_dict(manifest["params"]["preprocessing"])
+
+
+def _not_an_index(index_dir: str | Path) -> NotAnIndexError:
+    return NotAnIndexError(
+        f"{index_dir} is not an actindex index (no run.json); "
+        f"build one with: actindex index IMAGES --out {index_dir}"
+    )
 
 
 def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> None:
