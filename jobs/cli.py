@@ -21,7 +21,7 @@ import typer
 from jobs.spec import Device, Executor, Precision, Store
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.errors import UserError
-from pipeline.preprocess import Interpolation
+from pipeline.preprocess import Decode, Interpolation
 from queries.grid import Layout
 
 app = typer.Typer(
@@ -34,6 +34,13 @@ app = typer.Typer(
 IndexDir = Annotated[Path, typer.Argument(help="Index directory written by `actindex index`.")]
 LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer name as indexed (see the layers table).")]
 KOpt = Annotated[int, typer.Option("--k", "-k", min=1, help="How many top images per unit.")]
+DecodeOpt = Annotated[
+    Decode | None,
+    typer.Option(
+        help="fast (default): EXIF orientation applied, large JPEGs decoded at reduced scale; torchvision: "
+        "exactly torchvision's pixels (full decode, EXIF ignored; CPU decoding only)."
+    ),
+]
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -114,6 +121,7 @@ def index(
     interpolation: Annotated[Interpolation | None, typer.Option(help="Override: the resize filter.")] = None,
     mean: Annotated[str | None, typer.Option(help="Override: per-channel mean, e.g. 0.5,0.5,0.5.")] = None,
     std: Annotated[str | None, typer.Option(help="Override: per-channel std.")] = None,
+    decode: DecodeOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an index made with other parameters.")] = False,
     prune: Annotated[
         bool, typer.Option(help="Drop indexed images that are no longer in the dataset.")
@@ -171,7 +179,7 @@ def index(
             device_decode=device_decode,
             store=store,
             progress=progress,
-            preprocessing=_preprocessing(resize, crop, interpolation, mean, std),
+            preprocessing=_preprocessing(resize, crop, interpolation, mean, std, decode),
         )
         summary = run_index(request)
     except UserError as exc:
@@ -186,15 +194,16 @@ def index(
         raise typer.Exit(code=1)
 
 
-def _preprocessing(resize, crop, interpolation, mean, std) -> dict | None:
-    """The --resize/--crop/--interpolation/--mean/--std given: replacements for the model's own values,
-    applied where the model is loaded (so this process never loads it)."""
+def _preprocessing(resize, crop, interpolation, mean, std, decode) -> dict | None:
+    """The --resize/--crop/--interpolation/--mean/--std/--decode given: replacements for the model's own
+    values, applied where the model is loaded (so this process never loads it)."""
     overrides = dict(
         resize=resize,
         crop=crop,
         interpolation=interpolation.value if interpolation else None,
         mean=parse_floats(mean),
         std=parse_floats(std),
+        decode=decode.value if decode else None,
     )
     return {key: value for key, value in overrides.items() if value is not None} or None
 
@@ -332,11 +341,13 @@ def grid(
     """Draw the receptive-field crops of each unit's top-k images into one PNG sheet.
 
     Each tile shows rank, activation, file name and label; '=N' marks an act that N images share."""
+    from queries.db import index_preprocessing
     from queries.grid import render_grid
 
     tops = _unit_tops(index_dir, layer, parse_units(units), k)
     try:
-        sheet = render_grid(tops.rows, tile=tile, layout=layout.value)
+        decode = index_preprocessing(index_dir).decode  # crops are cut from the pixels the index decoded
+        sheet = render_grid(tops.rows, tile=tile, layout=layout.value, decode=decode)
     except UserError as exc:
         raise _fail(exc) from None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -463,6 +474,7 @@ def bench(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     resize: Annotated[int | None, typer.Option(help="Override the model's resize.")] = None,
     crop: Annotated[int | None, typer.Option(help="Override the model's crop.")] = None,
+    decode: DecodeOpt = None,
     scaling: Annotated[bool, typer.Option(help="Also index 4x the images and compare peak memory.")] = False,
     driver_cpu: Annotated[
         bool, typer.Option(help="Also run the Ray job on 4x the images: driver CPU per 1,000 extra images.")
@@ -487,7 +499,7 @@ def bench(
 
     from jobs.bench.bench import BenchConfig, run_bench, table_rows
 
-    overrides = (("--resize", resize), ("--crop", crop))
+    overrides = (("--resize", resize), ("--crop", crop), ("--decode", decode.value if decode else None))
     extra = tuple(arg for key, value in overrides if value is not None for arg in (key, str(value)))
     table = Table(title=f"actindex bench on this machine ({model})")
     table.add_column("measure")

@@ -189,11 +189,20 @@ def _check_index(layout: IndexLayout, params: dict, overwrite: bool) -> dict | N
     if existing is None or existing.get("format") != INDEX_FORMAT:
         layout.clear()  # an empty directory, or --overwrite of one _check_directory let through
         return None
+    existing = _with_defaults(existing)
     old = {k: v for k, v in existing["params"].items() if k not in EXECUTION_PARAMS}
     if old != params:
         _refuse_or_clear(layout, old, params, overwrite)
         return None
     return existing
+
+
+def _with_defaults(manifest: dict) -> dict:
+    """The manifest with the params an index written before they existed implied: such an index decoded
+    the "fast" way (its preprocessing has no "decode")."""
+    params = manifest["params"]
+    preprocessing = {"decode": "fast", **params["preprocessing"]}
+    return {**manifest, "params": {**params, "preprocessing": preprocessing}}
 
 
 def _refuse_or_clear(layout: IndexLayout, old: dict, new: dict, overwrite: bool, keys=None) -> None:

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pipeline.decode import DEFAULT_MAX_PIXELS
+from pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED
 from pipeline.errors import InvalidInputError
 from pipeline.model_args import check_model_args
 from pipeline.preprocess import Preprocessing
@@ -114,7 +114,7 @@ class IndexRequest:
     store: Store = Store.dense  # dense, or topk (no activations table)
     device: Device = Device.auto  # auto = cuda where the workers have GPUs
     precision: Precision = Precision.auto  # auto = bf16 on GPUs, fp32 on CPUs
-    device_decode: bool | None = None  # decode JPEGs on the model's device; None = on GPUs only
+    device_decode: bool | None = None  # JPEGs decoded on the model's device; None = on GPUs, if decode "fast"
     batch_size: int | None = None  # images per forward pass; None = 256 on GPUs, 32 on CPUs
     compile: bool = False  # torch.compile the forward + reductions
     executor: Executor = Executor.ray  # ray (local Ray started if no address) or local (no Ray)
@@ -151,6 +151,8 @@ class IndexRequest:
             unknown = set(self.preprocessing) - {f.name for f in dataclasses.fields(Preprocessing)}
             if unknown:
                 raise InvalidInputError(f"unknown preprocessing values {sorted(unknown)}")
+        if self.device_decode and _decode(self.preprocessing) == "torchvision":
+            raise InvalidInputError(DEVICE_DECODE_REFUSED)
         if self.max_pixels < 1:
             raise InvalidInputError(f"max_pixels must be positive (got {self.max_pixels})")
         if self.workers is not None and self.workers < 1:
@@ -164,6 +166,13 @@ def _choice(kind: type[Enum], value, name: str) -> Enum:
     except ValueError:
         choices = ", ".join(item.value for item in kind)
         raise InvalidInputError(f"{name} {value!r} is not one of {choices}") from None
+
+
+def _decode(preprocessing: Preprocessing | dict | None) -> str:
+    """The decode mode a request asks for (Preprocessing.decode; "fast" unless it says otherwise)."""
+    if isinstance(preprocessing, dict):
+        return preprocessing.get("decode", "fast")
+    return preprocessing.decode if preprocessing is not None else "fast"
 
 
 def resolve_spec(request: IndexRequest, plan, dataset_root: str, gpus: bool) -> RunSpec:
@@ -189,20 +198,33 @@ def resolve_spec(request: IndexRequest, plan, dataset_root: str, gpus: bool) -> 
         store=request.store.value,
         device=device,
         precision=precision,
-        device_decode=device == "cuda" if request.device_decode is None else request.device_decode,
+        device_decode=_device_decode(request, plan.preprocessing, device),
         batch_size=request.batch_size or (GPU_BATCH if device == "cuda" else CPU_BATCH),
         compile=request.compile,
     )
 
 
+def _device_decode(request: IndexRequest, preprocessing: Preprocessing, device: str) -> bool:
+    """Whether JPEGs are decoded on the model's device: by default on GPUs, unless the preprocessing
+    promises Pillow's exact pixels (decode "torchvision"), which only the CPU decoder gives (an explicit
+    --device-decode with it was refused by IndexRequest)."""
+    if request.device_decode is None:
+        return device == "cuda" and preprocessing.decode == "fast"
+    return request.device_decode
+
+
 def differences(old: dict, new: dict, keys=None) -> list[str]:
-    """'name: old -> new' for each of `keys` (default: all) whose values differ, for one-line refusals."""
+    """'name: old -> new' for each of `keys` (default: all) whose values differ, for one-line refusals;
+    dicts (the preprocessing) name the values inside them that differ ('preprocessing.decode: ...')."""
     names = keys if keys is not None else sorted(set(old) | set(new))
-    return [
-        f"{key}: {_short(old.get(key))} -> {_short(new.get(key))}"
-        for key in names
-        if old.get(key) != new.get(key)
-    ]
+    changed = []
+    for key in (key for key in names if old.get(key) != new.get(key)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{key}.{line}" for line in differences(a, b)]
+        else:
+            changed.append(f"{key}: {_short(a)} -> {_short(b)}")
+    return changed
 
 
 def _short(value) -> str:

@@ -4,18 +4,28 @@
     image = decoder("photos/cat.jpg")   # DecodedImage(pixels=(3, 224, 224) uint8, width, height, error)
     batch = decoder.decode_batch({"uri": np.array(["a.jpg", "b.png"])})
 
-EXIF orientation is applied, the first frame of animations is used, and grayscale, palette, CMYK, 16-bit
-and alpha images become RGB (transparent pixels are composited on white). `width`/`height` are those of the
-upright original, the frame that boxes are expressed in. Only JPEG (and MPO), PNG, WebP, BMP, GIF and TIFF
-are decoded: any other content is "not an image" (Pillow's other plugins are never tried on dataset files;
-EPS, for one, would run Ghostscript).
+Two ways to turn a file into RGB pixels (`Preprocessing.decode`); the resize and center crop that follow
+are torchvision's `Resize(resize, interpolation, antialias=True)` + `CenterCrop(crop)` on a PIL image in both.
 
-A JPEG at least four times larger than the resize needs is decoded at 1/2, 1/4 or 1/8 scale in the DCT
-(Pillow's `draft`), keeping at least twice the resized size, so the final resize still averages >= 2x2
-decoded pixels per output pixel. An 8000x6000 JPEG then decodes in 0.03-0.13 s instead of 0.4-0.5 s. Smaller
-images are decoded exactly as before (bit-identical); drafted ones differ from a full decode by a mean of
-< 1 grey level (4000x3000 -> 256: mean 0.6, max 4). The geometry is unchanged: `width`/`height` stay the
-original's, and the resize maps the drafted image's exact original extent, so boxes land on the same pixels.
+  fast         (the default) EXIF orientation is applied, the first frame of animations is used, and
+               grayscale, palette, CMYK, 16-bit and alpha images become RGB (transparent pixels are composited
+               on white). `width`/`height` are those of the upright original, the frame that boxes are
+               expressed in. A JPEG at least four times larger than the resize needs is decoded at 1/2, 1/4
+               or 1/8 scale in the DCT (Pillow's `draft`), keeping at least twice the resized size, so the
+               final resize still averages >= 2x2 decoded pixels per output pixel: an 8000x6000 JPEG then
+               decodes in 0.03-0.13 s instead of 0.4-0.5 s. Drafted JPEGs differ from a full decode by a mean
+               of 0.2-0.5 grey levels and up to about a dozen at sharp edges (`python -m
+               jobs.bench.decode_error` measures it; the README gives the figures). The geometry is
+               unchanged: `width`/`height` stay the original's, and the resize maps the drafted image's exact
+               original extent, so boxes land on the same pixels. Images that are not drafted, carry no EXIF
+               rotation and have no alpha or 16-bit samples decode to the same pixels as "torchvision".
+  torchvision  exactly the pixels of torchvision's standard pipeline, `Image.open(path).convert("RGB")`
+               then `weights.transforms()`: every JPEG fully decoded, EXIF orientation ignored (as PIL and
+               torchvision's loaders ignore it), alpha dropped, not composited. `width`/`height` are the
+               stored image's, and boxes refer to the stored, un-rotated pixels.
+
+Only JPEG (and MPO), PNG, WebP, BMP, GIF and TIFF are decoded, in both modes: any other content is "not an
+image" (Pillow's other plugins are never tried on dataset files; EPS, for one, would run Ghostscript).
 
 Error reasons
 -------------
@@ -63,6 +73,11 @@ DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb threshold (2x M
 ERROR_KINDS = ("not an image", "truncated", "corrupt", "too large", "unreadable", "unsupported", "failed")
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what Image.open may identify (JPEG includes MPO)
 DRAFT_MARGIN = 2  # a drafted JPEG keeps at least this many times the resized size
+# why --decode torchvision and --device-decode do not go together (pipeline.gpu.GpuDecoder, jobs.spec)
+DEVICE_DECODE_REFUSED = (
+    "--decode torchvision gives Pillow's pixels exactly and the device decoder (nvjpeg) cannot: "
+    "drop --device-decode (the JPEGs are then decoded on the CPU), or use --decode fast"
+)
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -84,8 +99,8 @@ _SIGNATURES = (
 @dataclass
 class DecodedImage:
     pixels: np.ndarray | None  # (3, crop, crop) uint8, None when decoding failed
-    width: int  # upright original width (0 if unknown)
-    height: int  # upright original height (0 if unknown)
+    width: int  # original width (0 if unknown) in the boxes' frame: upright (fast), stored (torchvision)
+    height: int  # original height (0 if unknown), in the same frame
     error: str | None  # "<kind>: <detail>" when decoding failed (see the module docstring)
 
 
@@ -107,13 +122,16 @@ class Decoder:
         try:
             _check_regular_file(uri)
             with Image.open(uri, formats=self.formats) as img:
+                fast = self.preprocessing.decode == "fast"
                 if img.width * img.height > self.max_pixels:  # from the header: nothing decoded yet
-                    width, height = _upright_size(img) if _exif_in_header(img) else img.size
+                    width, height = _upright_size(img) if fast and _exif_in_header(img) else img.size
                     raise _TooLarge(f"too large: {width}x{height} exceeds {self.max_pixels} pixels")
                 width, height = img.size  # reported if decoding fails below
-                width, height = _upright_size(img)  # may decode a PNG, whose EXIF can follow the pixels
-                box = self._draft(img, width, height)
-                rgb = to_rgb(ImageOps.exif_transpose(img))
+                box = None
+                if fast:
+                    width, height = _upright_size(img)  # may decode a PNG, whose EXIF can follow the pixels
+                    box = self._draft(img, width, height)
+                rgb = as_decoded(img, self.preprocessing.decode)
             return DecodedImage(self._preprocess(rgb, width, height, box), width, height, None)
         except Exception as exc:  # noqa: BLE001 - any decoder failure becomes an error row, never a crash
             return DecodedImage(None, width, height, _describe(exc, uri))
@@ -208,6 +226,14 @@ def _transpose_box(box, size: tuple[int, int], orientation: int) -> tuple[float,
     if orientation == 8:  # rotated 90 counter-clockwise to display: (x, y) -> (y, w - x)
         return (y0, w - x1, y1, w - x0)
     return (x0, y0, x1, y1)
+
+
+def as_decoded(img: Image.Image, decode: str) -> Image.Image:
+    """The RGB image an opened file becomes under `decode` (Preprocessing.decode), in the frame its boxes
+    refer to: upright for "fast", as stored for "torchvision" (the grid cuts its crops from this)."""
+    if decode == "torchvision":
+        return img.convert("RGB")  # torchvision's pil_loader, exactly
+    return to_rgb(ImageOps.exif_transpose(img))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -31,7 +31,9 @@ torch's antialiased interpolation (bilinear, bicubic; the PIL-style kernels) and
 own weights for lanczos, in float32, rounded half up to uint8; nearest picks exactly Pillow's pixels.
 Pixel values differ from Pillow's by rounding (Pillow rounds to uint8 between its horizontal and vertical
 passes) and, on CUDA, by nvjpeg's IDCT and chroma upsampling; the CPU decoder's DCT-domain draft decoding
-of large JPEGs is not used, so large images differ more (the geometry is the same).
+of large JPEGs is not used, so large images differ more (the geometry is the same). Pillow's pixels are
+what `decode="torchvision"` promises, so a GpuDecoder refuses that preprocessing (DEVICE_DECODE_REFUSED):
+such a run decodes on the CPU.
 
 Recording reuses `pipeline.recorder.LayerTrace` / `reduce_units`: hooks live inside each call and the
 forward stops after the last chosen layer. By default on CUDA the forward runs under bf16 autocast with
@@ -71,7 +73,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.decode import DEFAULT_MAX_PIXELS, DecodedImage, Decoder
+from pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED, DecodedImage, Decoder
 from pipeline.errors import InvalidInputError
 from pipeline.layers import describe_layers
 from pipeline.loop import DecodedBatch
@@ -309,6 +311,8 @@ class GpuDecoder:
     ):
         from torchvision.io import ImageReadMode, decode_jpeg
 
+        if preprocessing.decode != "fast":
+            raise InvalidInputError(DEVICE_DECODE_REFUSED)
         self.preprocessing = preprocessing
         self.device = torch.device(device)
         self.max_pixels = max_pixels

@@ -4,7 +4,8 @@
     prep.to_original(np.array([[0, 0, 224, 224]]), widths=np.array([500]), heights=np.array([375]))
 
 The decoder applies resize + crop on the CPU and ships uint8 pixels; the recorder normalizes them on its
-device. `to_original` maps boxes in model-input pixels back to the original (EXIF-upright) image.
+device. `to_original` maps boxes in model-input pixels back to the original image, in the frame the decoder
+worked in: EXIF-upright with `decode="fast"`, the stored pixels with `decode="torchvision"`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ class Interpolation(str, Enum):
 INTERPOLATIONS = tuple(item.value for item in Interpolation)
 
 
+class Decode(str, Enum):
+    """How a file becomes RGB pixels before the resize (pipeline.decode explains both)."""
+
+    fast = "fast"  # EXIF orientation applied, large JPEGs drafted in the DCT, alpha over white
+    torchvision = "torchvision"  # full decode, EXIF ignored: Image.open(path).convert("RGB"), as torchvision
+
+
+DECODES = tuple(item.value for item in Decode)
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How an original image becomes a model input."""
@@ -38,10 +49,12 @@ class Preprocessing:
     interpolation: str = "bilinear"  # PIL resampling filter used for the resize
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel mean on [0, 1] pixels
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel std on [0, 1] pixels
+    decode: str = "fast"  # "fast" or "torchvision" (Decode): how the file becomes RGB before the resize
 
     def __post_init__(self) -> None:
-        if isinstance(self.interpolation, Interpolation):
-            object.__setattr__(self, "interpolation", self.interpolation.value)
+        for name in ("interpolation", "decode"):
+            if isinstance(getattr(self, name), Enum):
+                object.__setattr__(self, name, getattr(self, name).value)
         if self.crop < 1 or self.resize < 1:
             raise InvalidInputError(f"resize ({self.resize}) and crop ({self.crop}) must be positive")
         if self.crop > self.resize:
@@ -52,6 +65,8 @@ class Preprocessing:
             raise InvalidInputError(
                 f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
             )
+        if self.decode not in DECODES:
+            raise InvalidInputError(f"decode {self.decode!r} is not one of {', '.join(DECODES)}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise InvalidInputError(
                 f"mean and std need 3 values each, std positive (got {self.mean}, {self.std})"
@@ -64,6 +79,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict) -> Preprocessing:
+        """The inverse of to_dict; a dict without "decode" (indexes made before it existed) is "fast"."""
         return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
@@ -92,10 +108,11 @@ class Preprocessing:
         rh = np.where(wide, self.resize, (self.resize * height / np.maximum(width, 1)).astype(np.int64))
         left = np.round((rw - self.crop) / 2.0).astype(np.int64)
         top = np.round((rh - self.crop) / 2.0).astype(np.int64)
-        sx, sy = width / rw, height / rh
+        # (p * width) / rw: an integer product divided once, so a quotient that is a whole number is
+        # exactly that number (p * (width / rw) could be 125.00000000000001 and round out to 126)
         out = np.empty((len(boxes), 4), dtype=np.int32)
-        out[:, 0] = np.maximum(0, np.floor((boxes[:, 0] + left) * sx))
-        out[:, 1] = np.maximum(0, np.floor((boxes[:, 1] + top) * sy))
-        out[:, 2] = np.minimum(width, np.ceil((boxes[:, 2] + left) * sx))
-        out[:, 3] = np.minimum(height, np.ceil((boxes[:, 3] + top) * sy))
+        out[:, 0] = np.maximum(0, np.floor((boxes[:, 0] + left) * width / rw))
+        out[:, 1] = np.maximum(0, np.floor((boxes[:, 1] + top) * height / rh))
+        out[:, 2] = np.minimum(width, np.ceil((boxes[:, 2] + left) * width / rw))
+        out[:, 3] = np.minimum(height, np.ceil((boxes[:, 3] + top) * height / rh))
         return out

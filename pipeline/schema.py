@@ -29,9 +29,12 @@ IMAGES = pa.schema(
         ),
         _field("relpath", pa.string(), "path relative to the dataset root, escaped like uri"),
         _field(
-            "width", pa.int32(), "width of the upright (EXIF-rotated) original in pixels; 0 if unreadable"
+            "width",
+            pa.int32(),
+            "width in pixels of the original in the frame boxes refer to: EXIF-upright (decode 'fast') or as "
+            "stored (decode 'torchvision'); 0 if unreadable",
         ),
-        _field("height", pa.int32(), "height of the upright original in pixels; 0 if unreadable"),
+        _field("height", pa.int32(), "height of the original in the same frame; 0 if unreadable"),
         _field(
             "label", pa.string(), "class label (ImageFolder subfolder or list-file column)", nullable=True
         ),
@@ -65,6 +68,12 @@ LAYERS = pa.schema(
         _field("interpolation", pa.string(), "preprocessing: resize filter"),
         _field("mean", pa.list_(pa.float32()), "preprocessing: per-channel mean on [0, 1] pixels"),
         _field("std", pa.list_(pa.float32()), "preprocessing: per-channel std on [0, 1] pixels"),
+        _field(
+            "decode",
+            pa.string(),
+            "preprocessing: 'fast' (EXIF applied, large JPEGs drafted) or 'torchvision' (Pillow's full "
+            "decode, EXIF ignored: torchvision's pixels exactly)",
+        ),
     ]
 )
 

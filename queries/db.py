@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError, UserError
+from pipeline.preprocess import Preprocessing
 from pipeline.writer import IndexLayout
 
 
@@ -40,10 +41,7 @@ NO_ACTIVATIONS = (
 def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
     layout = IndexLayout(index_dir)
     if not layout.manifest.is_file():
-        raise NotAnIndexError(
-            f"{index_dir} is not an actindex index (no run.json); "
-            f"build one with: actindex index IMAGES --out {index_dir}"
-        )
+        raise _not_an_index(index_dir)
     con = duckdb.connect()
     files = [layout.root / f for marker in layout.completed_shards().values() for f in marker["files"]]
     _view(con, "images", [f for f in files if f.parts[len(layout.root.parts)] == "images"])
@@ -54,6 +52,22 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
     _view(con, "layers", [layout.layers] if layout.layers.is_file() else [])
     _view(con, "topk", sorted(layout.topk_dir.glob("layer=*/*.parquet")))
     return con
+
+
+def index_preprocessing(index_dir: str | Path) -> Preprocessing:
+    """The preprocessing an index was built with (run.json's params): how its boxes map to the originals,
+    and how to open an original so that its pixels are the ones the boxes refer to (`decode`)."""
+    manifest = IndexLayout(index_dir).read_manifest()
+    if manifest is None:
+        raise _not_an_index(index_dir)
+    return Preprocessing.from_dict(manifest["params"]["preprocessing"])
+
+
+def _not_an_index(index_dir: str | Path) -> NotAnIndexError:
+    return NotAnIndexError(
+        f"{index_dir} is not an actindex index (no run.json); "
+        f"build one with: actindex index IMAGES --out {index_dir}"
+    )
 
 
 def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> None:
@@ -164,16 +178,11 @@ def unit_tops(index_dir: str | Path, layer: str, units: list[int], k: int) -> Un
     if current and k <= kept:
         rows, source = run_sql_file(con, "top_images", layer=layer, units=units, k=k), "topk"
     else:
-        rows, source = _with_boxes(
-            con, layer, run_sql_file(con, "top_from_activations", **_p(layer, units, k))
-        )
+        rows = run_sql_file(con, "top_from_activations", layer=layer, units=units, k=k)
+        rows, source = _with_boxes(con, layer, rows, index_preprocessing(index_dir)), "activations"
     rows = _in_order(rows, units)
     notes += tie_notes(rows, k)
     return UnitTops(rows, source, notes)
-
-
-def _p(layer: str, units: list[int], k: int) -> dict:
-    return {"layer": layer, "units": units, "k": k}
 
 
 def check_units(con: duckdb.DuckDBPyConnection, layer: str, units: list[int]) -> None:
@@ -189,10 +198,9 @@ def _locked(layout: IndexLayout) -> bool:
     return is_locked(layout.root) is not None
 
 
-def _with_boxes(con: duckdb.DuckDBPyConnection, layer: str, rows: pa.Table) -> tuple[pa.Table, str]:
+def _with_boxes(con: duckdb.DuckDBPyConnection, layer: str, rows: pa.Table, prep: Preprocessing) -> pa.Table:
     """Add x0, y0, x1, y1: the peaks' receptive-field boxes in original pixels, as the workers map them."""
     from pipeline.geometry import ReceptiveField, boxes
-    from pipeline.preprocess import Preprocessing
 
     info = arrow_table(con.sql("SELECT * FROM layers WHERE layer = $layer", params={"layer": layer}))
     info = info.to_pylist()[0]
@@ -200,15 +208,12 @@ def _with_boxes(con: duckdb.DuckDBPyConnection, layer: str, rows: pa.Table) -> t
         info["rf_size_y"], info["rf_size_x"], info["rf_jump_y"], info["rf_jump_x"],
         info["rf_start_y"], info["rf_start_x"], info["rf_global"],
     )  # fmt: skip
-    prep = Preprocessing.from_dict(
-        {name: info[name] for name in ("resize", "crop", "interpolation", "mean", "std")}
-    )
     column = lambda name: rows.column(name).to_numpy()  # noqa: E731
     model_boxes = boxes(rf, column("y"), column("x"))
     original = prep.to_original(model_boxes, column("width"), column("height"))
     for j, name in enumerate(("x0", "y0", "x1", "y1")):
         rows = rows.append_column(name, pa.array(original[:, j], pa.int32()))
-    return rows.select(_TOP_COLUMNS), "activations"
+    return rows.select(_TOP_COLUMNS)
 
 
 _TOP_COLUMNS = [

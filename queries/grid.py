@@ -1,13 +1,15 @@
 """Render "top images for unit k" sheets: receptive-field crops of the originals, one row per unit.
 
     con = connect("idx/")
-    sheet = render_grid(top_images(con, "layer4", [0, 1, 2], k=9), tile=96)
+    sheet = render_grid(top_images(con, "layer4", [0, 1, 2], k=9), tile=96, decode="fast")
     sheet.save("layer4.png")
 
 Layout "row" puts a unit's k crops in one row after a caption; "block" packs them in a square block
-(3x3 for k=9) with the caption above. Each tile is the peak's receptive-field box, cut from the upright
-original file and fitted into the tile, with its rank and activation underneath ('=N' when N images of
-the index share that activation), then the label and file name.
+(3x3 for k=9) with the caption above. Each tile is the peak's receptive-field box, cut from the original
+file opened the way the index decoded it (`decode`, the index's Preprocessing.decode: upright for "fast",
+the stored pixels, EXIF ignored, for "torchvision"; `queries.db.index_preprocessing` reads it) and fitted
+into the tile, with its rank and activation underneath ('=N' when N images of the index share that
+activation), then the label and file name.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from pipeline.decode import to_rgb
+from pipeline.decode import as_decoded
 from pipeline.errors import InvalidInputError
 from pipeline.sources import path_from_display
 
@@ -41,8 +43,9 @@ class Layout(str, Enum):
 LAYOUTS = tuple(item.value for item in Layout)
 
 
-def render_grid(rows: pa.Table, tile: int = 96, layout: str = "row") -> Image.Image:
-    """One sheet for the units in `rows` (the columns of queries/top_images.sql)."""
+def render_grid(rows: pa.Table, tile: int = 96, layout: str = "row", decode: str = "fast") -> Image.Image:
+    """One sheet for the units in `rows` (the columns of queries/top_images.sql) of an index whose
+    preprocessing decoded images the `decode` way (its boxes are in that frame)."""
     if layout not in LAYOUTS:
         raise InvalidInputError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if rows.num_rows == 0:
@@ -53,14 +56,15 @@ def render_grid(rows: pa.Table, tile: int = 96, layout: str = "row") -> Image.Im
     k = max(len(v) for v in by_unit.values())
     font = _font(max(10, tile // 8))
     panels = [
-        _panel(key, sorted(v, key=lambda r: r["rank"]), k, tile, layout, font) for key, v in by_unit.items()
+        _panel(key, sorted(v, key=lambda r: r["rank"]), k, tile, layout, font, decode)
+        for key, v in by_unit.items()
     ]
     return _stack(panels, layout)
 
 
-def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font) -> Image.Image:
+def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font, decode: str) -> Image.Image:
     caption_h = font.size + 6
-    tiles = [_tile(row, tile, font) for row in rows]
+    tiles = [_tile(row, tile, font, decode) for row in rows]
     tile_h = tiles[0].height
     if layout == "row":
         label_w = tile + 16
@@ -77,11 +81,11 @@ def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font) -> Image
     return panel
 
 
-def _tile(row: dict, tile: int, font) -> Image.Image:
+def _tile(row: dict, tile: int, font, decode: str) -> Image.Image:
     """The crop, then two caption lines: rank, act ('=N' when N images share it); file name and label."""
     line_h = font.size + 3
     out = Image.new("RGB", (tile, tile + 2 * line_h + 4), BACKGROUND)
-    out.paste(_crop(row, tile), (0, 0))
+    out.paste(crop_tile(row, tile, decode), (0, 0))
     ties = row.get("ties") or 1
     _text(
         out,
@@ -106,12 +110,12 @@ def _fit(text: str, width: int, font) -> str:
     return text + "…"
 
 
-def _crop(row: dict, tile: int) -> Image.Image:
-    """The receptive-field crop fitted (aspect kept) into a tile; a grey tile if the file is gone."""
+def crop_tile(row: dict, tile: int, decode: str = "fast") -> Image.Image:
+    """The receptive-field crop of a top-k row, fitted (aspect kept) into a tile; grey if the file is gone."""
     try:
         with Image.open(path_from_display(row["uri"])) as img:
-            upright = to_rgb(ImageOps.exif_transpose(img))
-            crop = upright.crop((row["x0"], row["y0"], row["x1"], row["y1"]))
+            decoded = as_decoded(img, decode)
+            crop = decoded.crop((row["x0"], row["y0"], row["x1"], row["y1"]))
     except (OSError, Image.DecompressionBombError):
         return Image.new("RGB", (tile, tile), MISSING)
     crop = ImageOps.contain(crop, (tile, tile), Image.Resampling.LANCZOS)

@@ -17,6 +17,7 @@ it), the check accepts either answer that is right within that tolerance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,23 +55,30 @@ def assert_same_tables(left, right):
         assert table_rows(left, name) == table_rows(right, name), name
 
 
-def forward_maps(folder: Path, model: str, layers: list[str], prep: Preprocessing) -> dict:
+def forward_maps(
+    folder: Path, model: str, layers: list[str], prep: Preprocessing, model_input: Callable | None = None
+) -> dict:
     """{relpath: {layer: (U, H, W) float32 feature maps}}: each image alone (a batch of one), decoded by
-    the job's own Decoder so that only the batching differs from the job."""
+    the job's own Decoder so that only the batching differs from the job, or by `model_input` (path ->
+    (3, crop, crop) normalized float tensor, e.g. torchvision's transforms) when it is given."""
     module = load_model(model).module.eval()
     recorder = ActivationRecorder(module, layers, prep)  # for its normalization only
     decoder = Decoder(prep)
     named = dict(module.named_modules())
     maps: dict = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        decoded = decoder(str(path))
-        if decoded.error is not None:
-            continue
+        if model_input is None:
+            decoded = decoder(str(path))
+            if decoded.error is not None:
+                continue
+            x = recorder.normalize(decoded.pixels[None])
+        else:
+            x = model_input(path)[None]
         outputs: dict = {}
         hooks = [named[name].register_forward_hook(_first(outputs, name)) for name in layers]
         try:
             with torch.inference_mode():
-                module(recorder.normalize(decoded.pixels[None]))
+                module(x)
         finally:
             for hook in hooks:
                 hook.remove()

@@ -43,7 +43,7 @@ class BenchConfig:
     scaling: bool = False  # also run the plain loop on 4x the images and compare peak memory
     driver_cpu: bool = False  # also run the Ray job on 4x the images: driver CPU per 1,000 extra images
     finish_shard: int = 1024  # images per synthetic shard in the finishing benchmark (0 = skip it)
-    extra_args: tuple[str, ...] = ()  # more `actindex index` options (e.g. --resize/--crop)
+    extra_args: tuple[str, ...] = ()  # more `actindex index` options (e.g. --resize/--crop/--decode)
     results: dict = field(default_factory=dict)
 
 
@@ -224,10 +224,11 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
     results.update(machine=_machine(), model=config.model, layers=layers, images=len(files), cores=cores)
     echo(f"decoding {len(files)} images on {cores} processes ...")
     results["decode_images_per_second"] = bench_decode(files, spec.preprocessing, cores)
-    echo("decode on the model's device (torchvision.io) ...")
-    results["device_decode"], results["device_decode_images_per_second"] = bench_device_decode(
-        files, spec.preprocessing, config.batch_size
-    )
+    if spec.preprocessing.decode == "fast":  # "torchvision" pixels come from Pillow only (GpuDecoder refuses)
+        echo("decode on the model's device (torchvision.io) ...")
+        results["device_decode"], results["device_decode_images_per_second"] = bench_device_decode(
+            files, spec.preprocessing, config.batch_size
+        )
     echo("forward + reductions on synthetic tensors ...")
     results["forward_images_per_second"], results["gpu_peak_mib"] = bench_forward(
         spec, module, config.batch_size
@@ -254,7 +255,8 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
 
 
 def bench_request(config: BenchConfig, source: str):
-    """The IndexRequest the benchmark's runs make (the model's preprocessing with --resize/--crop)."""
+    """The IndexRequest the benchmark's runs make: the model's preprocessing, --resize/--crop/--decode
+    applied."""
     from jobs.spec import IndexRequest
     from pipeline.models import load_model
 
@@ -267,9 +269,12 @@ def bench_request(config: BenchConfig, source: str):
 
 
 def _overrides(extra_args: tuple[str, ...]) -> dict:
-    """--resize/--crop from extra_args (what the job will use instead of the model's)."""
+    """--resize/--crop/--decode from extra_args (what the job will use instead of the model's)."""
     args = dict(zip(extra_args[::2], extra_args[1::2], strict=False))
-    return {key: int(args[f"--{key}"]) for key in ("resize", "crop") if f"--{key}" in args}
+    overrides: dict = {key: int(args[f"--{key}"]) for key in ("resize", "crop") if f"--{key}" in args}
+    if "--decode" in args:
+        overrides["decode"] = args["--decode"]
+    return overrides
 
 
 def _preprocessing(prep, overrides: dict):
@@ -290,12 +295,13 @@ def _machine() -> dict:
 def table_rows(results: dict) -> list[tuple[str, str]]:
     """(measure, value) rows of the printed table."""
     decode, forward = results["decode_images_per_second"], results["forward_images_per_second"]
-    device = results["device_decode_images_per_second"]
-    rows = [
-        (f"decode + preprocess ({results['cores']} processes)", f"{decode:,.1f} images/s"),
-        (f"decode + preprocess on {results['device_decode']} (torchvision.io)", f"{device:,.1f} images/s"),
-        ("forward + reductions (synthetic tensors)", f"{forward:,.1f} images/s"),
-    ]
+    rows = [(f"decode + preprocess ({results['cores']} processes)", f"{decode:,.1f} images/s")]
+    if "device_decode" in results:
+        device = results["device_decode_images_per_second"]
+        rows.append(
+            (f"decode + preprocess on {results['device_decode']} (torchvision.io)", f"{device:,.1f} images/s")
+        )
+    rows.append(("forward + reductions (synthetic tensors)", f"{forward:,.1f} images/s"))
     if results.get("gpu_peak_mib"):
         rows.append(("peak GPU memory (forward)", f"{results['gpu_peak_mib']:,.0f} MiB"))
     if "finish" in results:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.index import own_cpu_seconds
+from pipeline.preprocess import DECODES
 
 SHARD = 1024
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--resize", type=int, default=None)
     parser.add_argument("--crop", type=int, default=None)
+    parser.add_argument("--decode", choices=DECODES, default=None)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     images = run(args)
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     refs = list_images(args.source)
     loaded = load_model(args.model)
-    overrides = {key: getattr(args, key) for key in ("resize", "crop") if getattr(args, key)}
+    overrides = {key: getattr(args, key) for key in ("resize", "crop", "decode") if getattr(args, key)}
     prep = dataclasses.replace(loaded.preprocessing, **overrides)
     layers = resolve_layers(loaded.module, [p for p in args.layers.split(",") if p], args.model)
     recorder = ActivationRecorder(loaded.module, layers, prep)

@@ -260,3 +260,13 @@ def test_a_rerun_with_nothing_to_do_starts_no_ray(natural_dataset, tmp_path):
     rerun = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert rerun.returncode == 0 and "no ray" in rerun.stdout, rerun.stderr
     assert "0 new this run" in rerun.stdout
+
+
+def test_decode_torchvision_with_device_decode_is_refused_in_one_line(natural_dataset, tmp_path):
+    args = ["index", natural_dataset, "--out", tmp_path / "idx", "--layers", "fc", "--executor", "local"]
+    result = invoke(*args, "--decode", "torchvision", "--device-decode")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "drop --device-decode" in lines[0] and "--decode fast" in lines[0]
+    assert invoke(*args, "--decode", "pil").exit_code == 2  # Typer lists the choices
+    assert not (tmp_path / "idx").exists()

@@ -284,3 +284,102 @@ def test_max_pixels_above_pillows_limit_is_honoured(tmp_path: Path, monkeypatch)
         Image.open(tmp_path / "big.png")  # 400 px is above Pillow's 2 x 150
     decoded = Decoder(Preprocessing(resize=8, crop=8), max_pixels=1_000)(str(tmp_path / "big.png"))
     assert decoded.error is None
+
+
+# --------------------------------------------------------------------------- decode="torchvision"
+
+
+def exif_jpeg(path: Path, img: Image.Image, orientation: int) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img.save(path, quality=90, exif=exif.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def torchvision_cases(tmp_path_factory, skimage_photos) -> list[Path]:
+    """EXIF-rotated JPEGs (orientations 6 and 3, one of them large), large JPEGs the fast path drafts, and
+    scikit-image's photos (RGB, grayscale and RGBA PNGs, JPEGs)."""
+    from pipeline.synthetic import synthetic_photo
+
+    folder = tmp_path_factory.mktemp("torchvision_cases")
+    cases = [
+        exif_jpeg(folder / "exif6.jpg", synthetic_photo(1, 500, 375), 6),
+        exif_jpeg(folder / "exif3.jpg", synthetic_photo(2, 375, 500), 3),
+        exif_jpeg(folder / "exif6_large.jpg", synthetic_photo(3, 2400, 1800), 6),
+    ]
+    for i, size in enumerate([(2400, 1800), (1600, 2600)]):
+        synthetic_photo(10 + i, *size).save(folder / f"large{i}.jpg", quality=90)
+        cases.append(folder / f"large{i}.jpg")
+    return cases + sorted(skimage_photos.iterdir())
+
+
+def torchvision_input(path: Path, prep: Preprocessing):
+    """The model input of torchvision's standard pipeline: its ImageFolder loader, then weights.transforms()
+    (ImageClassification) with `prep`'s sizes, interpolation, mean and std."""
+    from torchvision.models import ResNet50_Weights
+    from torchvision.transforms import InterpolationMode
+
+    transforms = ResNet50_Weights.IMAGENET1K_V2.transforms(
+        crop_size=prep.crop,
+        resize_size=prep.resize,
+        interpolation=InterpolationMode(prep.interpolation),
+        mean=prep.mean,
+        std=prep.std,
+    )
+    with open(path, "rb") as f:  # torchvision.datasets.folder.pil_loader
+        return transforms(Image.open(f).convert("RGB"))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_torchvision_decode_is_torchvisions_model_input_exactly(torchvision_cases, interpolation):
+    import torch
+
+    from pipeline.recorder import ActivationRecorder
+
+    prep = Preprocessing(256, 224, interpolation, decode="torchvision")
+    normalize = ActivationRecorder(torch.nn.Conv2d(3, 1, 1), [], prep).normalize  # the job's normalization
+    decoder, fast = Decoder(prep), Decoder(Preprocessing(256, 224, interpolation))
+    for path in torchvision_cases:
+        decoded = decoder(str(path))
+        assert decoded.error is None, (path.name, decoded.error)
+        expected = torchvision_input(path, prep)
+        assert torch.equal(normalize(decoded.pixels[None])[0], expected), path.name
+        assert (decoded.width, decoded.height) == Image.open(path).size  # the stored frame: no EXIF swap
+        if path.stem.startswith(("exif", "large")):  # the cases the fast path decodes differently
+            assert not np.array_equal(fast(str(path)).pixels, decoded.pixels), path.name
+
+
+def test_torchvision_decode_keeps_the_stored_frame_and_the_fast_one_turns_upright(tmp_path):
+    stored = np.zeros((STORED_H, STORED_W, 3), dtype=np.uint8)
+    stored[BLOCK] = RED
+    path = exif_jpeg(tmp_path / "rotated.jpg", Image.fromarray(stored), 6)
+    exact = Decoder(Preprocessing(STORED_H, STORED_H, "nearest", decode="torchvision"))(str(path))
+    fast = Decoder(Preprocessing(STORED_H, STORED_H, "nearest"))(str(path))
+    assert (exact.width, exact.height, fast.width, fast.height) == (64, 48, 48, 64)
+    left = (STORED_W - STORED_H) // 2  # the center crop of the stored 64x48 image
+    assert np.array_equal(red_mask(hwc(exact.pixels)), red_mask(stored[:, left : left + STORED_H]))
+    upright = np.rot90(stored, -1)  # 48 wide x 64 high; its center crop takes rows 8..55
+    assert np.array_equal(red_mask(hwc(fast.pixels)), red_mask(upright[8:56]))
+
+
+def test_torchvision_decode_drops_alpha_like_torchvision(tmp_path):
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0] = 200  # red, fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    exact = Decoder(Preprocessing(8, 8, "nearest", decode="torchvision"))(str(tmp_path / "clear.png"))
+    fast = Decoder(Preprocessing(8, 8, "nearest"))(str(tmp_path / "clear.png"))
+    assert (hwc(exact.pixels) == (200, 0, 0)).all() and (hwc(fast.pixels) == 255).all()
+
+
+def test_decode_must_be_fast_or_torchvision():
+    from pipeline.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="decode 'pil' is not one of fast, torchvision"):
+        Preprocessing(decode="pil")
+    assert (
+        Preprocessing.from_dict({**Preprocessing().to_dict(), "decode": "torchvision"}).decode
+        == "torchvision"
+    )
+    old = {k: v for k, v in Preprocessing().to_dict().items() if k != "decode"}  # an index from before
+    assert Preprocessing.from_dict(old).decode == "fast"

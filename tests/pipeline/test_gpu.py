@@ -475,3 +475,10 @@ def test_cuda_pipelined_loop_equals_one_batch_at_a_time(model):
         for name in a:
             np.testing.assert_allclose(a[name][0], b[name][0], rtol=1e-2, atol=1e-2)
             assert (a[name][1] == b[name][1]).mean() > 0.98
+
+
+def test_the_device_decoder_refuses_torchvision_decode():
+    from pipeline.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="--decode torchvision gives Pillow's pixels exactly"):
+        GpuDecoder(Preprocessing(decode="torchvision"), "cpu")

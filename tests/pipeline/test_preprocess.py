@@ -227,6 +227,34 @@ def test_to_original_stays_inside_the_image() -> None:
         assert np.all(out[:, 0] <= out[:, 2]) and np.all(out[:, 1] <= out[:, 3])
 
 
+def test_to_original_rounds_outwards_from_the_exact_fraction() -> None:
+    """Each end is floor / ceil of the exact rational position, so a whole-number end is never widened."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(11)
+    prep = Preprocessing(resize=72, crop=64)
+    widths, heights = rng.integers(64, 3000, 500), rng.integers(64, 3000, 500)
+    widths[0], heights[0] = (
+        200,
+        150,
+    )  # resized 96 x 72: crop x 44 lands on original x (44 + 16) * 200 / 96 = 125
+    boxes = np.sort(rng.integers(0, 65, (500, 2, 2)), axis=2).transpose(0, 2, 1).reshape(500, 4)
+    boxes[0] = (0, 0, 44, 64)
+    out = prep.to_original(boxes, widths, heights)
+    assert out[0].tolist() == [33, 8, 125, 142]
+    for (x0, y0, x1, y1), w, h, got in zip(boxes, widths, heights, out, strict=True):
+        rw, rh = prep.resized_size(int(w), int(h))
+        left, top = prep.crop_origin(rw, rh)
+        fx, fy = Fraction(int(w), rw), Fraction(int(h), rh)
+        want = (
+            max(0, math.floor((x0 + left) * fx)),
+            max(0, math.floor((y0 + top) * fy)),
+            min(w, math.ceil((x1 + left) * fx)),
+            min(h, math.ceil((y1 + top) * fy)),
+        )
+        assert got.tolist() == list(want), (w, h, (x0, y0, x1, y1))
+
+
 def test_to_original_of_an_empty_list() -> None:
     out = Preprocessing().to_original(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
     assert out.shape == (0, 4)
