@@ -5,4 +5,4 @@ ray job submit --working-dir . -- python -m jobs index PHOTOS/ --layers 'layer*'
 
 from jobs.cli import main
 
-main()
+main(prog_name="python -m jobs")

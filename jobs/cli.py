@@ -147,7 +147,15 @@ def index(
     store: Annotated[
         Store, typer.Option(help="dense: every image x unit in activations; topk: only the top-k table.")
     ] = Store.dense,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[
+        bool, typer.Option(help="Show a progress bar; with no terminal (batch logs), progress lines.")
+    ] = True,
+    progress_every: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="With no terminal: seconds between progress lines (shards, images/s, ETA)."
+        ),
+    ] = 30.0,
 ) -> None:
     """Index images: per image and unit, the max activation, where it peaked and its receptive-field box.
 
@@ -179,6 +187,7 @@ def index(
             device_decode=device_decode,
             store=store,
             progress=progress,
+            progress_every=progress_every,
             preprocessing=_preprocessing(resize, crop, interpolation, mean, std, decode),
         )
         summary = run_index(request)
@@ -562,6 +571,13 @@ def demo(
         raise _fail(exc) from None
 
 
-def main() -> None:
+def main(prog_name: str = "actindex") -> None:
     """`actindex` and `python -m jobs` (what `ray job submit ... -- python -m jobs index ...` runs)."""
-    app(prog_name="actindex")
+    app(prog_name=prog_name)
+
+
+def main_index(prog_name: str) -> None:
+    """The index command alone, as `python -m jobs.index SOURCE ...` (the older spelling) runs it."""
+    alone = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    alone.command()(index)
+    alone(prog_name=prog_name)

@@ -22,6 +22,8 @@ import datetime as dt
 import logging
 import os
 import shutil
+import sys
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -239,17 +241,18 @@ def _run(layout, executor, context, state, work: Work, manifest, request, clocks
     first: tuple[float, int] | None = None  # (when, images): the end of start-up
     done_images = 0
     cpu_loop = own_cpu_seconds()
-    with _progress(request.progress, work.images) as advance:
+    with _progress(request.progress, work.images, len(tasks), request.progress_every, started) as progress:
         for event in executor.run(context, tasks):
             if isinstance(event, ShardResult):
                 commit_marker(layout, event.marker())
                 fresh_ids.add(marker_id(event.marker()))
                 for layer, top in event.topk.items():
                     fresh[layer].merge(top)
+                progress.shard()
                 continue
-            first = first or (time.time(), event)
+            first = first or (time.time(), done_images + event)  # start-up ends with the first batch
             done_images += event
-            advance(event)
+            progress.images(event)
     loop_end, cpu_loop = time.time(), own_cpu_seconds() - cpu_loop
     shutil.rmtree(layout.journal_dir, ignore_errors=True)  # every shard is done: no journal is needed
     state = read_state(layout, repair=False)
@@ -324,7 +327,8 @@ def own_cpu_seconds() -> float:
 
 
 def _rate(images: int, seconds: float) -> float | None:
-    return images / seconds if images > 0 and seconds > 0 else None
+    """images / seconds; None for a window too short to measure (MIN_RATE_SECONDS)."""
+    return images / seconds if images > 0 and seconds >= MIN_RATE_SECONDS else None
 
 
 def _iso(seconds: float) -> str:
@@ -377,15 +381,83 @@ def _finish(layout, manifest: dict, markers: dict, topk_rows: int, counts: dict,
     return summary
 
 
+MIN_RATE_SECONDS = 3.0  # a rate over a shorter window says more about the clock than the job: shown as "-"
+STALL_SECONDS = 60.0  # a batch log says when nothing has finished for this long
+
+
 class _progress:
-    """Rich progress bar with images/s (drawn on stderr); a no-op when disabled."""
+    """Progress of a run, on stderr. On a terminal a rich bar; otherwise (a batch job's log) one line
+    every `every` seconds and one at the end: shards and images done, the rate after start-up, the time
+    left, and how long nothing has finished when the job seems stuck. Disabled: nothing."""
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
+    def __init__(self, enabled: bool, images: int, shards: int, every: float, started: float):
+        self.enabled, self.total, self.shards_total, self.every = enabled, images, shards, every
+        self.terminal = sys.stderr.isatty()
+        self.images_done = self.shards_done = 0
+        self.started, self.last_change = started, time.time()
+        self.first: tuple[float, int] | None = None  # (when, images) of the first progress: start-up over
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
 
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
+    def __enter__(self) -> _progress:
+        if self.enabled and self.terminal:
+            self._start_bar()
+        elif self.enabled:
+            threading.Thread(target=self._log_every, name="actindex-progress", daemon=True).start()
+        return self
+
+    def images(self, n: int) -> None:
+        with self.lock:
+            now = time.time()
+            self.first = self.first or (now, self.images_done + n)
+            self.images_done += n
+            self.last_change = now
+        if self.enabled and self.terminal:
+            self.bar.update(self.task, completed=self.images_done, rate=self._rate_text())
+
+    def shard(self) -> None:
+        with self.lock:
+            self.shards_done += 1
+            self.last_change = time.time()
+
+    def steady_rate(self) -> float | None:
+        """Images/s since the first progress (start-up excluded); None while the window is too short."""
+        if self.first is None:
+            return None
+        return _rate(self.images_done - self.first[1], time.time() - self.first[0])
+
+    def _rate_text(self) -> str:
+        rate = self.steady_rate()
+        return "-" if rate is None else f"{rate:,.1f}"
+
+    def line(self, final: bool = False) -> str:
+        """The batch-log line for now."""
+        with self.lock:
+            now = time.time()
+            head = (
+                f"actindex: {self.shards_done}/{self.shards_total} shards, "
+                f"{self.images_done:,}/{self.total:,} images"
+            )
+            if self.first is None and not final:
+                return (
+                    f"{head}; starting (loading the model, starting workers) for {now - self.started:.0f} s"
+                )
+            rate = self.steady_rate()
+            text = f"{head}, {self._rate_text()} images/s after start-up"
+            if final:
+                return f"{text}; done in {now - self.started:.1f} s"
+            left = self.total - self.images_done
+            text += f", ETA {_duration(left / rate)}" if rate else ", ETA -"
+            if now - self.last_change >= STALL_SECONDS:
+                stalled = now - self.last_change
+                text += f"; nothing finished for {stalled:.0f} s (see ray status, or the workers' logs)"
+            return text
+
+    def _log_every(self) -> None:
+        while not self.stop.wait(self.every):
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def _start_bar(self) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -399,16 +471,22 @@ class _progress:
             refresh_per_second=2,  # drawing costs the driver CPU: twice a second is enough to read
         )
         self.bar.start()
-        task = self.bar.add_task("index", total=self.total, rate="-")
-        start = time.time()
-
-        def advance(n: int) -> None:
-            self.bar.advance(task, n)
-            done = self.bar.tasks[0].completed
-            self.bar.update(task, rate=f"{done / max(time.time() - start, 1e-9):.1f}")
-
-        return advance
+        self.task = self.bar.add_task("index", total=self.total, rate="-")
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
+        self.stop.set()
+        if self.enabled and self.terminal:
             self.bar.stop()
+        elif self.enabled and exc[0] is None:
+            print(self.line(final=True), file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+if __name__ == "__main__":  # `python -m jobs.index SOURCE ...` is `python -m jobs index SOURCE ...`
+    from jobs.cli import main_index
+
+    main_index(prog_name="python -m jobs.index")

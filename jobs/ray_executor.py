@@ -58,8 +58,7 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    # Ray's C++ core logs notices about actors' constructor arguments at error level; they are not ours.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    # RAY_BACKEND_LOG_LEVEL is left alone: setting it makes Ray's C++ core print a line saying so.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local throwaway Ray; a cluster sets its own mode
     logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
     ray.init(

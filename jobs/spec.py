@@ -123,7 +123,8 @@ class IndexRequest:
     overwrite: bool = False  # clear an index made with other parameters instead of refusing
     prune: bool = False  # drop indexed images that are no longer in the dataset
     trust_code: bool = False  # allow models that execute code when loaded (TorchScript, python:)
-    progress: bool = True  # show a progress bar
+    progress: bool = True  # show a progress bar (on a terminal) or progress lines (in a log)
+    progress_every: float = 30.0  # seconds between progress lines when stderr is not a terminal
     extra: dict = field(default_factory=dict)  # free-form notes stored in run.json
 
     def __post_init__(self) -> None:

@@ -326,7 +326,7 @@ def table_rows(results: dict) -> list[tuple[str, str]]:
                 (
                     f"end to end, {label} ({run['images']} images, whole process)",
                     f"{run['images_per_second']:,.1f} images/s"
-                    + (f" ({steady:,.1f} after start-up)" if steady else "")
+                    + f" ({'-' if steady is None else f'{steady:,.1f}'} after start-up)"
                     + f"; process CPU {run['cpu_seconds']:,.1f} s, peak RSS {run['peak_rss_mib']:,.0f} MiB",
                 )
             )

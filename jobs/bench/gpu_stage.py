@@ -514,11 +514,12 @@ def report(results: dict) -> None:
     ]
     job = results.get("job")
     if job:
-        steady = job["images_per_s_after_startup"] or 0.0
+        steady = job["images_per_s_after_startup"]
+        steady = "-" if steady is None else f"{steady:,.0f}"  # too short a run to measure
         rows += [
             (
                 f"(d) whole job, --executor local, {job['images']:,} files",
-                f"{job['images_per_s']:,.0f} images/s ({steady:,.0f} after start-up); "
+                f"{job['images_per_s']:,.0f} images/s ({steady} after start-up); "
                 f"{job['images_per_s'] / results['end_to_end_images_per_s']:.2f}x of (c)",
             ),
             (

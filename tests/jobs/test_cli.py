@@ -207,9 +207,14 @@ def test_python_m_jobs_is_the_cli_without_an_import_cycle():
     )
     assert (
         done.returncode == 0
-        and "Usage: actindex index" in done.stdout
+        and "Usage: python -m jobs index [OPTIONS]" in done.stdout
         and "RuntimeWarning" not in done.stderr
     )
+    older = subprocess.run(
+        [sys.executable, "-m", "jobs.index", "--help"], capture_output=True, text=True, env=env
+    )
+    assert older.returncode == 0 and "Usage: python -m jobs.index [OPTIONS]" in older.stdout, older.stderr
+    assert "RuntimeWarning" not in older.stderr
     for choices in (
         "<ray|local>",
         "<auto|cpu|cuda>",

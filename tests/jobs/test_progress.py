@@ -1,0 +1,52 @@
+"""Progress in a batch log (stderr not a terminal): one line every N seconds, and one at the end."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from jobs.index import _progress
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_a_job_without_a_terminal_logs_progress_lines(natural_dataset, tmp_path):
+    # Slow sleeps a second per forward: 7 batches of 2 make the run last over 7 s, lines come every 0.5 s
+    command = [
+        sys.executable, "-m", "jobs", "index", str(natural_dataset), "--out", str(tmp_path / "idx"),
+        "--model", "python:tests.faults:Slow", "--trust-code", "--layers", "layer4", "--resize", "32",
+        "--crop", "32", "--batch-size", "2", "--shard-size", "4", "--executor", "local",
+        "--progress-every", "0.5",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("actindex: ")]
+    assert len(lines) >= 5, done.stderr
+    pattern = re.compile(r"actindex: (\d+)/4 shards, (\d+)/14 images")
+    counts = [tuple(map(int, pattern.match(line).groups())) for line in lines]
+    assert counts == sorted(counts) and counts[-1] == (4, 14)  # never backwards, complete at the end
+    assert re.search(r", ETA (\d+:\d\d:\d\d|-)$", lines[-2])  # a periodic line
+    assert re.fullmatch(
+        r"actindex: 4/4 shards, 14/14 images, [\d.,]+ images/s after start-up; done in [\d.]+ s", lines[-1]
+    )
+    assert "━" not in done.stderr  # no progress bar drawn into a log
+
+
+def test_progress_lines_show_start_up_rates_and_a_stall():
+    progress = _progress(True, images=100, shards=4, every=30.0, started=time.time() - 12)
+    assert (
+        progress.line()
+        == "actindex: 0/4 shards, 0/100 images; starting (loading the model, starting workers) for 12 s"
+    )
+    progress.images(25)
+    progress.shard()
+    # too short a window for a rate: "-", and no ETA from it
+    assert progress.line() == "actindex: 1/4 shards, 25/100 images, - images/s after start-up, ETA -"
+    progress.first = (time.time() - 10, 5)  # 20 images in the 10 s since start-up ended
+    progress.last_change = time.time() - 75
+    line = progress.line()
+    assert line.startswith("actindex: 1/4 shards, 25/100 images, 2.0 images/s after start-up, ETA 0:00:3")
+    assert "nothing finished for 75 s" in line
