@@ -12,6 +12,7 @@ Random weights are seeded, so every worker of a job builds the same network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import InvalidInputError, UnknownNameError
+from pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError
 from pipeline.model_args import (  # noqa: F401 - UntrustedCodeError is part of this module's interface
     BUILTIN_EFFICIENTNET,
     TORCHSCRIPT_SUFFIXES,
@@ -64,6 +65,10 @@ def load_model(name: str, weights: str | None = None, trust_code: bool = False) 
         label = weights
     module.eval()
     return LoadedModel(module, prep, label, state_dict_sha256(module))
+
+
+class WeightsUnavailableError(MissingInputError):
+    """DEFAULT weights could not be downloaded (no internet, a proxy, a bad cache)."""
 
 
 class ScriptedModel(torch.nn.Module):
@@ -154,7 +159,8 @@ def _timm(name: str, weights: str | None) -> tuple[torch.nn.Module, Preprocessin
     if name not in timm.list_models(name):
         close = timm.list_models(f"*{name[:6]}*")[:8]
         raise UnknownNameError(f"timm has no model {name!r}; close names: {', '.join(close) or 'none'}")
-    module = _seeded(lambda: timm.create_model(name, pretrained=weights == "DEFAULT"))
+    with _downloading(f"timm:{name}", "the timm pretrained weights (Hugging Face Hub)"):
+        module = _seeded(lambda: timm.create_model(name, pretrained=weights == "DEFAULT"))
     cfg = module.pretrained_cfg
     crop = int(cfg.get("input_size", (3, 224, 224))[-1])
     prep = Preprocessing(
@@ -181,9 +187,25 @@ def _torchvision(name: str, weights: str | None) -> tuple[torch.nn.Module, Prepr
         )
     if weights == "DEFAULT":
         enum = torchvision.models.get_model_weights(name).DEFAULT
-        module = torchvision.models.get_model(name, weights=enum)
+        with _downloading(name, enum.url):
+            module = torchvision.models.get_model(name, weights=enum)
         return module, _from_torchvision_transforms(enum.transforms()), "DEFAULT"
     return _seeded(lambda: torchvision.models.get_model(name, weights=None)), IMAGENET, "random"
+
+
+@contextlib.contextmanager
+def _downloading(name: str, where: str):
+    """DEFAULT weights are downloaded on first use: where that fails (no internet), one line that names
+    the fix instead of a network stack trace."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(getattr(exc, "reason", None) or exc).split())[:200]
+        raise WeightsUnavailableError(
+            f"could not download the DEFAULT weights of {name} from {where} ({type(exc).__name__}: "
+            f"{reason}); without internet, fetch that file elsewhere and pass --weights FILE.pth "
+            "(a state dict), or copy it into torch's cache ($TORCH_HOME/hub/checkpoints)"
+        ) from exc
 
 
 def _from_torchvision_transforms(transforms) -> Preprocessing:

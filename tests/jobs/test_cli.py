@@ -275,3 +275,23 @@ def test_decode_torchvision_with_device_decode_is_refused_in_one_line(natural_da
     assert len(lines) == 1 and "drop --device-decode" in lines[0] and "--decode fast" in lines[0]
     assert invoke(*args, "--decode", "pil").exit_code == 2  # Typer lists the choices
     assert not (tmp_path / "idx").exists()
+
+
+def test_default_weights_offline_give_one_line_naming_the_fix(natural_dataset, tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    for args in (
+        ["layers", "resnet18", "--weights", "DEFAULT"],
+        ["index", natural_dataset, "--out", tmp_path / "idx", "--model", "resnet18", "--weights", "DEFAULT",
+         "--layers", "layer4", "--executor", "local", "--no-progress"],
+    ):  # fmt: skip
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.output
+        assert "could not download the DEFAULT weights of resnet18" in lines[0]
+        assert "resnet18-f37072fd.pth" in lines[0] and "--weights FILE.pth" in lines[0]
