@@ -36,7 +36,16 @@ from jobs.executor import open_executor
 from jobs.finalize import set_topk_aside, topk_is_current, write_topk
 from jobs.incremental import Work, apply_prune, plan_work, read_state, remove_orphans
 from jobs.lock import IndexLock
-from jobs.spec import EXECUTION_PARAMS, Device, IndexRequest, RunSpec, differences, resolve_spec
+from jobs.spec import (
+    EXECUTION_PARAMS,
+    Device,
+    IndexRequest,
+    RunSpec,
+    differences,
+    pinned_differences,
+    pinned_params,
+    resolve_spec,
+)
 from jobs.worker import ShardResult, ShardTask, WorkContext, plan_model
 from pipeline import schema
 from pipeline.errors import UserError
@@ -90,10 +99,11 @@ class Summary:
 def run_index(request: IndexRequest) -> Summary:
     started, cpu = time.time(), own_cpu_seconds()
     layout = IndexLayout(request.out)
-    refs, listing_errors = _list(request)
     root = dataset_root(request.source)
     with IndexLock(layout.root), ExitStack() as stack:
         _check_directory(layout, request.overwrite)
+        _check_pinned(layout, pinned_params(request, root), request.overwrite)
+        refs, listing_errors = _list(request)
         executor, plan = _start(request, layout, refs, stack)
         existing = _check_index(layout, _params(request, plan, root, gpus=None), request.overwrite)
         state = read_state(layout)
@@ -184,6 +194,17 @@ def _check_directory(layout: IndexLayout, overwrite: bool) -> None:
         )
 
 
+def _check_pinned(layout: IndexLayout, pinned: dict, overwrite: bool) -> None:
+    """Refuse, before the images are listed or the model loaded, a rerun whose request already differs
+    from the index's parameters (unless --overwrite)."""
+    existing = layout.read_manifest()
+    if existing is None or overwrite:
+        return
+    changed = pinned_differences(existing["params"], pinned)
+    if changed:
+        raise _mismatch(layout, changed)
+
+
 def _check_index(layout: IndexLayout, params: dict, overwrite: bool) -> dict | None:
     """The index's manifest when it was made with `params` (those not resolved per worker); None when
     the directory is new or empty (or was cleared by --overwrite). Refuses anything else."""
@@ -209,12 +230,15 @@ def _with_defaults(manifest: dict) -> dict:
 
 def _refuse_or_clear(layout: IndexLayout, old: dict, new: dict, overwrite: bool, keys=None) -> None:
     if not overwrite:
-        changed = "; ".join(differences(old, new, keys))
-        raise IndexMismatchError(
-            f"{layout.root} holds an index made with different parameters ({changed}); "
-            "use another --out, or --overwrite to replace it"
-        )
+        raise _mismatch(layout, differences(old, new, keys))
     layout.clear()
+
+
+def _mismatch(layout: IndexLayout, changed: list[str]) -> IndexMismatchError:
+    return IndexMismatchError(
+        f"{layout.root} holds an index made with different parameters ({'; '.join(changed)}); "
+        "use another --out, or --overwrite to replace it"
+    )
 
 
 def read_geometry(layout: IndexLayout) -> tuple[dict[str, LayerInfo], dict[str, ReceptiveField]]:

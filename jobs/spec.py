@@ -214,6 +214,52 @@ def _device_decode(request: IndexRequest, preprocessing: Preprocessing, device: 
     return request.device_decode
 
 
+def pinned_params(request: IndexRequest, dataset_root: str) -> dict:
+    """The run.json params that `request` fixes before any model is loaded or worker started: what a
+    rerun can compare with the index at once. Layers given as globs, the weights' hash, the model's own
+    preprocessing and every "auto" are only known later, and are left out."""
+    pinned = {
+        "model": request.model,
+        "k": request.k,
+        "shard_size": request.shard_size,
+        "max_pixels": request.max_pixels,
+        "dataset_root": dataset_root,
+        "store": request.store.value,
+        "compile": request.compile,
+    }
+    if request.weights is not None:
+        pinned["weights"] = request.weights
+    if not any(char in pattern for pattern in request.layers for char in "*?["):
+        pinned["layers"] = list(request.layers)
+    if isinstance(request.preprocessing, Preprocessing):
+        pinned["preprocessing"] = request.preprocessing.to_dict()
+    elif request.preprocessing:
+        pinned["preprocessing"] = dict(request.preprocessing)
+    for name in ("device", "precision"):
+        if getattr(request, name).value != "auto":
+            pinned[name] = getattr(request, name).value
+    if request.device_decode is not None:
+        pinned["device_decode"] = request.device_decode
+    if request.batch_size is not None:
+        pinned["batch_size"] = request.batch_size
+    return pinned
+
+
+def pinned_differences(recorded: dict, pinned: dict) -> list[str]:
+    """`differences` limited to what `pinned` fixes (inside the preprocessing too)."""
+    changed = []
+    for key, value in pinned.items():
+        old = recorded.get(key)
+        if key == "preprocessing" and isinstance(old, dict):
+            old = {name: old.get(name) for name in value}
+            value = {name: list(v) if isinstance(v, tuple) else v for name, v in value.items()}
+        elif key == "layers" and old is not None:
+            old, value = sorted(old), sorted(value)  # order is the model's: checked once it is loaded
+        if old != value:
+            changed += differences({key: old}, {key: value})
+    return changed
+
+
 def differences(old: dict, new: dict, keys=None) -> list[str]:
     """'name: old -> new' for each of `keys` (default: all) whose values differ, for one-line refusals;
     dicts (the preprocessing) name the values inside them that differ ('preprocessing.decode: ...')."""

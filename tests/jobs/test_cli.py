@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -295,3 +296,48 @@ def test_default_weights_offline_give_one_line_naming_the_fix(natural_dataset, t
         assert len(lines) == 1 and "Traceback" not in result.output
         assert "could not download the DEFAULT weights of resnet18" in lines[0]
         assert "resnet18-f37072fd.pth" in lines[0] and "--weights FILE.pth" in lines[0]
+
+
+def test_a_mismatch_is_refused_before_the_images_are_listed_or_the_model_loaded(
+    planted_cli_index, tmp_path, monkeypatch
+):
+    import shutil
+
+    out = tmp_path / "idx"
+    shutil.copytree(planted_cli_index[0], out)
+    (out / "_done" / "shard-00000.json").unlink()  # a rerun would have work to do
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the model was loaded or the images listed before the refusal")
+
+    monkeypatch.setattr("jobs.index._start", too_late)
+    monkeypatch.setattr("jobs.index.list_images", too_late)
+    source = str(json.loads((out / "run.json").read_text())["source"])
+    base = ["index", source, "--out", out, "--model", PLANTED, "--layers", "relu1,relu2,head", "--trust-code"]
+    base += ["--executor", "local", "--no-progress", "--shard-size", "4"]
+    prep = [
+        "--resize",
+        "64",
+        "--crop",
+        "64",
+        "--interpolation",
+        "nearest",
+        "--mean",
+        "0,0,0",
+        "--std",
+        "1,1,1",
+    ]
+    for extra, said in [
+        (["--k", "5", *prep], "k: 3 -> 5"),
+        (["--k", "3", "--resize", "72", "--crop", "64"], "preprocessing.resize: 64 -> 72"),
+        (["--k", "3", *prep, "--store", "topk"], "store: dense -> topk"),
+        (["--k", "3", *prep, "--precision", "bf16"], "precision: fp32 -> bf16"),
+    ]:
+        result = invoke(*base, *extra)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and said in lines[0] and "--overwrite" in lines[0], lines
+    result = invoke(*base[:7], "relu1,head", *base[8:], "--k", "3", *prep)
+    assert (
+        result.exit_code == 2 and "layers: ['head', 'relu1', 'relu2'] -> ['head', 'relu1']" in result.output
+    )
