@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 
@@ -29,13 +30,53 @@ def test_views_have_the_documented_schema(planted_index, table):
     assert described == expected
 
 
-def test_readme_documents_every_column():
+def test_docs_tables_is_generated_from_the_schema():
     text = (Path(__file__).parents[2] / "docs" / "tables.md").read_text()
-    for name, table in schema.TABLES.items():
-        assert f"## {name}" in text
-        assert schema.markdown(table) in text, (
-            f"docs/tables.md is stale for {name}: run python -m pipeline.schema"
+    assert text == schema.tables_markdown(), (
+        "docs/tables.md is stale: python -m pipeline.schema > docs/tables.md"
+    )
+
+
+STATUS_VALUES = "(`ok`/`error`)"  # the values of images.status, named in the README's images entry
+
+
+def readme_table_entries() -> dict[str, set[str]]:
+    """The README's short list of each table's columns: {table: every `name` its entry mentions}."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text[text.index("## The index on disk") :]
+    entries = re.findall(r"^- `(\w+)`: (.*?)(?=^- `|^$)", section, flags=re.M | re.S)
+    return {
+        name: set(re.findall(r"`([a-z_*0-9]+)`", body.replace(STATUS_VALUES, ""))) for name, body in entries
+    }
+
+
+def test_readme_lists_exactly_the_columns_of_every_table():
+    entries = readme_table_entries()
+    assert set(entries) == set(schema.TABLES)
+    for name, mentioned in entries.items():
+        columns = schema.TABLES[name].names
+        for word in mentioned:  # a name the README gives that the table does not have (`shard` once)
+            assert any(fnmatch.fnmatchcase(c, word) for c in columns), (
+                f"README: {name} has no column {word!r}"
+            )
+        for column in columns:  # a column the README forgets
+            assert any(fnmatch.fnmatchcase(column, w) for w in mentioned), f"README: {name}.{column} missing"
+
+
+def test_the_readme_check_catches_a_column_that_does_not_exist(monkeypatch):
+    real = Path.read_text
+
+    def with_shard(self, *args, **kwargs):
+        text = real(self, *args, **kwargs)
+        return (
+            text.replace("`label`, `status`", "`label`, `shard`, `status`")
+            if self.name == "README.md"
+            else text
         )
+
+    monkeypatch.setattr(Path, "read_text", with_shard)
+    with pytest.raises(AssertionError, match="images has no column 'shard'"):
+        test_readme_lists_exactly_the_columns_of_every_table()
 
 
 def test_empty_index_has_empty_views(tmp_path):
