@@ -406,7 +406,7 @@ def _finish(layout, manifest: dict, markers: dict, topk_rows: int, counts: dict,
 
 
 MIN_RATE_SECONDS = 3.0  # a rate over a shorter window says more about the clock than the job: shown as "-"
-STALL_SECONDS = 60.0  # a batch log says when nothing has finished for this long
+STALL_SECONDS = 30.0  # a batch log says when nothing (not even a batch) has finished for this long
 
 
 class _progress:

@@ -250,8 +250,9 @@ def pinned_differences(recorded: dict, pinned: dict) -> list[str]:
     changed = []
     for key, value in pinned.items():
         old = recorded.get(key)
-        if key == "preprocessing" and isinstance(old, dict):
-            old = {name: old.get(name) for name in value}
+        if key == "preprocessing" and isinstance(old, dict):  # an older index may lack newer fields
+            old = Preprocessing.from_dict(old).to_dict()
+            old = {name: list(v) if isinstance(v, tuple) else v for name, v in old.items() if name in value}
             value = {name: list(v) if isinstance(v, tuple) else v for name, v in value.items()}
         elif key == "layers" and old is not None:
             old, value = sorted(old), sorted(value)  # order is the model's: checked once it is loaded

@@ -110,7 +110,8 @@ def _layers_table() -> pa.Table:
 
 
 def _write_unsorted(path: Path, written: Path, rng: np.random.Generator) -> None:
-    table = pq.read_table(written)
+    table = pq.read_table(written)  # its layer is its directory's name: the unsorted copy carries it
+    table = table.add_column(1, "layer", pa.array([LAYER] * table.num_rows, pa.string()))
     shuffled = table.take(rng.permutation(table.num_rows))
     write_parquet(shuffled, path, None, row_group_size=ROWS_PER_GROUP, use_byte_stream_split=["act"])
 

@@ -68,7 +68,7 @@ def test_query_bench_index_is_a_real_index_with_sorted_and_unsorted_copies(tmp_p
     files = str(tmp_path / "index" / "activations" / "*" / "*.parquet")
     first_units = con.sql(f"SELECT unit, act FROM read_parquet('{files}') LIMIT 3").fetchall()
     assert [u for u, _ in first_units] == [0, 0, 0] and first_units[0][1] >= first_units[1][1]
-    topk = con.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/index/topk/*.parquet')").fetchall()[0][0]
+    topk = con.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/index/topk/*/*.parquet')").fetchall()[0][0]
     assert topk == UNITS * 100
 
 

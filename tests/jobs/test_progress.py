@@ -46,7 +46,7 @@ def test_progress_lines_show_start_up_rates_and_a_stall():
     # too short a window for a rate: "-", and no ETA from it
     assert progress.line() == "actindex: 1/4 shards, 25/100 images, - images/s after start-up, ETA -"
     progress.first = (time.time() - 10, 5)  # 20 images in the 10 s since start-up ended
-    progress.last_change = time.time() - 75
+    progress.last_change = time.time() - 45
     line = progress.line()
     assert line.startswith("actindex: 1/4 shards, 25/100 images, 2.0 images/s after start-up, ETA 0:00:3")
-    assert "nothing finished for 75 s" in line
+    assert "nothing finished for 45 s" in line

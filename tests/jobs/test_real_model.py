@@ -82,10 +82,10 @@ def test_a_topk_only_index_has_the_same_topk_and_no_activations(photo_index, ski
     runner = CliRunner()
     top = runner.invoke(app, ["top", str(out), "--layer", "classifier", "--unit", "967", "--k", "1"])
     assert top.exit_code == 0 and "coffee.png" in top.output
-    sheet = runner.invoke(
-        app,
-        ["grid", str(out), "--layer", "classifier", "--units", "967,282", "--out", str(tmp_path / "g.png")],
-    )
+    grid = ["grid", str(out), "--layer", "classifier", "--units", "967,282", "--out", str(tmp_path / "g.png")]
+    sheet = runner.invoke(app, grid)  # --k 9 by default: more than this index kept, and no activations
+    assert sheet.exit_code == 2 and "kept the top 3" in sheet.output and not (tmp_path / "g.png").exists()
+    sheet = runner.invoke(app, [*grid, "--k", "3"])
     assert sheet.exit_code == 0 and (tmp_path / "g.png").is_file()
     status = runner.invoke(app, ["status", str(out)])
     assert status.exit_code == 0 and f"{summary.indexed} ok" in status.output
