@@ -60,6 +60,10 @@ def errors(validator, document) -> list[str]:
 def test_the_manifest_is_a_valid_rayjob(validator, manifest):
     assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayJob")
     assert errors(validator, manifest) == []
+    cluster = manifest["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    images = {c["image"] for pod in pods for c in pod["template"]["spec"]["containers"]}
+    assert all(image.startswith(f"rayproject/ray:{cluster['rayVersion']}-") for image in images), images
 
 
 def test_its_entrypoint_is_an_index_command_whose_options_parse(manifest):
