@@ -1,10 +1,20 @@
-"""On PYTHONPATH of one node of a test cluster (its raylet's env_vars): a worker there writes a shard's
-first activations file, says so with a file in ACTINDEX_TEST_PAUSE_DIR, then hangs, so that the test can
-remove the node while the shard is half written."""
+"""On PYTHONPATH of the nodes of a test cluster (a raylet's env_vars, or the environment of `ray start`).
+
+ACTINDEX_TEST_PAUSE_DIR: a worker there writes a shard's first activations file, says so with a file in
+that folder, then hangs, so that the test can remove the node while the shard is half written.
+
+ACTINDEX_TEST_BARRIER_DIR: a Ray worker there writes no activations file until ACTINDEX_TEST_BARRIER_COUNT
+workers (on any node) have one to write, so that every node's model actor computes shards, whichever
+actor starts first (the first ones hold their shards; the others take the rest of the queue).
+"""
 
 import os
+import sys
+import time
 
 _FOLDER = os.environ.get("ACTINDEX_TEST_PAUSE_DIR")
+_BARRIER = os.environ.get("ACTINDEX_TEST_BARRIER_DIR")
+_BARRIER_WAIT_S = 120  # a missing worker fails the test's checks; it does not hang the job
 
 if _FOLDER:
     try:
@@ -15,11 +25,29 @@ if _FOLDER:
         _write = _writer.write_activations
 
         def _write_then_hang(table, path, metadata):
-            import time
-
             _write(table, path, metadata)
             with open(os.path.join(_FOLDER, f"paused-{os.getpid()}"), "w") as f:
                 f.write(str(path))
             time.sleep(3600)
 
         _writer.write_activations = _write_then_hang
+
+# only Ray's workers: its agents and dashboard processes need not import the project
+if _BARRIER and sys.argv and sys.argv[0].endswith("default_worker.py"):
+    try:
+        import pipeline.writer as _writer
+    except ImportError:
+        _writer = None
+    if _writer is not None:
+        _write_first = _writer.write_activations
+        _count = int(os.environ.get("ACTINDEX_TEST_BARRIER_COUNT", "2"))
+
+        def _write_after_barrier(table, path, metadata):
+            with open(os.path.join(_BARRIER, f"worker-{os.getpid()}"), "w") as f:
+                f.write(str(path))
+            deadline = time.monotonic() + _BARRIER_WAIT_S
+            while len(os.listdir(_BARRIER)) < _count and time.monotonic() < deadline:
+                time.sleep(0.1)
+            _write_first(table, path, metadata)
+
+        _writer.write_activations = _write_after_barrier

@@ -1,0 +1,266 @@
+"""The README's cluster recipe, run as written: a head and a second node started with `ray start` (token
+auth, as Ray 2.60 wants it), the job submitted with `ray job submit --working-dir . -- python -m jobs index
+...`, its log read back with `ray job logs`, and the index it wrote compared with `--executor local`'s.
+
+The commands come from the README's code block. The test fills in its placeholders (HEAD, SECRET, PHOTOS/,
+/shared/idx/, JOB_ID, the default ports) and appends only what running both nodes on one machine needs
+(their own ports, one temp dir, two CPUs each, `--block` to keep each node in a session of its own) and,
+to the job, `--resize 64 --crop 64 --shard-size 2` so that 14 small images make 7 quick shards. A node
+plugin (tests/node_plugin) holds each worker's first write until both nodes' actors have shards, so both
+nodes write some whichever actor starts first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.writer import IndexLayout
+from tests.tables import assert_same_tables
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).parents[2]
+NODE_PLUGIN = REPO / "tests" / "node_plugin"
+TEST_SIZE = ["--resize", "64", "--crop", "64", "--shard-size", "2"]
+CPUS = 2  # per node; the local run uses as many torch threads, so both give the same bits
+WAIT_S = 180  # for a node or the cluster to come up (a bound for failures, not a timing assertion)
+
+
+def readme_commands() -> list[list[str]]:
+    """The lines of the bash block of the README's "On a cluster" section, as argument lists."""
+    section = (REPO / "README.md").read_text().split("### On a cluster\n", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert block, "README: no bash block in 'On a cluster'"
+    return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line.strip()]
+
+
+def command(commands: list[list[str]], *prefix: str) -> list[str]:
+    found = [args for args in commands if args[: len(prefix)] == list(prefix)]
+    assert found, f"README: no `{' '.join(prefix)} ...` line in the cluster recipe"
+    return found[0]
+
+
+def fill(args: list[str], values: dict[str, str]) -> list[str]:
+    """Each placeholder (a word, like HEAD or 6379) replaced by its value."""
+    pattern = re.compile("|".join(rf"(?<!\w){re.escape(key)}(?!\w)" for key in values))
+    return [pattern.sub(lambda m: values[m.group(0)], arg) for arg in args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_options(temp_dir: str) -> list[str]:
+    """What a second node on the same machine needs: its own ports, the cluster's temp dir."""
+    ports = (
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    )
+    return [f"--{name}={free_port()}" for name in ports] + [
+        "--min-worker-port=0",  # any free port
+        "--max-worker-port=0",
+        f"--num-cpus={CPUS}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        "--block",
+    ]
+
+
+def _proc_table() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, ppid, session) of every process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = (fields[0], int(fields[1]), int(fields[3]))
+    return table
+
+
+class LocalCluster:
+    """Ray nodes started with `ray start --block`, each in a session of its own; `stop()` kills every
+    session they and their descendants (Ray's job drivers start their own) run in, and returns the pids
+    still alive after that (none, or the test fails)."""
+
+    def __init__(self, temp_dir: str, env: dict[str, str]):
+        self.temp_dir, self.env = temp_dir, env
+        self.nodes: list[subprocess.Popen] = []
+
+    def start(self, args: list[str]) -> None:
+        log_path = Path(self.temp_dir) / f"node-{len(self.nodes)}.log"
+        with open(log_path, "w") as log:
+            node = subprocess.Popen(
+                args, env=self.env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.nodes.append(node)
+        deadline = time.monotonic() + WAIT_S
+        while "Ray runtime started" not in log_path.read_text():
+            assert node.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+
+    def sessions(self) -> set[int]:
+        table = _proc_table()
+        ours = {node.pid for node in self.nodes}
+        while True:  # every descendant of the nodes, whatever session it made for itself
+            more = {pid for pid, (_, ppid, _) in table.items() if ppid in ours} - ours
+            if not more:
+                break
+            ours |= more
+        return {node.pid for node in self.nodes} | {table[pid][2] for pid in ours if pid in table}
+
+    def stop(self) -> list[int]:
+        sessions = self.sessions()
+        for node in self.nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGTERM)  # `ray start` stops its node's processes
+        for node in self.nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(timeout=5)
+        deadline = time.monotonic() + 30
+        while (left := self._alive(sessions)) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        for node in self.nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(timeout=5)
+        return self._alive(sessions)
+
+    @staticmethod
+    def _alive(sessions: set[int]) -> list[int]:
+        return [pid for pid, (state, _, sid) in _proc_table().items() if sid in sessions and state != "Z"]
+
+
+def ray_cli(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, capture_output=True, text=True, cwd=REPO, **kwargs)
+
+
+def alive_nodes(env: dict[str, str]) -> list[dict]:
+    listed = ray_cli(["ray", "list", "nodes", "--format", "json"], env, timeout=120)
+    if listed.returncode != 0:
+        return []
+    return [node for node in json.loads(listed.stdout) if node["state"] == "ALIVE"]
+
+
+@dataclass
+class RunningCluster:
+    values: dict[str, str]  # the README's placeholders for this cluster (HEAD, SECRET, ports)
+    client: dict[str, str]  # the environment of a client: the README's exports
+    temp_dir: Path  # Ray's, where the working dir is unpacked
+    node_ids: set[str]
+    barrier: Path  # one file per worker that wrote (tests/node_plugin)
+
+
+@pytest.fixture
+def readme_cluster(tmp_path):
+    """The README's head and one more node, on this machine, with token auth."""
+    commands = readme_commands()
+    gcs, dashboard = free_port(), free_port()
+    values = {"HEAD": "127.0.0.1", "6379": str(gcs), "8265": str(dashboard), "SECRET": secrets.token_hex(32)}
+    exported = dict(
+        assignment.split("=", 1)
+        for args in commands
+        if args[0] == "export"
+        for assignment in fill(args[1:], values)
+    )
+    assert exported.get("RAY_AUTH_MODE") == "token", "README: the recipe should turn token auth on"
+    assert exported.get("RAY_ADDRESS") == f"http://127.0.0.1:{dashboard}", "README: RAY_ADDRESS for submit"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
+    # `ray` and the job's `python` are this environment's, even where it is not activated
+    base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
+    client = {**base, **exported}
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    nodes_env = {**client, "PYTHONPATH": str(NODE_PLUGIN), "ACTINDEX_TEST_BARRIER_DIR": str(barrier)}
+    nodes_env.pop("RAY_ADDRESS")  # each `ray start` is given its address
+    temp_dir = tempfile.mkdtemp(prefix="actindex-ray-", dir="/tmp")  # Ray's socket paths must be short
+    cluster = LocalCluster(temp_dir, nodes_env)
+    try:
+        head = fill(command(commands, "ray", "start", "--head"), values) + node_options(temp_dir)
+        cluster.start(head + [f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}"])
+        node = fill(command(commands, "ray", "start", "--address=HEAD:6379"), values) + node_options(temp_dir)
+        cluster.start(node)
+        deadline = time.monotonic() + WAIT_S
+        while len(nodes := alive_nodes(client)) < 2:
+            assert time.monotonic() < deadline, "the second node did not join"
+            time.sleep(1)
+        yield RunningCluster(values, client, Path(temp_dir), {node["node_id"] for node in nodes}, barrier)
+    finally:
+        left = cluster.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not left, f"processes of the test cluster still running: {left}"
+
+
+def test_readme_recipe_runs_on_two_nodes_and_equals_the_local_executor(
+    readme_cluster, natural_dataset, tmp_path
+):
+    cluster, commands = readme_cluster, readme_commands()
+    client = cluster.client
+    out, local = tmp_path / "idx", tmp_path / "local"
+    values = {**cluster.values, "PHOTOS/": f"{natural_dataset}/", "/shared/idx/": f"{out}/"}
+    submit = fill(command(commands, "ray", "job", "submit"), values) + TEST_SIZE
+    assert submit[:5] == ["ray", "job", "submit", "--working-dir", "."]
+    assert submit[5:10] == ["--", "python", "-m", "jobs", "index"]
+
+    submitted = ray_cli(submit, client, timeout=600)
+    output = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, output[-5000:]
+    job_id = re.search(r"Job '(raysubmit_\w+)' succeeded", output).group(1)
+    assert "14 images: 14 indexed, 0 failed" in output
+
+    other_token = {**client, "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # the cluster does check tokens
+    refused = ray_cli(["ray", "job", "list"], other_token, timeout=120)
+    assert refused.returncode != 0
+    assert "Invalid authentication token" in refused.stderr, refused.stderr[-3000:]
+
+    logs = ray_cli(
+        fill(command(commands, "ray", "job", "logs"), {**values, "JOB_ID": job_id}), client, timeout=120
+    )
+    assert logs.returncode == 0 and "14 images: 14 indexed, 0 failed" in logs.stdout, logs.stderr[-3000:]
+
+    # the same command without Ray, in this process's environment, on as many torch threads
+    job = fill(command(commands, "ray", "job", "submit"), {**values, "/shared/idx/": f"{local}/"})
+    local_run = [sys.executable, *job[7:], *TEST_SIZE, "--executor", "local"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(CPUS)}
+    ran = subprocess.run(local_run, cwd=REPO, capture_output=True, text=True, env=env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert_same_tables(out, local)
+
+    markers = IndexLayout(out).completed_shards().values()
+    assert len(markers) == 7
+    assert {m["writer"]["node"] for m in markers} == cluster.node_ids  # both nodes wrote shards
+    writers = {f"worker-{m['writer']['pid']}" for m in markers}
+    assert {p.name for p in cluster.barrier.iterdir()} == writers  # both went through the barrier
+
+    packages = cluster.temp_dir.glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*")
+    uploaded = list({p.resolve() for p in packages if p.is_dir()})  # session_latest links to the session
+    assert len(uploaded) == 1  # unpacked once, in the temp dir the two nodes share
+    files = {p.relative_to(uploaded[0]).as_posix() for p in uploaded[0].rglob("*") if p.is_file()}
+    assert "jobs/cli.py" in files and not any(f.startswith((".venv/", ".git/")) for f in files)
+    if shutil.which("git") and (REPO / ".git").exists():  # what was uploaded is what git does not ignore
+        git = ["git", "ls-files", "--cached", "--others", "--exclude-per-directory=.gitignore"]
+        listed = subprocess.run(git, cwd=REPO, capture_output=True, text=True, check=True)
+        assert files == set(listed.stdout.splitlines())
