@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -59,14 +61,41 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     # RAY_BACKEND_LOG_LEVEL is left alone: setting it makes Ray's C++ core print a line saying so.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local throwaway Ray; a cluster sets its own mode
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:  # a local throwaway Ray: no token (Ray 2.60 would otherwise write ~/.ray/auth_token)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
-    ray.init(
-        address=address or os.environ.get("RAY_ADDRESS"),
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    options = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    if not address:
+        ray.init(**options)
+        return
+    # Joining a cluster: Ray's C++ client logs each refused attempt (a wrong token: one line a second for
+    # 20 s) to fd 2. Kept aside while connecting, and written out unless the failure is explained below.
+    with tempfile.TemporaryFile() as aside:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(aside.fileno(), 2)
+        try:
+            ray.init(address=address, **options)
+            error = None
+        except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+            error = exc
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        aside.seek(0)
+        logged = aside.read().decode(errors="replace")
+    if error is None:
+        sys.stderr.write(logged)
+        return
+    reason = " ".join(str(error).split())[:300]
+    if "InvalidAuthToken" in logged:
+        reason = "it refused this process's auth token (InvalidAuthToken)"
+    raise ClusterError(
+        f"could not join the Ray cluster at {address}: {reason}; if the cluster uses token auth, set "
+        "RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) here as on its nodes"
+    ) from None
 
 
 class _NotMainThread(logging.Filter):

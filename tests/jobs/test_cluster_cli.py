@@ -230,11 +230,23 @@ def test_readme_recipe_runs_on_two_nodes_and_equals_the_local_executor(
     assert submitted.returncode == 0, output[-5000:]
     job_id = re.search(r"Job '(raysubmit_\w+)' succeeded", output).group(1)
     assert "14 images: 14 indexed, 0 failed" in output
+    assert re.search(r"actindex: 7/7 shards, 14/14 images, .* after start-up; done in", output)  # a log line
 
     other_token = {**client, "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # the cluster does check tokens
     refused = ray_cli(["ray", "job", "list"], other_token, timeout=120)
     assert refused.returncode != 0
     assert "Invalid authentication token" in refused.stderr, refused.stderr[-3000:]
+    # a driver started by hand with the wrong token: one line that names the fix
+    address = f"127.0.0.1:{cluster.values['6379']}"
+    job = fill(command(commands, "ray", "job", "submit"), {**values, "/shared/idx/": f"{tmp_path / 'x'}/"})
+    wrong = subprocess.run(
+        [sys.executable, *job[7:], "--address", address], cwd=REPO, capture_output=True, text=True,
+        env={**other_token, "RAY_ADDRESS": ""}, timeout=300,
+    )  # fmt: skip
+    lines = wrong.stderr.strip().splitlines()
+    assert wrong.returncode == 2 and len(lines) == 1, wrong.stderr[-3000:]
+    assert "could not join the Ray cluster" in lines[0] and "(InvalidAuthToken)" in lines[0]
+    assert "RAY_AUTH_TOKEN" in lines[0]
 
     logs = ray_cli(
         fill(command(commands, "ray", "job", "logs"), {**values, "JOB_ID": job_id}), client, timeout=120
