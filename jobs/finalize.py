@@ -34,8 +34,14 @@ def topk_is_current(layout: IndexLayout, markers: dict[int, dict]) -> bool:
 def set_topk_aside(layout: IndexLayout) -> None:
     """Move a complete topk/ to _topk_base/ (its record first, then the folder in one rename: readers see
     the old table or none); an incomplete one (a run killed while writing it) is dropped."""
-    if layout.topk_base_covers.is_file() and not layout.topk_base.is_dir() and layout.topk_dir.is_dir():
-        layout.topk_dir.rename(layout.topk_base)  # a run was killed between the two renames below
+    record, base = layout.topk_base_covers, layout.topk_base
+    if (
+        record.is_file()
+        and not base.is_dir()
+        and layout.topk_dir.is_dir()
+        and not layout.topk_covers.is_file()
+    ):
+        layout.topk_dir.rename(base)  # a run was killed between the two renames below
         return
     if not layout.topk_dir.is_dir():
         layout.topk_covers.unlink(missing_ok=True)
@@ -78,8 +84,8 @@ def write_topk(
         write_parquet(table, layout.topk_file(layer), metadata)
         rows += table.num_rows
     atomic_write_json(layout.topk_covers, {"shards": sorted(current)})
+    layout.topk_base_covers.unlink(missing_ok=True)  # first: a base without its record is never used
     shutil.rmtree(layout.topk_base, ignore_errors=True)
-    layout.topk_base_covers.unlink(missing_ok=True)
     return rows
 
 
