@@ -53,6 +53,7 @@ def test_local_ray_matches_reference_and_plain_loop(ray_index, natural_dataset, 
     assert_same_tables(ray_index, tmp_path / "plain")  # same batches, same torch threads: same bits
 
 
+@pytest.mark.slow
 def test_two_nodes_each_write_the_shards_they_compute_and_equal_the_plain_loop(natural_dataset, tmp_path):
     plain = tmp_path / "plain"
     run_index(slow_config(natural_dataset, plain, executor="local"))
@@ -69,6 +70,7 @@ def test_two_nodes_each_write_the_shards_they_compute_and_equal_the_plain_loop(n
     assert len(writers) == 2 and os.getpid() not in {pid for _, pid in writers}  # not the driver
 
 
+@pytest.mark.slow
 def test_a_node_lost_while_writing_a_shard_costs_nothing(natural_dataset, tmp_path):
     plain = tmp_path / "plain"
     run_index(slow_config(natural_dataset, plain, executor="local"))
@@ -100,6 +102,7 @@ def test_a_node_lost_while_writing_a_shard_costs_nothing(natural_dataset, tmp_pa
     assert on_disk == listed and not half_written.exists()  # nothing of the lost attempt is left
 
 
+@pytest.mark.slow
 def test_one_cpu_nodes_run_the_job(natural_dataset, tmp_path):
     """One actor per node takes that node's only CPU: it decodes and finishes in its own threads, so
     nothing else has to be scheduled there."""
@@ -116,6 +119,7 @@ def test_a_cluster_without_a_usable_node_is_refused_at_once(natural_dataset, tmp
         run_index(index_config(natural_dataset, tmp_path / "idx", executor="ray", address=made.address))
 
 
+@pytest.mark.slow
 def test_actors_waiting_for_busy_resources_say_so_then_run(natural_dataset, tmp_path, monkeypatch, caplog):
     import ray
 

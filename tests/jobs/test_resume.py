@@ -114,6 +114,7 @@ def uninterrupted(dataset, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_ten_kills_then_resume_gives_identical_tables(dataset, uninterrupted, tmp_path):
     out = tmp_path / "idx"
     rng = random.Random(7)

@@ -26,6 +26,7 @@ def faulty_config(source, out, model: str, executor: str):
     return config
 
 
+@pytest.mark.slow
 def test_ray_actor_killed_mid_shard_is_restarted_and_tables_are_identical(
     ray_index, natural_dataset, tmp_path
 ):
@@ -97,6 +98,7 @@ def test_decoder_segfault_costs_one_image_in_the_plain_loop(natural_dataset, tmp
     assert errors == [("img00b_boom.png", "crashed the decoder: the process died while decoding this file")]
 
 
+@pytest.mark.slow
 def test_decoder_segfault_costs_one_image_on_ray(natural_dataset, tmp_path):
     source = crash_dataset(natural_dataset, tmp_path / "images")
     result = run_cli(source, tmp_path / "idx", "ray")
