@@ -82,7 +82,12 @@ def parse_floats(text: str | None) -> tuple[float, float, float] | None:
 @app.command()
 def index(
     source: Annotated[
-        str, typer.Argument(help="Image folder (recursive; subfolders = labels), glob, or .txt/.csv list.")
+        str,
+        typer.Argument(
+            help="Image folder (recursive; subfolders = labels), glob, .txt/.csv list, WebDataset shards "
+            "(a.tar, 'shards/{00000..00099}.tar') or Parquet files ('data/*.parquet'); local or a URL "
+            "(s3://bucket/prefix/)."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
     layers: Annotated[
@@ -156,6 +161,17 @@ def index(
             min=0.1, help="With no terminal: seconds between progress lines (shards, images/s, ETA)."
         ),
     ] = 30.0,
+    image_column: Annotated[
+        str | None,
+        typer.Option(help="Parquet sources: the image-bytes column (default: jpg, image, ... if present)."),
+    ] = None,
+    key_column: Annotated[
+        str | None,
+        typer.Option(help="Parquet: a unique id per row, hashed into image ids (default: key, else row)."),
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="Parquet sources: the column stored as label, e.g. caption.")
+    ] = None,
 ) -> None:
     """Index images: per image and unit, the max activation, where it peaked and its receptive-field box.
 
@@ -163,6 +179,7 @@ def index(
     """
     from jobs.index import run_index
     from jobs.spec import IndexRequest
+    from pipeline.containers import Columns
 
     try:
         request = IndexRequest(
@@ -189,6 +206,7 @@ def index(
             progress=progress,
             progress_every=progress_every,
             preprocessing=_preprocessing(resize, crop, interpolation, mean, std, decode),
+            columns=Columns(image_column, key_column, label_column),
         )
         summary = run_index(request)
     except UserError as exc:

@@ -147,7 +147,7 @@ def _geometry(layout: IndexLayout, executor, request: IndexRequest, plan, reuse:
 
 def _list(request: IndexRequest) -> tuple[list, list[str]]:
     errors: list[tuple[str, str]] = []
-    refs = list_images(request.source, errors=errors)
+    refs = list_images(request.source, errors=errors, columns=request.columns)
     for relpath, reason in errors:
         log.warning("not listed: %s (%s)", relpath, reason)
     return refs, [display_path(f"{relpath}: {reason}") for relpath, reason in errors]

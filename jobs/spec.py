@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 
+from pipeline.containers import Columns
 from pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED
 from pipeline.errors import InvalidInputError
 from pipeline.model_args import check_model_args
@@ -73,6 +74,7 @@ class RunSpec:
     device_decode: bool  # JPEGs decoded on the model's device (nvjpeg on GPUs)
     batch_size: int  # images per forward pass; batches never cross a shard
     compile: bool  # torch.compile the forward and reductions
+    columns: dict | None = None  # Parquet columns chosen (pipeline.containers.Columns); None: defaults
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -84,11 +86,14 @@ class RunSpec:
         out["preprocessing"] = self.preprocessing.to_dict()
         out["preprocessing"]["mean"] = list(self.preprocessing.mean)
         out["preprocessing"]["std"] = list(self.preprocessing.std)
+        if out["columns"] is None:  # indexes of folders and of default columns record nothing, as before
+            del out["columns"]
         return out
 
     @classmethod
     def from_params(cls, params: dict) -> RunSpec:
-        values = {f.name: params[f.name] for f in dataclasses.fields(cls)}
+        values = {f.name: params[f.name] for f in dataclasses.fields(cls) if f.name != "columns"}
+        values["columns"] = params.get("columns")
         values["preprocessing"] = Preprocessing.from_dict(params["preprocessing"])
         return cls(**values)
 
@@ -102,7 +107,7 @@ class RunSpec:
 class IndexRequest:
     """An index job as the user asked for it (the CLI builds it; so can a notebook)."""
 
-    source: str  # image folder (recursive), glob, or .txt/.csv list of paths
+    source: str  # image folder (recursive), glob, .txt/.csv list, .tar shards or .parquet files; or a URL
     out: str  # index directory (created if missing)
     layers: tuple[str, ...]  # named_modules() names or globs ('layer*', 'features.**')
     model: str = "resnet50"  # torchvision name, timm:NAME, efficientnet_lite0, or a TorchScript file
@@ -126,6 +131,7 @@ class IndexRequest:
     progress: bool = True  # show a progress bar (on a terminal) or progress lines (in a log)
     progress_every: float = 30.0  # seconds between progress lines when stderr is not a terminal
     extra: dict = field(default_factory=dict)  # free-form notes stored in run.json
+    columns: Columns = field(default_factory=Columns)  # Parquet sources: image, key and label columns
 
     def __post_init__(self) -> None:
         self.layers = tuple(self.layers)
@@ -202,6 +208,7 @@ def resolve_spec(request: IndexRequest, plan, dataset_root: str, gpus: bool) -> 
         device_decode=_device_decode(request, plan.preprocessing, device),
         batch_size=request.batch_size or (GPU_BATCH if device == "cuda" else CPU_BATCH),
         compile=request.compile,
+        columns=request.columns.to_dict(),
     )
 
 
@@ -229,6 +236,8 @@ def pinned_params(request: IndexRequest, dataset_root: str) -> dict:
     }
     if request.weights is not None:
         pinned["weights"] = request.weights
+    if request.columns.to_dict() is not None:
+        pinned["columns"] = request.columns.to_dict()
     if not any(char in pattern for pattern in request.layers for char in "*?["):
         pinned["layers"] = list(request.layers)
     if isinstance(request.preprocessing, Preprocessing):

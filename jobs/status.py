@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from jobs.finalize import topk_is_current
 from jobs.incremental import plan_work, read_state
 from jobs.lock import is_locked
+from pipeline.containers import Columns
 from pipeline.errors import UserError
 from pipeline.sources import list_images
 from pipeline.writer import IndexLayout, marker_totals
@@ -72,7 +73,8 @@ def index_status(index_dir: str | Path) -> IndexStatus:
 
 def _compare_with_dataset(layout: IndexLayout, manifest: dict, status: IndexStatus) -> None:
     try:
-        refs = list_images(manifest["source"])
+        columns = Columns(**(manifest["params"].get("columns") or {}))
+        refs = list_images(manifest["source"], columns=columns)
     except (UserError, OSError) as exc:
         status.dataset_error = str(exc)
         return

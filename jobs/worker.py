@@ -46,6 +46,7 @@ from pipeline.finish import activations_table, order_units
 from pipeline.geometry import LayerInfo, ReceptiveField, boxes
 from pipeline.preprocess import Preprocessing
 from pipeline.sources import ImageRef, display_path
+from pipeline.storage import open_image_bytes, split_uri
 from pipeline.topk import TopK, topk_table
 from pipeline.writer import IndexLayout, new_attempt, write_activations, write_parquet
 
@@ -459,6 +460,11 @@ def _crashed_ids(journal: Path, strikes: int = 2) -> set[int]:
 def _read_bytes(uri: str) -> bytes:
     """The file's bytes, or b"" when it cannot be read or is not a regular file (a FIFO would block): the
     device decoder then hands it to the CPU decoder, which names the reason."""
+    if split_uri(uri)[0] != "file":  # an object, tar member or Parquet value: the CPU decoder names failures
+        try:
+            return open_image_bytes(uri)
+        except Exception:  # noqa: BLE001 - b"" sends it to the CPU decoder, which records the reason
+            return b""
     try:
         if not stat.S_ISREG(os.stat(uri).st_mode):
             return b""

@@ -33,16 +33,18 @@ A failed image's `error` is "<kind>: <detail>"; the kind, the text before the fi
 ERROR_KINDS (use `error_kind(error)` to get it):
 
   not an image  nothing recognisable: an empty file, text, random bytes, a format that is not read
-                ("not an image: unrecognised format")
+                ("not an image: unrecognised format"), a null Parquet value ("not an image: no bytes:
+                null in column 'jpg' (row 3)")
   truncated     the file ends before its image data does ("truncated: image file is truncated (16 bytes not
-                processed)")
+                processed)"), or the tar holding it does ("truncated: tar member truncated: ...")
   corrupt       a known format whose data is broken: a bad marker or checksum, an image signature followed
                 by no readable header ("corrupt: broken data stream when reading image file")
   too large     width x height above `max_pixels`, checked from the header before any pixel is decoded
                 (decompression bombs): "too large: 20000x20000 exceeds 178956970 pixels"
   unreadable    the file system refused: "file not found" (deleted after listing, dangling symlink),
                 "permission denied", "symlink loop", "is a directory", "not a regular file" (a FIFO or
-                device named like an image: never opened, so it cannot hang the job), or the OS's message
+                device named like an image: never opened, so it cannot hang the job), or the OS's message;
+                for an object store, its error ("file not found" for an object deleted after listing)
   unsupported   a recognised image Pillow cannot convert here (missing codec, unusual mode)
   failed        anything else, with the exception's type and message: a bug worth reporting
 
@@ -58,6 +60,7 @@ the scan, by contrast, is "corrupt".
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import struct
@@ -68,6 +71,7 @@ import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from pipeline.preprocess import Preprocessing
+from pipeline.storage import NullImageError, open_image_bytes, split_uri
 
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb threshold (2x MAX_IMAGE_PIXELS)
 ERROR_KINDS = ("not an image", "truncated", "corrupt", "too large", "unreadable", "unsupported", "failed")
@@ -119,9 +123,15 @@ class Decoder:
 
     def __call__(self, uri: str) -> DecodedImage:
         width = height = 0
+        data = None
         try:
-            _check_regular_file(uri)
-            with Image.open(uri, formats=self.formats) as img:
+            if split_uri(uri)[0] == "file":
+                _check_regular_file(uri)
+                source = uri
+            else:  # an object, a tar member or a Parquet value (pipeline.storage)
+                data = open_image_bytes(uri)
+                source = io.BytesIO(data)
+            with Image.open(source, formats=self.formats) as img:
                 fast = self.preprocessing.decode == "fast"
                 if img.width * img.height > self.max_pixels:  # from the header: nothing decoded yet
                     width, height = _upright_size(img) if fast and _exif_in_header(img) else img.size
@@ -134,7 +144,7 @@ class Decoder:
                 rgb = as_decoded(img, self.preprocessing.decode)
             return DecodedImage(self._preprocess(rgb, width, height, box), width, height, None)
         except Exception as exc:  # noqa: BLE001 - any decoder failure becomes an error row, never a crash
-            return DecodedImage(None, width, height, _describe(exc, uri))
+            return DecodedImage(None, width, height, _describe(exc, uri, data))
 
     def decode_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Column form: adds pixels, ok, width, height and error columns to a batch with a `uri` column."""
@@ -267,6 +277,8 @@ def describe_error(exc: BaseException) -> str:
         return f"too large: {message}"[:300]
     if isinstance(exc, UnidentifiedImageError):
         return "not an image: unrecognised format"
+    if isinstance(exc, NullImageError):
+        return f"not an image: {message}"
     if isinstance(exc, _NotRegularFile):
         return "unreadable: not a regular file"
     if isinstance(exc, FileNotFoundError):
@@ -290,19 +302,22 @@ def describe_error(exc: BaseException) -> str:
     return f"failed: {type(exc).__name__}: {message}"[:300]
 
 
-def _describe(exc: Exception, uri: str) -> str:
+def _describe(exc: Exception, uri: str, data: bytes | None) -> str:
     reason = describe_error(exc)
     if isinstance(exc, UnidentifiedImageError):
-        signature = _signature(uri)
+        signature = _signature(uri, data)
         if signature:
             return f"corrupt: {signature} signature but no readable header"
     return reason
 
 
-def _signature(uri: str) -> str | None:
+def _signature(uri: str, data: bytes | None) -> str | None:
     try:
-        with open(uri, "rb") as f:
-            head = f.read(16)
+        if data is not None:
+            head = data[:16]
+        else:
+            with open(uri, "rb") as f:
+                head = f.read(16)
     except OSError:
         return None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":

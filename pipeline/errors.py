@@ -24,3 +24,7 @@ class InvalidInputError(UserError, ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
     """A dataset, weights file or index that is not where the user said."""
+
+
+class SourceUnreachableError(UserError, ConnectionError):
+    """An object store (or other remote source) that does not answer: a wrong endpoint, no network."""

@@ -24,10 +24,17 @@ IMAGES = pa.schema(
         _field(
             "uri",
             pa.string(),
-            "absolute path of the file that was read; bytes that are not UTF-8 are stored as %XX, '%' as %25 "
-            "(pipeline.sources.path_from_display reverses it)",
+            "where the image was read: an absolute path, an object URL (s3://...), a tar member "
+            "(tar:<container>#<member>) or a Parquet row (parquet:<container>#row=<n>&column=<c>); local "
+            "path bytes that are not UTF-8 are stored as %XX, '%' as %25 (pipeline.sources.path_from_display "
+            "reverses it; pipeline.storage.open_image_bytes opens any of them)",
         ),
-        _field("relpath", pa.string(), "path relative to the dataset root, escaped like uri"),
+        _field(
+            "relpath",
+            pa.string(),
+            "path relative to the dataset root (for a tar member or Parquet row: <container "
+            "relpath>#<member or key>), escaped like uri; image_id is its hash",
+        ),
         _field(
             "width",
             pa.int32(),

@@ -1,8 +1,28 @@
-"""Turn a folder, a glob or a list file into a sorted list of images with stable ids.
+"""Turn a folder, a glob, a list file or containers of images into a sorted list of images with stable ids.
 
     refs = list_images("photos/")          # recursive; class subfolders become labels
     refs = list_images("photos/**/*.jpg")  # a glob
     refs = list_images("files.csv")        # path[,label] per line, relative to the list file
+    refs = list_images("shards/{00000..00099}.tar")  # WebDataset shards (brace pattern, glob or one .tar)
+    refs = list_images("laion/*.parquet", columns=Columns(label="caption"))  # image bytes in a column
+    refs = list_images("s3://bkt/photos/")  # any of the above on an object store (fsspec URL)
+
+Sources whose path or pattern ends in .tar or .parquet are containers (pipeline.containers); everything else
+lists image files. `iter_images` yields the images one at a time, in listing order; `list_images` collects,
+deduplicates, checks and sorts them.
+
+Ids and uris (pipeline.storage documents the uri forms):
+
+  a file            relpath = path relative to the root (for s3://bkt/photos/: the key below photos/),
+                    uri = the absolute path, or the object's URL
+  a tar member      relpath = "<tar relpath>#<member name>" (e.g. "00003.tar#000123.jpg"),
+                    uri = "tar:<tar path or URL>#<member name>"
+  a Parquet row     relpath = "<file relpath>#<key>", key = the key column's text, or the row number in
+                    the file as 9 digits ("part-0.parquet#000000017");
+                    uri = "parquet:<file path or URL>#row=<row>&column=<image column>"
+
+and image_id is the 63-bit blake2b hash of relpath in every case. The root is the folder the source names,
+or the literal folder before the first wildcard or brace, or the folder of the file it names.
 
 image_id is a 63-bit hash of the path relative to the dataset root, so it stays the same across reruns and
 when the dataset moves; the list is sorted by that relative path, so shards come out the same every run.
@@ -25,16 +45,22 @@ from __future__ import annotations
 import csv
 import fnmatch
 import hashlib
+import io
 import os
+import re
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import storage
+from pipeline.containers import Columns, parquet_rows, tar_samples
 from pipeline.errors import InvalidInputError, MissingInputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst"})
+CONTAINER_EXTENSIONS = {".tar": "tar", ".parquet": "parquet"}
+_BRACE = re.compile(r"\{([^{}]*)\}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,10 @@ def image_id_for(relpath: str) -> int:
 
 def dataset_root(source: str) -> str:
     """The directory that relpaths are relative to (recorded in the manifest)."""
+    if storage.is_url(source):
+        return _url_root(source)
+    if _BRACE.search(source) and not Path(source).exists():
+        return str(Path(_glob_prefix(source)).resolve())
     path = Path(source)
     if path.is_dir():
         return str(path.resolve())
@@ -92,12 +122,41 @@ def path_from_display(text: str) -> str:
     return urllib.parse.unquote_to_bytes(text).decode("utf-8", "surrogateescape")
 
 
-def list_images(source: str, errors: list[tuple[str, str]] | None = None) -> list[ImageRef]:
+def list_images(
+    source: str, errors: list[tuple[str, str]] | None = None, columns: Columns | None = None
+) -> list[ImageRef]:
     """All images named by `source`, sorted by relative path; raises if there are none.
 
     errors: when given, folders that cannot be listed are appended as (relpath, reason) instead of raising,
-    and so are folder symlinks skipped because they loop back to a folder they are inside of.
+    and so are folder symlinks skipped because they loop back to a folder they are inside of, and tars that
+    end inside a header.
+    columns: the Parquet columns to read (Parquet sources only).
     """
+    with storage.user_errors(source):
+        refs = list(iter_images(source, errors, columns))
+    if not refs:
+        raise MissingInputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {source!r}")
+    refs = list({ref.relpath: ref for ref in refs}.values())  # a list file may name a path twice
+    _check_unique(refs)
+    return sorted(refs, key=lambda ref: ref.relpath)
+
+
+def iter_images(
+    source: str, errors: list[tuple[str, str]] | None = None, columns: Columns | None = None
+) -> Iterator[ImageRef]:
+    """The images named by `source`, one at a time, in listing order (not sorted, not deduplicated)."""
+    kind = _container_kind(source)
+    if kind is not None:
+        root = dataset_root(source)
+        for location, relpath in _containers(source, root, errors):
+            yield from _container_refs(kind, location, relpath, columns or Columns(), errors)
+    elif storage.is_url(source):
+        yield from _from_url(source, errors)
+    else:
+        yield from _from_local(source, errors)
+
+
+def _from_local(source: str, errors: list | None) -> list[ImageRef]:
     path = Path(source)
     if path.is_dir():
         refs = _from_folder(path, errors)
@@ -109,13 +168,10 @@ def list_images(source: str, errors: list[tuple[str, str]] | None = None) -> lis
         refs = [_ref(path.resolve(), path.resolve().parent, None)]
     else:
         raise MissingInputError(
-            f"{source!r} is not a folder, a glob, an image or a list file (.txt/.csv of paths)"
+            f"{source!r} is not a folder, a glob, an image, a list file (.txt/.csv of paths), "
+            "tar shards (.tar) or Parquet files (.parquet)"
         )
-    if not refs:
-        raise MissingInputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {source!r}")
-    refs = list({ref.relpath: ref for ref in refs}.values())  # a list file may name a path twice
-    _check_unique(refs)
-    return sorted(refs, key=lambda ref: ref.relpath)
+    return refs
 
 
 def _ref(path: Path, root: Path, label: str | None) -> ImageRef:
@@ -187,26 +243,33 @@ def _glob_prefix(pattern: str) -> str:
     parts = Path(pattern).parts
     prefix = []
     for part in parts:
-        if _is_glob(part):
+        if _is_glob(part) or _BRACE.search(part):
             break
         prefix.append(part)
     return str(Path(*prefix)) if prefix else "."
 
 
 def _from_glob(pattern: str, errors: list | None) -> list[ImageRef]:
-    """glob.glob(pattern, recursive=True) semantics ('**' = zero or more folders; wildcards do not match
-    names starting with '.'), over the same loop-safe walk as folders, relative to the literal prefix."""
+    return [
+        ImageRef(image_id_for(relpath), file, relpath, None)
+        for relpath, file in _glob_files(pattern, errors)
+        if _is_image_name(relpath)
+    ]
+
+
+def _glob_files(pattern: str, errors: list | None) -> Iterator[tuple[str, str]]:
+    """(relpath, path) of the files matching `pattern`: glob.glob(pattern, recursive=True) semantics ('**'
+    = zero or more folders; wildcards do not match names starting with '.'), over the same loop-safe walk
+    as folders, relative to the literal prefix."""
     prefix = _glob_prefix(pattern)
     segments = Path(pattern).parts[len(Path(prefix).parts) :]
     root = Path(prefix).resolve()
     if not root.is_dir():
-        return []
+        return
     depth = None if "**" in segments else len(segments)
-    refs = []
     for relpath, file in _walk(str(root), errors, depth):
-        if _is_image_name(relpath) and _glob_match(segments, relpath.split("/")):
-            refs.append(ImageRef(image_id_for(relpath), file, relpath, None))
-    return refs
+        if _glob_match(segments, relpath.split("/")):
+            yield relpath, file
 
 
 def _glob_match(segments: tuple[str, ...], parts: list[str]) -> bool:
@@ -247,3 +310,136 @@ def _check_unique(refs: list[ImageRef]) -> None:
             raise InvalidInputError(
                 f"image_id collision between {other!r} and {ref.relpath!r}; rename one of them"
             )
+
+
+# ------------------------------------------------------------------------------------------ containers
+
+
+def _container_kind(source: str) -> str | None:
+    return CONTAINER_EXTENSIONS.get(os.path.splitext(source.rstrip("/"))[1].lower())
+
+
+def expand_braces(pattern: str) -> Iterator[str]:
+    """WebDataset's brace patterns: "{00000..00099}" (zero-padded numeric ranges) and "{a,b}", expanded
+    left to right, lazily."""
+    match = _BRACE.search(pattern)
+    if match is None:
+        yield pattern
+        return
+    body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end() :]
+    numbers = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numbers:
+        first, last = numbers.groups()
+        width = len(first) if first.startswith("0") else 0
+        choices = (str(n).zfill(width) for n in range(int(first), int(last) + 1))
+    else:
+        choices = iter(body.split(","))
+    for choice in choices:
+        yield from expand_braces(head + choice + tail)
+
+
+def _containers(source: str, root: str, errors: list | None) -> Iterator[tuple[str, str]]:
+    """(location, relpath) of each container file `source` names: one file, a brace pattern, a glob."""
+    url = storage.is_url(source)
+    for pattern in expand_braces(source):
+        if _is_glob(pattern):
+            yield from (_url_glob(pattern) if url else _local_glob(pattern, root, errors))
+        elif url:
+            yield pattern, _url_relpath(pattern, root)
+        else:
+            path = Path(pattern).resolve()
+            if not path.is_file():
+                raise MissingInputError(f"{pattern!r} is not a file")
+            yield str(path), os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _local_glob(pattern: str, root: str, errors: list | None) -> Iterator[tuple[str, str]]:
+    for _, file in _glob_files(pattern, errors):
+        yield file, os.path.relpath(file, root).replace(os.sep, "/")
+
+
+def _container_refs(
+    kind: str, location: str, relpath: str, columns: Columns, errors: list | None
+) -> Iterator[ImageRef]:
+    if kind == "tar":
+        for member, label in tar_samples(location, _is_image_name, errors, relpath):
+            name = f"{relpath}#{member}"
+            yield ImageRef(image_id_for(name), storage.tar_uri(location, member), name, label)
+    else:
+        for key, row, label, column in parquet_rows(location, columns):
+            name = f"{relpath}#{key}"
+            yield ImageRef(image_id_for(name), storage.parquet_uri(location, row, column), name, label)
+
+
+# ------------------------------------------------------------------------------------- object stores
+
+
+def _url_root(source: str) -> str:
+    """dataset_root for a URL, from the text alone (nothing is fetched)."""
+    scheme, rest = source.split("://", 1)
+    parts = rest.split("/")
+    for i, part in enumerate(parts):
+        if _is_glob(part) or _BRACE.search(part):
+            return f"{scheme}://{'/'.join(parts[:i])}"
+    if source.endswith("/") or not os.path.splitext(parts[-1])[1]:
+        return source.rstrip("/")
+    return storage.parent(source)
+
+
+def _url_relpath(url: str, root: str) -> str:
+    return url[len(root) :].lstrip("/")
+
+
+def _from_url(source: str, errors: list | None) -> Iterator[ImageRef]:
+    """Objects named by a URL: a prefix ("folder"), a glob, a list file or one image. A prefix and a glob
+    are listed with one recursive listing (fsspec find)."""
+    root = _url_root(source)
+    fs, _ = storage.filesystem(source)
+    ext = os.path.splitext(source)[1].lower()
+    if ext in LIST_EXTENSIONS and not _is_glob(source):
+        yield from _url_list_file(source, root)
+        return
+    if ext in IMAGE_EXTENSIONS and not _is_glob(source):
+        fs.info(source)  # FileNotFoundError -> MissingInputError, as for a local path
+        yield ImageRef(image_id_for(_url_relpath(source, root)), source, _url_relpath(source, root))
+        return
+    segments = tuple(source[len(root) :].strip("/").split("/")) if _is_glob(source) else None
+    for url, relpath in _url_find(fs, root):
+        if not _is_image_name(relpath):
+            continue
+        if segments is None:
+            label = relpath.split("/", 1)[0] if "/" in relpath else None
+            yield ImageRef(image_id_for(relpath), url, relpath, label)
+        elif _glob_match(segments, relpath.split("/")):
+            yield ImageRef(image_id_for(relpath), url, relpath, None)
+
+
+def _url_find(fs, root: str) -> Iterator[tuple[str, str]]:
+    """(URL, relpath) of every object below `root`."""
+    scheme = root.split("://", 1)[0]
+    base = fs._strip_protocol(root).rstrip("/")
+    for path in fs.find(base):
+        yield f"{scheme}://{path}", path[len(base) :].lstrip("/")
+
+
+def _url_glob(pattern: str) -> Iterator[tuple[str, str]]:
+    root = _url_root(pattern)
+    fs, _ = storage.filesystem(pattern)
+    segments = tuple(pattern[len(root) :].strip("/").split("/"))
+    for url, relpath in _url_find(fs, root):
+        if _glob_match(segments, relpath.split("/")):
+            yield url, relpath
+
+
+def _url_list_file(source: str, root: str) -> Iterator[ImageRef]:
+    text = storage.read_bytes(source).decode("utf-8-sig")
+    rows = [row for row in csv.reader(io.StringIO(text)) if row and row[0].strip()]
+    rows = [row for row in rows if not row[0].startswith("#")]
+    if rows and rows[0][0].strip().lower() in ("path", "uri", "file", "filename"):
+        rows = rows[1:]
+    for row in rows:
+        entry = row[0].strip()
+        url = entry if storage.is_url(entry) else storage.join(root, entry)
+        relpath = _url_relpath(url, root) if url.startswith(root + "/") else url
+        label = row[1].strip() if len(row) > 1 and row[1].strip() else None
+        yield ImageRef(image_id_for(relpath), url, relpath, label)

@@ -4,6 +4,9 @@
     sheet = render_grid(top_images(con, "layer4", [0, 1, 2], k=9), tile=96, decode="fast")
     sheet.save("layer4.png")
 
+Tiles are cut from wherever the index's uri points: a file, an object, a tar member or a Parquet row
+(pipeline.storage.image_source).
+
 Layout "row" puts a unit's k crops in one row after a caption; "block" packs them in a square block
 (3x3 for k=9) with the caption above. Each tile is the peak's receptive-field box, cut from the original
 file opened the way the index decoded it (`decode`, the index's Preprocessing.decode: upright for "fast",
@@ -25,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from pipeline.decode import as_decoded
 from pipeline.errors import InvalidInputError
 from pipeline.sources import path_from_display
+from pipeline.storage import image_source
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -113,10 +117,10 @@ def _fit(text: str, width: int, font) -> str:
 def crop_tile(row: dict, tile: int, decode: str = "fast") -> Image.Image:
     """The receptive-field crop of a top-k row, fitted (aspect kept) into a tile; grey if the file is gone."""
     try:
-        with Image.open(path_from_display(row["uri"])) as img:
+        with Image.open(image_source(path_from_display(row["uri"]))) as img:
             decoded = as_decoded(img, decode)
             crop = decoded.crop((row["x0"], row["y0"], row["x1"], row["y1"]))
-    except (OSError, Image.DecompressionBombError):
+    except Exception:  # noqa: BLE001 - a file, object or member gone or broken since indexing: a grey tile
         return Image.new("RGB", (tile, tile), MISSING)
     crop = ImageOps.contain(crop, (tile, tile), Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (tile, tile), BACKGROUND)

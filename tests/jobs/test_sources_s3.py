@@ -1,0 +1,166 @@
+"""The same images as a folder, WebDataset tars and img2dataset Parquet, locally and on an S3 API (moto in
+server mode on 127.0.0.1): the same tables, grids cut from inside containers and objects, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+from PIL import Image
+
+from queries.db import connect
+from tests.containers import content_tables, write_parquet, write_tars
+from tests.jobs.test_cli import PLANTED, invoke
+
+moto_server = pytest.importorskip("moto.server")
+s3fs = pytest.importorskip("s3fs")
+
+BUCKET = "actindex-test"
+# batch size 1: every image is computed alone, so indexes listing the images in other orders give the same
+# bits (see tests/tables.py on batching and rounding)
+PLANTED_ARGS = (
+    "--model", PLANTED, "--layers", "relu*,head", "--k", "3", "--executor", "local", "--trust-code",
+    "--resize", "64", "--crop", "64", "--interpolation", "nearest", "--mean", "0,0,0", "--std", "1,1,1",
+    "--no-progress", "--shard-size", "4", "--batch-size", "1",
+)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(planted_dataset, tmp_path_factory):
+    """A moto S3 server holding the planted images as a folder, tar shards and Parquet files; yields the
+    local copies' folder. The endpoint and credentials are set the usual way, in the environment."""
+    folder, _ = planted_dataset
+    local = tmp_path_factory.mktemp("formats")
+    write_tars(folder, local / "shards", per_shard=4)
+    write_parquet(folder, local / "parquet", per_file=5)
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ENV}
+    os.environ.update(ENV, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        fs = s3fs.S3FileSystem()
+        fs.mkdir(BUCKET)
+        fs.put(str(folder) + "/", f"{BUCKET}/folder/", recursive=True)
+        fs.put(str(local / "shards") + "/", f"{BUCKET}/shards/", recursive=True)
+        fs.put(str(local / "parquet") + "/", f"{BUCKET}/parquet/", recursive=True)
+        yield local
+    finally:
+        server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ENDPOINT_URL": "",
+}
+
+
+def index(source: str, out, *extra: str) -> str:
+    result = invoke("index", source, "--out", out, *PLANTED_ARGS, *extra)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def folder_index(planted_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("folder_index") / "idx"
+    index(str(planted_dataset[0]), out)
+    return out
+
+
+SOURCES = {
+    "tars": ("{root}/shards/{{00000..00002}}.tar", ()),
+    "parquet": ("{root}/parquet/*.parquet", ("--label-column", "caption")),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "where"),
+    [("tars", "local"), ("parquet", "local"), ("folder", "s3"), ("tars", "s3"), ("parquet", "s3")],
+)
+def test_every_source_gives_the_folders_tables(s3, folder_index, kind, where, tmp_path):
+    root = str(s3) if where == "local" else f"s3://{BUCKET}"
+    source, extra = SOURCES.get(kind, ("{root}/folder/", ()))
+    out = tmp_path / "idx"
+    output = index(source.format(root=root), out, *extra)
+    assert "9 images: 9 indexed, 0 failed" in output
+    assert content_tables(out) == content_tables(folder_index)
+    relpaths = [r[0] for r in connect(out).execute("SELECT relpath FROM images ORDER BY 1").fetchall()]
+    expected = {"folder": "edge/edge0.png", "tars": "00000.tar#edge0.png", "parquet": "00000.parquet#edge0"}
+    assert relpaths[0] == expected[kind]
+    if kind != "folder":
+        grid_tile_is_red(out, tmp_path)  # crops cut from inside tars and Parquet rows, here or on S3
+    elif where == "s3":
+        grid_tile_is_red(out, tmp_path)  # crops cut from objects
+
+
+def grid_tile_is_red(out, tmp_path) -> None:
+    png = tmp_path / "grid.png"
+    result = invoke("grid", out, "--layer", "relu2", "--units", "0", "--k", "3", "--out", png, "--tile", "64")
+    assert result.exit_code == 0, result.output
+    r, g, b = Image.open(png).convert("RGB").getpixel((64 + 16 + 32, 2 + 32))
+    assert r > 150 and g < 60 and b < 60
+
+
+def test_objects_deleted_after_listing_are_error_rows(s3, planted_dataset, monkeypatch, tmp_path):
+    import jobs.index
+
+    fs = s3fs.S3FileSystem()
+    fs.put(str(planted_dataset[0]) + "/", f"{BUCKET}/gone/folder/", recursive=True)
+    fs.put(str(s3 / "shards") + "/", f"{BUCKET}/gone/shards/", recursive=True)
+    listing, doomed = jobs.index.list_images, []
+
+    def list_then_delete(*args, **kwargs):
+        refs = listing(*args, **kwargs)
+        fs.rm(f"{BUCKET}/gone/{doomed.pop()}")
+        return refs
+
+    monkeypatch.setattr(jobs.index, "list_images", list_then_delete)
+    cases = [
+        ("folder/", "folder/red/red1.png", "red/red1.png"),
+        ("shards/*.tar", "shards/00002.tar", "00002.tar#red2.png"),
+    ]
+    for source, key, gone in cases:
+        doomed.append(key)
+        out = tmp_path / source.split("/")[0]
+        assert "9 images: 8 indexed, 1 failed" in index(f"s3://{BUCKET}/gone/{source}", out)
+        failed = connect(out).execute("SELECT relpath, error FROM images WHERE status = 'error'").fetchall()
+        assert failed == [(gone, "unreadable: file not found")]
+
+
+def test_an_unreachable_endpoint_is_one_line_and_exit_code_2(s3, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        result = invoke("index", f"s3://{BUCKET}/folder/", "--out", tmp_path / "idx", *PLANTED_ARGS)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "cannot reach" in lines[0], result.output
+
+
+def test_a_rerun_with_other_columns_refuses(s3, tmp_path):
+    source = str(s3 / "parquet/*.parquet")
+    index(source, tmp_path / "idx", "--label-column", "caption")
+    params = json.loads((tmp_path / "idx/run.json").read_text())["params"]
+    assert params["columns"] == {"image": None, "key": None, "label": "caption"}
+    result = invoke("index", source, "--out", tmp_path / "idx", *PLANTED_ARGS, "--label-column", "key")
+    assert result.exit_code == 2 and "columns.label: caption -> key" in result.output, result.output
