@@ -14,12 +14,12 @@ ROOT = Path(__file__).parents[2]
 
 
 def test_a_job_without_a_terminal_logs_progress_lines(natural_dataset, tmp_path):
-    # Slow sleeps a second per forward: 7 batches of 2 make the run last over 7 s, lines come every 0.5 s
+    # Slow sleeps a second per forward: 4 shards of one batch make the run last over 4 s, a line every 0.4 s
     command = [
         sys.executable, "-m", "jobs", "index", str(natural_dataset), "--out", str(tmp_path / "idx"),
         "--model", "python:tests.faults:Slow", "--trust-code", "--layers", "layer4", "--resize", "32",
-        "--crop", "32", "--batch-size", "2", "--shard-size", "4", "--executor", "local",
-        "--progress-every", "0.5",
+        "--crop", "32", "--batch-size", "4", "--shard-size", "4", "--executor", "local",
+        "--progress-every", "0.4",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
