@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from jobs.finalize import set_topk_aside
 from pipeline.writer import IndexLayout
 
@@ -29,21 +31,10 @@ def _state(layout: IndexLayout) -> dict:
     }
 
 
-def test_a_complete_table_is_set_aside_with_its_record(tmp_path):
+@pytest.mark.parametrize("moved", [False, True], ids=["complete", "killed after moving its record"])
+def test_a_complete_table_is_set_aside_with_its_record(tmp_path, moved):
     layout = IndexLayout(tmp_path)
-    _table(layout, layout.topk_dir, ["a", "b"], layout.topk_covers)
-    set_topk_aside(layout)
-    assert _state(layout) == {
-        "topk": None,
-        "record": None,
-        "base": ["a", "b"],
-        "base_record": {"shards": ["a", "b"]},
-    }
-
-
-def test_killed_between_moving_the_record_and_the_folder(tmp_path):
-    layout = IndexLayout(tmp_path)
-    _table(layout, layout.topk_dir, ["a", "b"], layout.topk_base_covers)  # the record already moved
+    _table(layout, layout.topk_dir, ["a", "b"], layout.topk_base_covers if moved else layout.topk_covers)
     set_topk_aside(layout)
     assert _state(layout) == {
         "topk": None,
