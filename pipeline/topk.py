@@ -132,39 +132,40 @@ def _rows(top: TopK, rows: np.ndarray) -> TopK:
 def _merge(a: TopK, b: TopK, k: int) -> TopK:
     values = np.concatenate([a.values, b.values.astype(np.float32, copy=False)], axis=1)
     ids = np.concatenate([a.image_ids, b.image_ids.astype(np.int64, copy=False)], axis=1)
-    order = best_first(values, ids, k)
+    keys = descending_keys(values)
+    order = best_first(values, ids, k, keys)
     positions = np.concatenate([a.positions, b.positions.astype(np.int32, copy=False)], axis=1)
     boxes = np.concatenate([a.boxes, b.boxes.astype(np.int32, copy=False)], axis=1)
-    kept = np.take_along_axis(values, order, axis=1)
     return TopK(
-        kept,
+        np.take_along_axis(values, order, axis=1),
         np.take_along_axis(ids, order, axis=1),
         np.take_along_axis(positions, order, axis=1),
         np.take_along_axis(boxes, order[:, :, None], axis=1),
-        _left_out(kept, values, (a, b)),
+        _left_out(keys, np.take_along_axis(keys, order, axis=1), (a, b)),
     )
 
 
-def _left_out(kept: np.ndarray, values: np.ndarray, sources: tuple[TopK, ...]) -> np.ndarray:
-    """(U,) images equal to the last kept value that the merged list leaves out: entries of `values` (all
-    the sources' entries) not kept, plus what the sources themselves had left out of that value."""
-    units = kept.shape[0]
+def _left_out(keys: np.ndarray, kept: np.ndarray, sources: tuple[TopK, ...]) -> np.ndarray:
+    """(U,) images equal to the last kept value that the merged list leaves out: entries of all the
+    sources (`keys`, descending_keys of their values) not kept, plus what the sources themselves had left
+    out of that value. `kept`: the keys of the merged list."""
     if kept.shape[1] == 0:
-        return np.zeros(units, dtype=np.int64)
-    last = descending_keys(kept[:, -1:])
-    beyond = (descending_keys(values) == last).sum(axis=1) - (descending_keys(kept) == last).sum(axis=1)
+        return np.zeros(kept.shape[0], dtype=np.int64)
+    last = kept[:, -1:]
+    beyond = (keys == last).sum(axis=1) - (kept == last).sum(axis=1)
     for source in sources:
         if source.values.shape[1]:
             beyond += np.where(descending_keys(source.values[:, -1:])[:, 0] == last[:, 0], source.beyond, 0)
     return beyond.astype(np.int64)
 
 
-def best_first(values: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+def best_first(values: np.ndarray, ids: np.ndarray, k: int, keys: np.ndarray | None = None) -> np.ndarray:
     """(U, min(k, n)) column indices of the k best per row of (U, n) values: act descending, then
     image_id ascending, NaN last. One int64 sort of (act key, column) per row; the rows where two of the
-    first k + 1 acts tie (so the image ids decide) are sorted again by (act, image_id)."""
+    first k + 1 acts tie (so the image ids decide) are sorted again by (act, image_id). `keys`:
+    descending_keys(values), when the caller has them."""
     n = values.shape[1]
-    keys = descending_keys(values) << 31
+    keys = (descending_keys(values) if keys is None else keys) << 31
     keys |= np.arange(n, dtype=np.int64)
     keys.sort(axis=1)
     order = keys[:, :k] & _LOW31
