@@ -49,7 +49,7 @@ from jobs.spec import (
 from jobs.worker import ShardResult, ShardTask, WorkContext, plan_model
 from pipeline import schema
 from pipeline.errors import UserError
-from pipeline.geometry import LayerInfo, ReceptiveField
+from pipeline.geometry import LayerInfo, ReceptiveField, from_layers_row
 from pipeline.sources import dataset_root, display_path, list_images
 from pipeline.topk import RunningTopK
 from pipeline.writer import (
@@ -244,12 +244,7 @@ def _mismatch(layout: IndexLayout, changed: list[str]) -> IndexMismatchError:
 def read_geometry(layout: IndexLayout) -> tuple[dict[str, LayerInfo], dict[str, ReceptiveField]]:
     infos, rfs = {}, {}
     for row in pq.read_table(layout.layers).to_pylist():
-        name = row["layer"]
-        infos[name] = LayerInfo(name, row["type"], row["channels"], row["height"], row["width"])
-        rfs[name] = ReceptiveField(
-            row["rf_size_y"], row["rf_size_x"], row["rf_jump_y"], row["rf_jump_x"],
-            row["rf_start_y"], row["rf_start_x"], row["rf_global"],
-        )  # fmt: skip
+        infos[row["layer"]], rfs[row["layer"]] = from_layers_row(row)
     return infos, rfs
 
 
@@ -262,8 +257,6 @@ def _run(layout, executor, context, state, work: Work, manifest, request, clocks
     tasks = [ShardTask(shard.index, shard.digest, shard.refs) for shard in work.pending]
     fresh = {layer: RunningTopK(info.channels, context.spec.k) for layer, info in context.infos.items()}
     fresh_ids: set[str] = set()
-    first: tuple[float, int] | None = None  # (when, images): the end of start-up
-    done_images = 0
     cpu_loop = own_cpu_seconds()
     with _progress(request.progress, work.images, len(tasks), request.progress_every, started) as progress:
         for event in executor.run(context, tasks):
@@ -274,10 +267,9 @@ def _run(layout, executor, context, state, work: Work, manifest, request, clocks
                     fresh[layer].merge(top)
                 progress.shard()
                 continue
-            first = first or (time.time(), done_images + event)  # start-up ends with the first batch
-            done_images += event
             progress.images(event)
     loop_end, cpu_loop = time.time(), own_cpu_seconds() - cpu_loop
+    first = progress.first  # (when, images): start-up ends with the first batch
     shutil.rmtree(layout.journal_dir, ignore_errors=True)  # every shard is done: no journal is needed
     state = read_state(layout, repair=False)
     remove_orphans(layout, state)  # files of attempts that lost (a worker died after writing them)
@@ -306,7 +298,7 @@ def _finish_idle(
         fresh = {layer: RunningTopK(info.channels, manifest["params"]["k"]) for layer, info in infos.items()}
         topk_rows = write_topk(layout, state.done, fresh, set(), infos, manifest["params"])
     if topk_rows is None:
-        topk_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in layout.topk_dir.glob("*/*.parquet"))
+        topk_rows = layout.topk_rows()
     counts = {
         "listing_errors": len(manifest.get("listing_errors", [])),
         "new_images": 0,

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from jobs.finalize import topk_is_current
 from jobs.incremental import plan_work, read_state
 from jobs.lock import is_locked
@@ -64,9 +62,7 @@ def index_status(index_dir: str | Path) -> IndexStatus:
         topk_current=topk_is_current(layout, markers),
     )
     if status.topk_current:
-        status.topk_rows = sum(
-            pq.ParquetFile(p).metadata.num_rows for p in layout.topk_dir.glob("*/*.parquet")
-        )
+        status.topk_rows = layout.topk_rows()
     _compare_with_dataset(layout, manifest, status)
     return status
 

@@ -63,3 +63,13 @@ def boxes(rf: ReceptiveField, y: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _clip(value: int, limit: int) -> int:
     return min(max(value, 0), limit)
+
+
+def from_layers_row(row: dict) -> tuple[LayerInfo, ReceptiveField]:
+    """A row of the index's `layers` table (pipeline.schema.LAYERS) as the records it was written from."""
+    info = LayerInfo(row["layer"], row["type"], row["channels"], row["height"], row["width"])
+    rf = ReceptiveField(
+        row["rf_size_y"], row["rf_size_x"], row["rf_jump_y"], row["rf_jump_x"],
+        row["rf_start_y"], row["rf_start_x"], row["rf_global"],
+    )  # fmt: skip
+    return info, rf

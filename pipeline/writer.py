@@ -90,6 +90,14 @@ class IndexLayout:
         markers = (json.loads(p.read_text()) for p in sorted(self.done.glob("shard-*.json")))
         return {m["shard"]: m for m in markers}
 
+    def topk_files(self) -> list[Path]:
+        """The topk table's files, one per layer partition."""
+        return sorted(self.topk_dir.glob("layer=*/*.parquet"))
+
+    def topk_rows(self) -> int:
+        """Rows of the topk table, from its files' footers."""
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.topk_files())
+
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
 

@@ -50,7 +50,7 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
     else:
         _view(con, "activations", [f for f in files if f.parts[len(layout.root.parts)] == "activations"])
     _view(con, "layers", [layout.layers] if layout.layers.is_file() else [])
-    _view(con, "topk", sorted(layout.topk_dir.glob("layer=*/*.parquet")))
+    _view(con, "topk", layout.topk_files())
     return con
 
 
@@ -200,14 +200,10 @@ def _locked(layout: IndexLayout) -> bool:
 
 def _with_boxes(con: duckdb.DuckDBPyConnection, layer: str, rows: pa.Table, prep: Preprocessing) -> pa.Table:
     """Add x0, y0, x1, y1: the peaks' receptive-field boxes in original pixels, as the workers map them."""
-    from pipeline.geometry import ReceptiveField, boxes
+    from pipeline.geometry import boxes, from_layers_row
 
     info = arrow_table(con.sql("SELECT * FROM layers WHERE layer = $layer", params={"layer": layer}))
-    info = info.to_pylist()[0]
-    rf = ReceptiveField(
-        info["rf_size_y"], info["rf_size_x"], info["rf_jump_y"], info["rf_jump_x"],
-        info["rf_start_y"], info["rf_start_x"], info["rf_global"],
-    )  # fmt: skip
+    _, rf = from_layers_row(info.to_pylist()[0])
     column = lambda name: rows.column(name).to_numpy()  # noqa: E731
     model_boxes = boxes(rf, column("y"), column("x"))
     original = prep.to_original(model_boxes, column("width"), column("height"))
