@@ -290,16 +290,22 @@ def _glob_match(segments: tuple[str, ...], parts: list[str]) -> bool:
 def _from_list_file(list_file: Path) -> list[ImageRef]:
     root = list_file.resolve().parent
     with open(list_file, newline="", encoding="utf-8-sig") as f:
-        rows = [row for row in csv.reader(f) if row and row[0].strip() and not row[0].startswith("#")]
-    if rows and rows[0][0].strip().lower() in ("path", "uri", "file", "filename"):
-        rows = rows[1:]
+        entries = _list_entries(csv.reader(f))
     refs = []
-    for row in rows:
-        file = Path(row[0].strip())
+    for entry, label in entries:
+        file = Path(entry)
         file = file if file.is_absolute() else root / file
-        label = row[1].strip() if len(row) > 1 and row[1].strip() else None
         refs.append(_ref(file.absolute(), root, label))
     return refs
+
+
+def _list_entries(rows: Iterator[list[str]]) -> list[tuple[str, str | None]]:
+    """(path, label) per line of a list file's CSV rows: blank lines, '#' comments and an optional
+    path[,label] header skipped; a second column, when not blank, is the label."""
+    rows = [row for row in rows if row and row[0].strip() and not row[0].startswith("#")]
+    if rows and rows[0][0].strip().lower() in ("path", "uri", "file", "filename"):
+        rows = rows[1:]
+    return [(row[0].strip(), row[1].strip() if len(row) > 1 and row[1].strip() else None) for row in rows]
 
 
 def _check_unique(refs: list[ImageRef]) -> None:
@@ -403,15 +409,14 @@ def _from_url(source: str, errors: list | None) -> Iterator[ImageRef]:
         fs.info(source)  # FileNotFoundError -> MissingInputError, as for a local path
         yield ImageRef(image_id_for(_url_relpath(source, root)), source, _url_relpath(source, root))
         return
-    segments = tuple(source[len(root) :].strip("/").split("/")) if _is_glob(source) else None
-    for url, relpath in _url_find(fs, root):
-        if not _is_image_name(relpath):
-            continue
-        if segments is None:
-            label = relpath.split("/", 1)[0] if "/" in relpath else None
+    if _is_glob(source):
+        files, labelled = _url_glob(source), False
+    else:  # a prefix, listed like a folder: the first-level "subfolder" is the label
+        files, labelled = _url_find(fs, root), True
+    for url, relpath in files:
+        if _is_image_name(relpath):
+            label = relpath.split("/", 1)[0] if labelled and "/" in relpath else None
             yield ImageRef(image_id_for(relpath), url, relpath, label)
-        elif _glob_match(segments, relpath.split("/")):
-            yield ImageRef(image_id_for(relpath), url, relpath, None)
 
 
 def _url_find(fs, root: str) -> Iterator[tuple[str, str]]:
@@ -433,13 +438,7 @@ def _url_glob(pattern: str) -> Iterator[tuple[str, str]]:
 
 def _url_list_file(source: str, root: str) -> Iterator[ImageRef]:
     text = storage.read_bytes(source).decode("utf-8-sig")
-    rows = [row for row in csv.reader(io.StringIO(text)) if row and row[0].strip()]
-    rows = [row for row in rows if not row[0].startswith("#")]
-    if rows and rows[0][0].strip().lower() in ("path", "uri", "file", "filename"):
-        rows = rows[1:]
-    for row in rows:
-        entry = row[0].strip()
+    for entry, label in _list_entries(csv.reader(io.StringIO(text, newline=""))):
         url = entry if storage.is_url(entry) else storage.join(root, entry)
         relpath = _url_relpath(url, root) if url.startswith(root + "/") else url
-        label = row[1].strip() if len(row) > 1 and row[1].strip() else None
         yield ImageRef(image_id_for(relpath), url, relpath, label)

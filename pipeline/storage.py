@@ -24,6 +24,7 @@ instead of retrying for minutes.
 
 from __future__ import annotations
 
+import bisect
 import io
 import re
 import tarfile
@@ -213,12 +214,12 @@ def _member_table(container: str) -> dict[str, tuple[int, int]]:
 
 class _ParquetReader:
     def __init__(self):
-        self.files = _Cache(16)  # container -> (row group starts, ParquetFile metadata)
+        self.files = _Cache(16)  # container -> the first row of each row group
         self.groups = _Cache(2)  # (container, column, row group) -> values: one img2dataset group is ~GBs
 
     def read_value(self, container: str, column: str, row: int) -> bytes:
         starts = self.files.get(container, lambda: _row_group_starts(container))
-        group = max(i for i, start in enumerate(starts) if start <= row)
+        group = bisect.bisect_right(starts, row) - 1
         values = self.groups.get((container, column, group), lambda: _read_group(container, column, group))
         if row - starts[group] >= len(values):
             raise FileNotFoundError(f"no row {row} in {container}")
