@@ -164,3 +164,25 @@ def test_a_rerun_with_other_columns_refuses(s3, tmp_path):
     assert params["columns"] == {"image": None, "key": None, "label": "caption"}
     result = invoke("index", source, "--out", tmp_path / "idx", *PLANTED_ARGS, "--label-column", "key")
     assert result.exit_code == 2 and "columns.label: caption -> key" in result.output, result.output
+
+
+def test_a_list_file_and_a_glob_on_s3_list_what_a_local_one_does(s3, planted_dataset, tmp_path):
+    from pipeline.sources import list_images
+
+    folder, _ = planted_dataset
+    fs = s3fs.S3FileSystem()
+    text = "path,label\n# a comment\nred/red0.png,warm\n\nedge/edge1.png\nred/red0.png,warm\n"
+    fs.pipe(f"{BUCKET}/folder/list.csv", text.encode())
+    listed = list_images(f"s3://{BUCKET}/folder/list.csv")
+    assert [(r.relpath, r.label, r.uri) for r in listed] == [
+        ("edge/edge1.png", None, f"s3://{BUCKET}/folder/edge/edge1.png"),
+        ("red/red0.png", "warm", f"s3://{BUCKET}/folder/red/red0.png"),
+    ]
+    local_list = tmp_path / "list.csv"  # the same rows, with absolute paths
+    local_list.write_text(text.replace("red/", f"{folder}/red/").replace("edge/", f"{folder}/edge/"))
+    local = list_images(str(local_list))
+    assert [r.label for r in local] == [r.label for r in listed]  # the same rows kept, the same labels
+    globbed = list_images(f"s3://{BUCKET}/folder/red/*.png")
+    assert [(r.relpath, r.label) for r in globbed] == [(f"red{i}.png", None) for i in range(3)]
+    prefix = list_images(f"s3://{BUCKET}/folder/")
+    assert {r.label for r in prefix} == {"red", "edge", "plain"}  # first-level "folders" label, as locally
