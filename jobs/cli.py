@@ -43,11 +43,11 @@ DecodeOpt = Annotated[
 ]
 
 
-def _fail(exc: BaseException) -> typer.Exit:
+def _fail(exc: BaseException, code: int = 2) -> typer.Exit:
     """One line on stderr, exit code 2, no traceback: for errors the user can fix (UserError). Anything
-    else is a bug and keeps its traceback."""
+    else is a bug and keeps its traceback. (Exit 1 where the index cannot answer yet.)"""
     typer.echo(f"Error: {' '.join(str(exc).split())}", err=True)
-    return typer.Exit(code=2)
+    return typer.Exit(code=code)
 
 
 def _console():
@@ -345,8 +345,7 @@ def _unit_tops(index_dir: Path, layer: str, units: list[int], k: int):
     try:
         return unit_tops(index_dir, layer, units, k)
     except IncompleteIndexError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+        raise _fail(exc, code=1) from None
     except UserError as exc:
         raise _fail(exc) from None
 
