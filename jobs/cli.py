@@ -31,7 +31,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-IndexDir = Annotated[Path, typer.Argument(help="Index directory written by `actindex index`.")]
+IndexDir = Annotated[
+    str,
+    typer.Argument(help="Index written by `actindex index`: a directory, or a URL (s3://bucket/prefix/)."),
+]
 LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer name as indexed (see the layers table).")]
 KOpt = Annotated[int, typer.Option("--k", "-k", min=1, help="How many top images per unit.")]
 DecodeOpt = Annotated[
@@ -89,7 +92,10 @@ def index(
             "(s3://bucket/prefix/)."
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
+    out: Annotated[
+        str,
+        typer.Option("--out", "-o", help="Index to write: a directory, or an S3 URL (s3://bucket/prefix/)."),
+    ],
     layers: Annotated[
         str, typer.Option("--layers", help="Comma-separated layer names or globs, e.g. 'layer*,fc'.")
     ],
@@ -338,7 +344,7 @@ def top(
         typer.echo(f"note: {note}")
 
 
-def _unit_tops(index_dir: Path, layer: str, units: list[int], k: int):
+def _unit_tops(index_dir: str, layer: str, units: list[int], k: int):
     """queries.db.unit_tops, with its errors as one line: exit 1 when the index cannot answer yet."""
     from queries.db import IncompleteIndexError, unit_tops
 

@@ -14,9 +14,8 @@ remaining images are indexed again, in new shards, by the same run. No activatio
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-
-import pyarrow.parquet as pq
 
 from pipeline.shards import Shard, plan_shards
 from pipeline.sources import ImageRef
@@ -59,12 +58,15 @@ class Work:
 def read_state(layout: IndexLayout, repair: bool = True) -> IndexState:
     """Completed shards. A marker whose files are gone is ignored, and with `repair` deleted, so that the
     next run indexes its images again."""
-    done = {}
+    done, broken = {}, []
+    present = {str(path) for folder in layout.data_dirs() for path in layout.files(folder)}
     for shard, marker in layout.completed_shards().items():
-        if all((layout.root / f).is_file() for f in marker["files"]):
+        if all(str(layout.root / f) in present for f in marker["files"]):
             done[shard] = marker
-        elif repair:
-            layout.marker(shard).unlink(missing_ok=True)
+        else:
+            broken.append(layout.marker(shard))
+    if repair:
+        layout.delete(broken)
     return IndexState(done)
 
 
@@ -89,7 +91,7 @@ def indexed_ids(layout: IndexLayout, state: IndexState) -> dict[int, int]:
     indexed = {}
     for shard, marker in state.done.items():
         images = next(f for f in marker["files"] if f.startswith("images/"))
-        ids = pq.read_table(layout.root / images, columns=["image_id"]).column("image_id")
+        ids = layout.read_table(layout.root / images, columns=["image_id"]).column("image_id")
         indexed.update(dict.fromkeys(ids.to_pylist(), shard))
     return indexed
 
@@ -98,22 +100,18 @@ def apply_prune(layout: IndexLayout, state: IndexState, work: Work) -> None:
     """Drop the markers of the shards `work` prunes: their images leave every view now (never shown
     twice), and the shards that re-index the remaining ones bring them back when they commit. A run
     killed in between indexes them on its rerun, as they are in no completed shard."""
+    layout.delete([layout.marker(shard) for shard in work.to_prune])
     for shard in work.to_prune:
-        layout.marker(shard).unlink(missing_ok=True)
         del state.done[shard]
 
 
 def remove_orphans(layout: IndexLayout, state: IndexState) -> int:
     """Delete temporary files and shard files no marker lists (killed runs', lost attempts', pruned
     shards')."""
-    keep = {layout.root / f for marker in state.done.values() for f in marker["files"]}
-    removed = 0
-    for folder in layout.data_dirs():
-        for path in folder.rglob("*") if folder.is_dir() else ():
-            if path.is_file() and path not in keep:
-                path.unlink(missing_ok=True)
-                removed += 1
-    for path in layout.root.rglob(".*.tmp-*"):
-        path.unlink(missing_ok=True)
-        removed += 1
-    return removed
+    keep = {str(layout.root / f) for marker in state.done.values() for f in marker["files"]}
+    files = [path for folder in layout.data_dirs() for path in layout.files(folder)]
+    if not layout.remote:  # files a killed run left under their temporary names
+        files += [path for path in layout.files() if re.fullmatch(r"\..*\.tmp-.*", path.name)]
+    orphans = sorted({path for path in files if str(path) not in keep}, key=str)
+    layout.delete(orphans)
+    return len(orphans)

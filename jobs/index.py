@@ -29,13 +29,12 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import pipeline
 from jobs.executor import open_executor
 from jobs.finalize import set_topk_aside, topk_is_current, write_topk
 from jobs.incremental import Work, apply_prune, plan_work, read_state, remove_orphans
-from jobs.lock import IndexLock
+from jobs.lock import index_lock
 from jobs.spec import (
     EXECUTION_PARAMS,
     Device,
@@ -55,7 +54,6 @@ from pipeline.topk import RunningTopK
 from pipeline.writer import (
     INDEX_FORMAT,
     IndexLayout,
-    atomic_write_json,
     commit_marker,
     marker_id,
     marker_totals,
@@ -100,7 +98,7 @@ def run_index(request: IndexRequest) -> Summary:
     started, cpu = time.time(), own_cpu_seconds()
     layout = IndexLayout(request.out)
     root = dataset_root(request.source)
-    with IndexLock(layout.root), ExitStack() as stack:
+    with index_lock(layout) as lock, ExitStack() as stack:
         _check_directory(layout, request.overwrite)
         _check_pinned(layout, pinned_params(request, root), request.overwrite)
         refs, listing_errors = _list(request)
@@ -118,10 +116,10 @@ def run_index(request: IndexRequest) -> Summary:
             work = plan_work(refs, state, layout, request.shard_size, request.prune)
         infos, rfs = _geometry(layout, executor, request, plan, existing is not None)
         manifest = _manifest(request, len(refs), listing_errors, spec, started)
-        atomic_write_json(layout.manifest, manifest)
-        write_parquet(layers_table(spec, infos, rfs), layout.layers, spec.params())
-        context = WorkContext(spec, str(layout.root), infos, rfs, request.trust_code, spec.params())
-        return _run(layout, executor, context, state, work, manifest, request, (started, cpu))
+        layout.put_json(layout.manifest, manifest)
+        write_parquet(layers_table(spec, infos, rfs), layout.layers, spec.params(), layout)
+        context = WorkContext(spec, layout.url, infos, rfs, request.trust_code, spec.params())
+        return _run(layout, lock, executor, context, state, work, manifest, request, (started, cpu))
 
 
 def _start(request: IndexRequest, layout: IndexLayout, refs: list, stack: ExitStack):
@@ -165,7 +163,7 @@ def _needs_workers(layout: IndexLayout, refs: list, request: IndexRequest) -> bo
 def _reusable_layers(layout: IndexLayout) -> bool:
     """An index's layers.parquet holds the geometry a rerun with the same parameters would trace."""
     manifest = layout.read_manifest()
-    return manifest is not None and manifest.get("format") == INDEX_FORMAT and layout.layers.is_file()
+    return manifest is not None and manifest.get("format") == INDEX_FORMAT and layout.exists(layout.layers)
 
 
 def _params(request: IndexRequest, plan, root: str, gpus: bool | None) -> dict:
@@ -183,13 +181,13 @@ def _check_directory(layout: IndexLayout, overwrite: bool) -> None:
     existing = layout.read_manifest()
     if overwrite:
         return
-    if existing is None and any(p.name != ".lock" for p in layout.root.iterdir()):
+    if existing is None and any(name != ".lock" for name in layout.entries()):
         raise IndexMismatchError(
-            f"{layout.root} is not empty and holds no actindex run.json; choose another --out"
+            f"{layout.url} is not empty and holds no actindex run.json; choose another --out"
         )
     if existing is not None and existing.get("format") != INDEX_FORMAT:
         raise IndexMismatchError(
-            f"{layout.root} was written by an older actindex (index format {existing.get('format', 1)}, "
+            f"{layout.url} was written by an older actindex (index format {existing.get('format', 1)}, "
             f"this one writes {INDEX_FORMAT}); use another --out, or --overwrite to rebuild it"
         )
 
@@ -236,19 +234,19 @@ def _refuse_or_clear(layout: IndexLayout, old: dict, new: dict, overwrite: bool,
 
 def _mismatch(layout: IndexLayout, changed: list[str]) -> IndexMismatchError:
     return IndexMismatchError(
-        f"{layout.root} holds an index made with different parameters ({'; '.join(changed)}); "
+        f"{layout.url} holds an index made with different parameters ({'; '.join(changed)}); "
         "use another --out, or --overwrite to replace it"
     )
 
 
 def read_geometry(layout: IndexLayout) -> tuple[dict[str, LayerInfo], dict[str, ReceptiveField]]:
     infos, rfs = {}, {}
-    for row in pq.read_table(layout.layers).to_pylist():
+    for row in layout.read_table(layout.layers).to_pylist():
         infos[row["layer"]], rfs[row["layer"]] = from_layers_row(row)
     return infos, rfs
 
 
-def _run(layout, executor, context, state, work: Work, manifest, request, clocks) -> Summary:
+def _run(layout, lock, executor, context, state, work: Work, manifest, request, clocks) -> Summary:
     started, cpu_started = clocks
     apply_prune(layout, state, work)
     remove_orphans(layout, state)
@@ -261,6 +259,7 @@ def _run(layout, executor, context, state, work: Work, manifest, request, clocks
     with _progress(request.progress, work.images, len(tasks), request.progress_every, started) as progress:
         for event in executor.run(context, tasks):
             if isinstance(event, ShardResult):
+                lock.check()  # an index on an object store: stop if another job took the lease over
                 commit_marker(layout, event.marker())
                 fresh_ids.add(marker_id(event.marker()))
                 for layer, top in event.topk.items():
@@ -273,6 +272,7 @@ def _run(layout, executor, context, state, work: Work, manifest, request, clocks
     shutil.rmtree(layout.journal_dir, ignore_errors=True)  # every shard is done: no journal is needed
     state = read_state(layout, repair=False)
     remove_orphans(layout, state)  # files of attempts that lost (a worker died after writing them)
+    lock.check()
     topk_rows = write_topk(layout, state.done, fresh, fresh_ids, context.infos, context.metadata)
     counts = {
         "listing_errors": len(manifest["listing_errors"]),
@@ -386,12 +386,12 @@ def _finish(layout, manifest: dict, markers: dict, topk_rows: int, counts: dict,
         topk_rows=topk_rows,
         seconds=time.time() - started,
         bytes_on_disk=layout.bytes_on_disk(),
-        out=str(layout.root),
+        out=layout.url,
         **counts,
     )
     # run.json keeps the unlisted folders themselves under "listing_errors"; the summary counts them
     totals = {k: v for k, v in asdict(summary).items() if k not in ("out", "bytes_on_disk", "listing_errors")}
-    atomic_write_json(
+    layout.put_json(
         layout.manifest, {**manifest, **totals, "finished": _iso(time.time()), "status": "complete"}
     )
     return summary

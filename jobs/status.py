@@ -15,6 +15,7 @@ from jobs.lock import is_locked
 from pipeline.containers import Columns
 from pipeline.errors import UserError
 from pipeline.sources import list_images
+from pipeline.storage import user_errors
 from pipeline.writer import IndexLayout, marker_totals
 
 
@@ -40,18 +41,19 @@ class IndexStatus:
 
 def index_status(index_dir: str | Path) -> IndexStatus:
     layout = IndexLayout(index_dir)
-    manifest = layout.read_manifest()
-    locked_by = is_locked(layout.root) if layout.root.is_dir() else None
+    with user_errors(layout.url):
+        manifest = layout.read_manifest()
+        locked_by = is_locked(layout)
     if manifest is None and locked_by is None:
         from queries.db import NotAnIndexError
 
         raise NotAnIndexError(f"{index_dir} is not an actindex index (no run.json)")
     if manifest is None:  # a job has just started here: it writes run.json once it has loaded the model
-        return IndexStatus(str(layout.root), {}, 0, 0, 0, 0, layout.bytes_on_disk(), locked_by)
+        return IndexStatus(layout.url, {}, 0, 0, 0, 0, layout.bytes_on_disk(), locked_by)
     markers = layout.completed_shards()
     images, ok, activation_rows = marker_totals(markers)
     status = IndexStatus(
-        root=str(layout.root),
+        root=layout.url,
         manifest=manifest,
         shards_done=len(markers),
         images_ok=ok,

@@ -103,7 +103,7 @@ class WorkContext:
     """What every worker of a run needs: the spec, where the index is, the layers' geometry."""
 
     spec: RunSpec
-    root: str  # the index directory (every worker writes its shards' files there)
+    root: str  # the index: a directory or an object-store URL (every worker writes its shards' files there)
     infos: dict[str, LayerInfo]  # per layer: channels, feature-map height and width
     rfs: dict[str, ReceptiveField]  # per layer: receptive field, for the top-k boxes
     trust_code: bool = False  # the model executes code when loaded (TorchScript, python:)
@@ -279,7 +279,7 @@ class ShardFinisher:
             for layer, (act, pos) in layers.items()
         }
         files = [self.layout.images_file(task.shard, attempt)]
-        write_parquet(images_table(task.refs, meta), files[0], self.context.metadata)
+        write_parquet(images_table(task.refs, meta), files[0], self.context.metadata, self.layout)
         tops, rows = {}, 0
         for layer, job in jobs.items():
             tops[layer], path, count = job.result()
@@ -287,7 +287,7 @@ class ShardFinisher:
             if path is not None:
                 files.append(path)
         files.append(self.layout.partial_file(task.shard, attempt))
-        write_parquet(partial_table(tops, self.context.infos), files[-1], self.context.metadata)
+        write_parquet(partial_table(tops, self.context.infos), files[-1], self.context.metadata, self.layout)
         return ShardResult(
             shard=task.shard,
             digest=task.digest,
@@ -301,7 +301,7 @@ class ShardFinisher:
             seconds={},
         )
 
-    def _layer(self, shard, attempt, layer, act, pos, ok_ids, sizes) -> tuple[TopK, Path | None, int]:
+    def _layer(self, shard, attempt, layer, act, pos, ok_ids, sizes) -> tuple[TopK, object, int]:
         ordered = order_units(act, pos, ok_ids)
         width, rf = self.context.infos[layer].width, self.context.rfs[layer]
         sizes_by_id = sizes[np.argsort(ok_ids, kind="stable")]
@@ -317,7 +317,7 @@ class ShardFinisher:
         if self.spec.store != "dense":
             return top, None, 0
         path = self.layout.activations_file(layer, shard, attempt)
-        write_activations(activations_table(ordered, width), path, self.context.metadata)
+        write_activations(activations_table(ordered, width), path, self.context.metadata, self.layout)
         return top, path, ordered.rows
 
 

@@ -47,12 +47,13 @@ def is_url(location: str) -> bool:
     return bool(_URL.match(location))
 
 
-def filesystem(url: str):
-    """(fsspec filesystem, path inside it) for a URL such as s3://bkt/prefix/."""
+def filesystem(url: str, **options):
+    """(fsspec filesystem, path inside it) for a URL such as s3://bkt/prefix/. Listings are never cached:
+    a process that runs several jobs (a notebook, the tests) must see objects added or removed since."""
     import fsspec
 
     protocol = url.split("://", 1)[0].lower()
-    options = S3_OPTIONS if protocol in ("s3", "s3a") else {}
+    options = {"use_listings_cache": False, **(S3_OPTIONS if protocol in ("s3", "s3a") else {}), **options}
     try:
         return fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:

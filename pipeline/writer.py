@@ -1,31 +1,36 @@
 """The index directory: where each table lives, atomic writes, and the commit protocol of shards.
 
-    layout = IndexLayout("idx/")
+    layout = IndexLayout("idx/")                # or IndexLayout("s3://bkt/idx/")
     attempt = new_attempt()
-    write_activations(table, layout.activations_file("layer4", 3, attempt), metadata)   # a worker
-    commit_marker(layout, {"shard": 3, "attempt": attempt, "files": [...], ...})         # the driver
+    write_activations(table, layout.activations_file("layer4", 3, attempt), metadata, layout)  # a worker
+    commit_marker(layout, {"shard": 3, "attempt": attempt, "files": [...], ...})               # the driver
     layout.completed_shards()    # {3: {...marker...}}
 
 A shard is written by whoever computed it: its files get names unique to that attempt
-(`images/shard-00003.<attempt>.parquet`), each written under a temporary name and renamed into place.
-The driver then writes the shard's marker `_done/shard-00003.json`, atomically and last, listing the
-files. Readers build their views from markers only, so they see a shard's complete output or none of it;
-the files of an attempt that lost (its worker died, another attempt committed first) are listed by no
-marker and are deleted by the run.
+(`images/shard-00003.<attempt>.parquet`), each stored whole (a local file under a temporary name, then
+renamed; an object in one upload, as object stores have no rename). The driver then writes the shard's
+marker `_done/shard-00003.json`, whole and last, listing the files. Readers build their views from
+markers only, so they see a shard's complete output or none of it; the files of an attempt that lost
+(its worker died, another attempt committed first) are listed by no marker and are deleted by the run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
+import tempfile
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.storage import filesystem, is_url
 
 ROWS_PER_GROUP = 65_536  # ~64 units of a 1,024-image shard: a one-unit query reads one group per file
 MARKER_VERSION = 2
@@ -49,10 +54,29 @@ def new_attempt() -> str:
 
 
 class IndexLayout:
-    """Paths of one index directory."""
+    """Paths of one index, and the few operations the index needs on them, on a local directory or an
+    object-store prefix (s3://bkt/prefix/, through fsspec).
+
+    Paths are `Path`s under a local root, and `PurePosixPath`s "bkt/prefix/..." (the store's own paths)
+    under a remote one: both join with `/` and are read and written through the methods below. A local
+    write goes to a temporary name and is renamed into place; an object store has no rename, but an object
+    appears whole when its upload ends, which is all the commit protocol needs.
+    """
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        text = os.fspath(root)
+        self.remote = is_url(text)
+        if self.remote:
+            self.url = text.rstrip("/")
+            self.protocol = self.url.split("://", 1)[0]
+            self.fs, base = filesystem(self.url)  # listings not cached: the workers add files all the time
+            self.root: Path | PurePosixPath = PurePosixPath(base.rstrip("/"))
+        else:
+            import fsspec.implementations.local
+
+            self.fs = fsspec.implementations.local.LocalFileSystem()
+            self.root = Path(text)
+            self.url = str(self.root)
 
     manifest = property(lambda self: self.root / "run.json")
     layers = property(lambda self: self.root / "layers.parquet")
@@ -64,56 +88,152 @@ class IndexLayout:
     topk_covers = property(lambda self: self.root / "_topk.json")
     topk_base_covers = property(lambda self: self.root / "_topk_base.json")
     partials_dir = property(lambda self: self.root / "_topk")  # each shard's own top-k
-    journal_dir = property(lambda self: self.root / "_journal")
+
+    @property
+    def journal_dir(self) -> Path:
+        """The decode journal (appended line by line): in the index directory, or for an index on an object
+        store (which cannot append) in this machine's temporary directory."""
+        if not self.remote:
+            return self.root / "_journal"
+        key = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / "actindex-journal" / key
 
     def shard_name(self, shard: int, attempt: str) -> str:
         return f"shard-{shard:05d}.{attempt}"
 
-    def images_file(self, shard: int, attempt: str) -> Path:
+    def images_file(self, shard: int, attempt: str):
         return self.root / "images" / f"{self.shard_name(shard, attempt)}.parquet"
 
-    def activations_file(self, layer: str, shard: int, attempt: str) -> Path:
+    def activations_file(self, layer: str, shard: int, attempt: str):
         return self.root / "activations" / layer_dirname(layer) / f"{self.shard_name(shard, attempt)}.parquet"
 
-    def partial_file(self, shard: int, attempt: str) -> Path:
+    def partial_file(self, shard: int, attempt: str):
         return self.partials_dir / f"{self.shard_name(shard, attempt)}.parquet"
 
-    def topk_file(self, layer: str, folder: Path | None = None) -> Path:
+    def topk_file(self, layer: str, folder=None):
         return (folder or self.topk_dir) / layer_dirname(layer) / "topk.parquet"
 
-    def marker(self, shard: int) -> Path:
+    def marker(self, shard: int):
         return self.done / f"shard-{shard:05d}.json"
 
+    def location(self, path) -> str:
+        """What a reader outside this class opens: the local path, or the object's URL."""
+        return f"{self.protocol}://{path}" if self.remote else str(path)
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def exists(self, path) -> bool:
+        return self.fs.exists(str(path))
+
+    def read_json(self, path) -> dict | None:
+        """The JSON object stored at `path`, or None when there is none."""
+        try:
+            return json.loads(self.fs.cat_file(str(path)))
+        except FileNotFoundError:
+            return None
+
+    def read_table(self, path, columns: list[str] | None = None) -> pa.Table:
+        if not self.remote:
+            return pq.read_table(path, columns=columns)
+        with self.fs.open(str(path), "rb") as f:
+            return pq.read_table(f, columns=columns)
+
+    def num_rows(self, path) -> int:
+        """Rows of a Parquet file, from its footer."""
+        if not self.remote:
+            return pq.ParquetFile(path).metadata.num_rows
+        with self.fs.open(str(path), "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+
+    def files(self, folder=None, detail: bool = False):
+        """Every file below `folder` (the root by default), sorted; with `detail`, {path: size}."""
+        folder = folder or self.root
+        if not self.remote and not os.path.isdir(folder):
+            return {} if detail else []
+        found = self.fs.find(str(folder), detail=True)
+        base = self.fs._strip_protocol(str(self.root))  # what the filesystem calls the root (absolute)
+        files = {
+            self.root / PurePosixPath(path).relative_to(base): info["size"]
+            for path, info in sorted(found.items())
+            if info["type"] == "file"
+        }
+        return files if detail else list(files)
+
+    def entries(self) -> list[str]:
+        """Names at the top of the root (files and folders); [] when it does not exist."""
+        try:
+            return sorted(PurePosixPath(p).name for p in self.fs.ls(str(self.root), detail=False))
+        except FileNotFoundError:
+            return []
+
     def completed_shards(self) -> dict[int, dict]:
-        if not self.done.is_dir():
+        paths = [str(p) for p in self.files(self.done) if re.fullmatch(r"shard-\d+\.json", p.name)]
+        if not paths:
             return {}
-        markers = (json.loads(p.read_text()) for p in sorted(self.done.glob("shard-*.json")))
+        markers = (json.loads(data) for _, data in sorted(self.fs.cat(paths, on_error="omit").items()))
         return {m["shard"]: m for m in markers}
 
-    def topk_files(self) -> list[Path]:
+    def topk_files(self) -> list:
         """The topk table's files, one per layer partition."""
-        return sorted(self.topk_dir.glob("layer=*/*.parquet"))
+        return [p for p in self.files(self.topk_dir) if p.parent.name.startswith("layer=")]
 
     def topk_rows(self) -> int:
         """Rows of the topk table, from its files' footers."""
-        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.topk_files())
+        return sum(self.num_rows(path) for path in self.topk_files())
 
     def bytes_on_disk(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return sum(self.files(detail=True).values())
 
     def read_manifest(self) -> dict | None:
-        return json.loads(self.manifest.read_text()) if self.manifest.is_file() else None
+        return self.read_json(self.manifest)
 
-    def data_dirs(self) -> tuple[Path, ...]:
+    def data_dirs(self) -> tuple:
         """Folders holding shard files (all listed by markers once committed)."""
         return (self.root / "images", self.root / "activations", self.partials_dir)
 
+    # ------------------------------------------------------------------------------------------ writing
+
+    def put(self, path, data: bytes) -> None:
+        """Store `data` at `path` whole or not at all: a local file is written under a temporary name and
+        renamed; an object is created by one upload."""
+        if self.remote:
+            self.fs.pipe_file(str(path), data)
+        else:
+            atomic_write_bytes(path, data)
+
+    def put_json(self, path, data: dict) -> None:
+        self.put(path, json_bytes(data))
+
+    def delete(self, paths) -> None:
+        """Delete files; those already gone are skipped."""
+        paths = [str(p) for p in paths]
+        if self.remote and paths:
+            self.fs.rm(paths)
+        for path in paths if not self.remote else ():
+            Path(path).unlink(missing_ok=True)
+
+    def delete_tree(self, folder) -> None:
+        if self.remote:
+            self.delete(self.files(folder))
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def copy_tree(self, source, target) -> None:
+        """Copy every file below `source` to the same place below `target` (on a store, server-side)."""
+        for path in self.files(source):
+            destination = target / path.relative_to(source)
+            if self.remote:
+                self.fs.copy(str(path), str(destination))
+            else:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, destination)
+
     def clear(self) -> None:
         """Remove everything actindex writes (and nothing else) from the directory."""
-        for name in ("images", "activations", "topk", "_topk", "_topk_base", "_done", "_journal"):
-            shutil.rmtree(self.root / name, ignore_errors=True)
-        for path in (self.manifest, self.layers, self.topk_covers, self.topk_base_covers):
-            path.unlink(missing_ok=True)
+        for name in ("images", "activations", "topk", "_topk", "_topk_base", "_done"):
+            self.delete_tree(self.root / name)
+        shutil.rmtree(self.journal_dir, ignore_errors=True)
+        self.delete([self.manifest, self.layers, self.topk_covers, self.topk_base_covers])
 
 
 def marker_id(marker: dict) -> str:
@@ -123,7 +243,7 @@ def marker_id(marker: dict) -> str:
 
 def commit_marker(layout: IndexLayout, marker: dict) -> None:
     """Make a shard visible: its files are all in place, so its marker goes last, atomically."""
-    atomic_write_json(layout.marker(marker["shard"]), {"version": MARKER_VERSION, **marker})
+    layout.put_json(layout.marker(marker["shard"]), {"version": MARKER_VERSION, **marker})
 
 
 @contextlib.contextmanager
@@ -144,40 +264,59 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, data: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(data))
 
 
-def write_parquet(
-    table: pa.Table, path: Path, metadata: dict | None = None, row_group_size: int | None = None, **options
-) -> None:
-    """Write `table` to `path` atomically (temporary name, fsync-free rename), zstd-compressed, with
-    `metadata` as the file's key-value metadata "actindex" (JSON)."""
+def json_bytes(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def encode_parquet(
+    table: pa.Table, metadata: dict | None = None, row_group_size: int | None = None, **options
+) -> bytes:
+    """`table` as a zstd-compressed Parquet file, with `metadata` as its key-value metadata "actindex"
+    (JSON); `options` go to pyarrow's ParquetWriter."""
     stored_schema = options.get("store_schema", True)
     if metadata and stored_schema:  # readers take it from the stored Arrow schema
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), b"actindex": json.dumps(metadata)}
         )
-    with replacing(path) as tmp, pq.ParquetWriter(tmp, table.schema, compression="zstd", **options) as out:
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, table.schema, compression="zstd", **options) as out:
         out.write_table(table, row_group_size=row_group_size)
         if metadata and not stored_schema:
             out.add_key_value_metadata({"actindex": json.dumps(metadata)})
+    return sink.getvalue().to_pybytes()
 
 
-def write_activations(table: pa.Table, path: Path, metadata: dict) -> None:
-    """One layer of one shard, sorted by unit then act (pipeline.finish.activations_table): row groups of
-    ROWS_PER_GROUP with unit/act statistics and a page index, so a one-unit query reads one group."""
-    write_parquet(
-        table,
-        path,
-        metadata,
-        row_group_size=ROWS_PER_GROUP,
-        use_byte_stream_split=["act"],
-        use_dictionary=["image_id", "unit", "y", "x"],
-        write_statistics=["unit", "act", "image_id"],
-        sorting_columns=[pq.SortingColumn(1), pq.SortingColumn(2, descending=True)],
-        write_page_index=True,
-        store_schema=False,  # dictionary-typed in memory; readers get the plain types
-    )
+def write_parquet(
+    table: pa.Table, path, metadata: dict | None = None, layout: IndexLayout | None = None, **options
+) -> None:
+    """Write `table` to `path` whole or not at all (encode_parquet): through `layout` (an index's file,
+    maybe on an object store), or a local file written under a temporary name and renamed."""
+    data = encode_parquet(table, metadata, **options)
+    if layout is None:
+        atomic_write_bytes(path, data)
+    else:
+        layout.put(path, data)
+
+
+# one layer of one shard, sorted by unit then act (pipeline.finish.activations_table): row groups of
+# ROWS_PER_GROUP with unit/act statistics and a page index, so a one-unit query reads one group
+ACTIVATION_OPTIONS = {
+    "row_group_size": ROWS_PER_GROUP,
+    "use_byte_stream_split": ["act"],
+    "use_dictionary": ["image_id", "unit", "y", "x"],
+    "write_statistics": ["unit", "act", "image_id"],
+    "sorting_columns": [pq.SortingColumn(1), pq.SortingColumn(2, descending=True)],
+    "write_page_index": True,
+    "store_schema": False,  # dictionary-typed in memory; readers get the plain types
+}
+
+
+def write_activations(table: pa.Table, path, metadata: dict, layout: IndexLayout | None = None) -> None:
+    """One layer of one shard, in the activations file format (ACTIVATION_OPTIONS)."""
+    write_parquet(table, path, metadata, layout, **ACTIVATION_OPTIONS)
 
 
 def marker_totals(markers: dict[int, dict]) -> tuple[int, int, int]:

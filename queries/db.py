@@ -21,6 +21,7 @@ import pyarrow as pa
 from pipeline import schema
 from pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError, UserError
 from pipeline.preprocess import Preprocessing
+from pipeline.storage import user_errors
 from pipeline.writer import IndexLayout
 
 
@@ -39,25 +40,38 @@ NO_ACTIVATIONS = (
 
 
 def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the index's views; `index_dir` is a directory or an object-store URL
+    (s3://bkt/idx/, read through fsspec: DuckDB needs no extension)."""
     layout = IndexLayout(index_dir)
-    if not layout.manifest.is_file():
-        raise _not_an_index(index_dir)
+    with user_errors(layout.url):
+        manifest = layout.read_manifest()
+        if manifest is None:
+            raise _not_an_index(index_dir)
+        markers = layout.completed_shards()
+        # a topk without its record is being written, or was left half-written by a killed run: not shown
+        topk = layout.topk_files() if layout.exists(layout.topk_covers) else []
+        has_layers = layout.exists(layout.layers)
     con = duckdb.connect()
-    files = [layout.root / f for marker in layout.completed_shards().values() for f in marker["files"]]
-    _view(con, "images", [f for f in files if f.parts[len(layout.root.parts)] == "images"])
-    if layout.read_manifest().get("params", {}).get("store") == "topk":
+    if layout.remote:
+        con.register_filesystem(layout.fs)
+    files = [f for marker in markers.values() for f in marker["files"]]
+    _view(con, "images", [layout.location(layout.root / f) for f in files if f.startswith("images/")])
+    if manifest.get("params", {}).get("store") == "topk":
         _failing_view(con, "activations", NO_ACTIVATIONS)
     else:
-        _view(con, "activations", [f for f in files if f.parts[len(layout.root.parts)] == "activations"])
-    _view(con, "layers", [layout.layers] if layout.layers.is_file() else [])
-    _view(con, "topk", layout.topk_files())
+        activations = [layout.location(layout.root / f) for f in files if f.startswith("activations/")]
+        _view(con, "activations", activations)
+    _view(con, "layers", [layout.location(layout.layers)] if has_layers else [])
+    _view(con, "topk", [layout.location(path) for path in topk])
     return con
 
 
 def index_preprocessing(index_dir: str | Path) -> Preprocessing:
     """The preprocessing an index was built with (run.json's params): how its boxes map to the originals,
     and how to open an original so that its pixels are the ones the boxes refer to (`decode`)."""
-    manifest = IndexLayout(index_dir).read_manifest()
+    layout = IndexLayout(index_dir)
+    with user_errors(layout.url):
+        manifest = layout.read_manifest()
     if manifest is None:
         raise _not_an_index(index_dir)
     return Preprocessing.from_dict(manifest["params"]["preprocessing"])
@@ -70,11 +84,11 @@ def _not_an_index(index_dir: str | Path) -> NotAnIndexError:
     )
 
 
-def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> None:
+def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[str]) -> None:
     if not files:
         con.register(name, schema.TABLES[name].empty_table())
         return
-    listed = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
+    listed = "[" + ", ".join(_literal(f) for f in files) + "]"
     options = ""
     if name in schema.PARTITIONED:  # `layer` is the directory's name, always text (never a number)
         options = ", hive_partitioning = true, hive_types = {'layer': VARCHAR}"
@@ -195,7 +209,7 @@ def check_units(con: duckdb.DuckDBPyConnection, layer: str, units: list[int]) ->
 def _locked(layout: IndexLayout) -> bool:
     from jobs.lock import is_locked
 
-    return is_locked(layout.root) is not None
+    return is_locked(layout) is not None
 
 
 def _with_boxes(con: duckdb.DuckDBPyConnection, layer: str, rows: pa.Table, prep: Preprocessing) -> pa.Table:

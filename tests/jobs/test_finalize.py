@@ -31,11 +31,42 @@ def _state(layout: IndexLayout) -> dict:
     }
 
 
-@pytest.mark.parametrize("moved", [False, True], ids=["complete", "killed after moving its record"])
-def test_a_complete_table_is_set_aside_with_its_record(tmp_path, moved):
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+STEPS = ("put", "delete", "delete_tree", "copy_tree")  # what set_topk_aside changes the index with
+
+
+def _killed_after(monkeypatch, layout: IndexLayout, steps: int) -> None:
+    """Make the layout's `steps`-th change the last one: the next raises Killed."""
+    done = []
+    for name in STEPS:
+        real = getattr(layout, name)
+
+        def step(*args, _real=real):
+            if len(done) == steps:
+                raise Killed
+            done.append(1)
+            return _real(*args)
+
+        monkeypatch.setattr(layout, name, step)
+
+
+@pytest.mark.parametrize("steps", [None, 0, 1, 2, 3, 4, 5])
+def test_a_complete_table_is_set_aside_with_its_record_whenever_it_is_killed(tmp_path, monkeypatch, steps):
     layout = IndexLayout(tmp_path)
-    _table(layout, layout.topk_dir, ["a", "b"], layout.topk_base_covers if moved else layout.topk_covers)
-    set_topk_aside(layout)
+    _table(layout, layout.topk_dir, ["a", "b"], layout.topk_covers)
+    if steps is not None:  # killed after `steps` changes: a table or a base is still whole with its record
+        with monkeypatch.context() as patch:
+            _killed_after(patch, layout, steps)
+            with pytest.raises(Killed):
+                set_topk_aside(layout)
+        state = _state(layout)
+        assert state["record"] is None or state["topk"] == ["a", "b"]
+        assert state["base_record"] is None or state["base"] == ["a", "b"]
+        assert state["record"] is not None or state["base_record"] is not None
+    set_topk_aside(layout)  # the rerun
     assert _state(layout) == {
         "topk": None,
         "record": None,

@@ -4,20 +4,16 @@ server mode on 127.0.0.1): the same tables, grids cut from inside containers and
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import pytest
 from PIL import Image
 
 from queries.db import connect
 from tests.containers import content_tables, write_parquet, write_tars
+from tests.jobs.conftest import BUCKET, free_port
 from tests.jobs.test_cli import PLANTED, invoke
 
-moto_server = pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
-
-BUCKET = "actindex-test"
 # batch size 1: every image is computed alone, so indexes listing the images in other orders give the same
 # bits (see tests/tables.py on batching and rounding)
 PLANTED_ARGS = (
@@ -27,49 +23,19 @@ PLANTED_ARGS = (
 )  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3(planted_dataset, tmp_path_factory):
-    """A moto S3 server holding the planted images as a folder, tar shards and Parquet files; yields the
-    local copies' folder. The endpoint and credentials are set the usual way, in the environment."""
+def s3(s3_endpoint, planted_dataset, tmp_path_factory):
+    """The planted images on the S3 server as a folder, tar shards and Parquet files; yields the local
+    copies' folder."""
     folder, _ = planted_dataset
     local = tmp_path_factory.mktemp("formats")
     write_tars(folder, local / "shards", per_shard=4)
     write_parquet(folder, local / "parquet", per_file=5)
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    saved = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
-    s3fs.S3FileSystem.clear_instance_cache()
-    try:
-        fs = s3fs.S3FileSystem()
-        fs.mkdir(BUCKET)
-        fs.put(str(folder) + "/", f"{BUCKET}/folder/", recursive=True)
-        fs.put(str(local / "shards") + "/", f"{BUCKET}/shards/", recursive=True)
-        fs.put(str(local / "parquet") + "/", f"{BUCKET}/parquet/", recursive=True)
-        yield local
-    finally:
-        server.stop()
-        s3fs.S3FileSystem.clear_instance_cache()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_ENDPOINT_URL": "",
-}
+    fs = s3fs.S3FileSystem()
+    fs.put(str(folder) + "/", f"{BUCKET}/folder/", recursive=True)
+    fs.put(str(local / "shards") + "/", f"{BUCKET}/shards/", recursive=True)
+    fs.put(str(local / "parquet") + "/", f"{BUCKET}/parquet/", recursive=True)
+    return local
 
 
 def index(source: str, out, *extra: str) -> str:
@@ -98,17 +64,15 @@ SOURCES = {
 def test_every_source_gives_the_folders_tables(s3, folder_index, kind, where, tmp_path):
     root = str(s3) if where == "local" else f"s3://{BUCKET}"
     source, extra = SOURCES.get(kind, ("{root}/folder/", ()))
-    out = tmp_path / "idx"
+    out = tmp_path / "idx" if where == "local" else f"s3://{BUCKET}/indexes/{kind}/"  # S3 in, S3 out
     output = index(source.format(root=root), out, *extra)
     assert "9 images: 9 indexed, 0 failed" in output
     assert content_tables(out) == content_tables(folder_index)
     relpaths = [r[0] for r in connect(out).execute("SELECT relpath FROM images ORDER BY 1").fetchall()]
     expected = {"folder": "edge/edge0.png", "tars": "00000.tar#edge0.png", "parquet": "00000.parquet#edge0"}
     assert relpaths[0] == expected[kind]
-    if kind != "folder":
-        grid_tile_is_red(out, tmp_path)  # crops cut from inside tars and Parquet rows, here or on S3
-    elif where == "s3":
-        grid_tile_is_red(out, tmp_path)  # crops cut from objects
+    if kind != "folder" or where == "s3":
+        grid_tile_is_red(out, tmp_path)  # crops cut from inside tars, Parquet rows or objects, here or on S3
 
 
 def grid_tile_is_red(out, tmp_path) -> None:

@@ -3,6 +3,9 @@
 ACTINDEX_TEST_PAUSE_DIR: a worker there writes a shard's first activations file, says so with a file in
 that folder, then hangs, so that the test can remove the node while the shard is half written.
 
+ACTINDEX_TEST_WRITE_DELAY_S: every activations file is written that many seconds late, so that a test can
+kill a short job between any two shards.
+
 ACTINDEX_TEST_BARRIER_DIR: a Ray worker there writes no activations file until ACTINDEX_TEST_BARRIER_COUNT
 workers (on any node) have one to write, so that every node's model actor computes shards, whichever
 actor starts first (the first ones hold their shards; the others take the rest of the queue).
@@ -24,13 +27,28 @@ if _FOLDER:
     if _writer is not None:
         _write = _writer.write_activations
 
-        def _write_then_hang(table, path, metadata):
-            _write(table, path, metadata)
+        def _write_then_hang(table, path, *args):
+            _write(table, path, *args)
             with open(os.path.join(_FOLDER, f"paused-{os.getpid()}"), "w") as f:
                 f.write(str(path))
             time.sleep(3600)
 
         _writer.write_activations = _write_then_hang
+
+_DELAY = float(os.environ.get("ACTINDEX_TEST_WRITE_DELAY_S") or 0)
+if _DELAY:
+    try:
+        import pipeline.writer as _writer
+    except ImportError:
+        _writer = None
+    if _writer is not None:
+        _write_late = _writer.write_activations
+
+        def _delayed_write(*args):
+            time.sleep(_DELAY)
+            _write_late(*args)
+
+        _writer.write_activations = _delayed_write
 
 # only Ray's workers: its agents and dashboard processes need not import the project
 if _BARRIER and sys.argv and sys.argv[0].endswith("default_worker.py"):
@@ -42,12 +60,12 @@ if _BARRIER and sys.argv and sys.argv[0].endswith("default_worker.py"):
         _write_first = _writer.write_activations
         _count = int(os.environ.get("ACTINDEX_TEST_BARRIER_COUNT", "2"))
 
-        def _write_after_barrier(table, path, metadata):
+        def _write_after_barrier(table, path, *args):
             with open(os.path.join(_BARRIER, f"worker-{os.getpid()}"), "w") as f:
                 f.write(str(path))
             deadline = time.monotonic() + _BARRIER_WAIT_S
             while len(os.listdir(_BARRIER)) < _count and time.monotonic() < deadline:
                 time.sleep(0.1)
-            _write_first(table, path, metadata)
+            _write_first(table, path, *args)
 
         _writer.write_activations = _write_after_barrier

@@ -1,0 +1,249 @@
+"""An index on an object store (moto's S3 API on 127.0.0.1, started by the fixtures): SIGKILLed runs resume
+to identical tables, a concurrent reader never sees a partial shard, a second writer is refused, the lease
+is taken over only from a dead or expired holder, incremental runs and --prune work there, and the CLI
+reads it."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs.index import run_index
+from jobs.lock import SKEW_SECONDS, IndexBusyError, LeaseLostError, ObjectLease, is_locked
+from jobs.spec import IndexRequest
+from jobs.status import index_status
+from pipeline.preprocess import Preprocessing
+from pipeline.writer import IndexLayout
+from queries.db import connect
+from tests.containers import content_tables
+from tests.jobs.conftest import BUCKET
+from tests.jobs.test_cli import PLANTED, invoke
+from tests.jobs.test_resume import ARGS, make_images
+from tests.tables import assert_same_tables
+
+s3fs = pytest.importorskip("s3fs")
+
+SHARDS = 12  # 24 images, 2 per shard
+REPO = Path(__file__).parents[2]
+NODE_PLUGIN = REPO / "tests" / "node_plugin"
+
+
+def request(source: str, out: str, **kwargs) -> IndexRequest:
+    """The job of tests/jobs/test_resume.py (resnet18 at 32 pixels, 2 images a shard)."""
+    return IndexRequest(
+        source=source,
+        out=out,
+        model="resnet18",
+        layers=("layer2", "layer4"),
+        k=4,
+        shard_size=2,
+        batch_size=2,
+        preprocessing=Preprocessing(resize=36, crop=32),
+        executor="local",
+        progress=False,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def photos(s3_endpoint, tmp_path_factory) -> str:
+    """24 images in a folder on the S3 server; its URL."""
+    folder = make_images(tmp_path_factory.mktemp("s3_resume") / "images", 2 * SHARDS)
+    s3fs.S3FileSystem().put(str(folder) + "/", f"{BUCKET}/resume/images/", recursive=True)
+    return f"s3://{BUCKET}/resume/images/"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(photos) -> str:
+    out = f"s3://{BUCKET}/resume/uninterrupted/"
+    run_index(request(photos, out))
+    return out
+
+
+def start_job(source: str, out: str, delay: float = 0.0) -> subprocess.Popen:
+    """The job in its own process (it inherits the endpoint and credentials from the environment); each
+    activations file written `delay` seconds late (tests/node_plugin), so that it can be killed mid-run."""
+    command = [sys.executable, "-m", "jobs", "index", source, "--out", out, *ARGS]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{NODE_PLUGIN}{os.pathsep}{REPO}",
+        "ACTINDEX_TEST_WRITE_DELAY_S": str(delay),
+    }
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def lease_holder(layout: IndexLayout) -> dict | None:
+    return layout.read_json(layout.root / ".lock")
+
+
+def wait_until(condition, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def assert_reader_sees_whole_shards(out: str) -> int:
+    """What a reader sees is whole shards: every ok image in the images view has a row for each of the
+    128 + 512 units of layer2 and layer4 in the activations view, and every shard holds 2 images. Returns
+    the images seen."""
+    if IndexLayout(out).read_manifest() is None:
+        return 0
+    con = connect(out)  # lists the markers, then reads the files they name: the job goes on meanwhile
+    images, ok, distinct = con.sql(
+        "SELECT count(*), count(*) FILTER (status = 'ok'), count(DISTINCT image_id) FROM images"
+    ).fetchall()[0]
+    rows = con.sql("SELECT count(*) FROM activations").fetchall()[0][0]
+    assert images == distinct and images % 2 == 0
+    assert rows == ok * (128 + 512)
+    return images
+
+
+@pytest.mark.slow
+def test_killed_three_times_then_resumed_gives_identical_tables(photos, uninterrupted, monkeypatch):
+    out = f"s3://{BUCKET}/resume/killed/"
+    layout = IndexLayout(out)
+    rng = random.Random(3)
+    for target in (1, 4, 8):  # killed once this many shards are complete, plus a few milliseconds
+        proc = start_job(photos, out, delay=0.25)  # 2 files a shard: 0.5 s a shard or more
+        try:
+            # a killed job's lease is taken over at once: its holder ran here and is gone
+            assert wait_until(lambda proc=proc: (lease_holder(layout) or {}).get("pid") == proc.pid, proc)
+            if target == 1:
+                assert_second_writer_refused(photos, out, proc.pid, monkeypatch)
+
+            def enough(target=target) -> bool:
+                if len(layout.files(layout.done)) >= target:
+                    return True
+                assert_reader_sees_whole_shards(out)  # a concurrent reader, as the job writes
+                return False
+
+            assert wait_until(enough, proc)
+            time.sleep(rng.uniform(0, 0.05))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read()  # killed mid-run: it had not finished
+        assert 2 * target <= assert_reader_sees_whole_shards(out) < 2 * SHARDS
+    # what a kill inside a shard leaves: files written, no marker; readers never see them
+    layout.put(layout.images_file(SHARDS - 1, "partial"), layout.fs.cat_file(str(_any_images_file(layout))))
+    layout.put(layout.activations_file("layer2", SHARDS - 1, "partial"), b"half a shard")
+    assert_reader_sees_whole_shards(out)
+    final = start_job(photos, out)
+    stdout, stderr = final.communicate(timeout=300)
+    assert final.returncode == 0, stderr
+    assert f"{2 * SHARDS} images: {2 * SHARDS} indexed, 0 failed" in stdout
+    assert_same_tables(out, uninterrupted)
+    assert layout.read_manifest()["status"] == "complete"
+    listed = {str(layout.root / f) for m in layout.completed_shards().values() for f in m["files"]}
+    written = {str(path) for folder in layout.data_dirs() for path in layout.files(folder)}
+    assert written == listed  # the killed attempts' files are gone
+    assert lease_holder(layout) is None  # released at the end
+
+
+def _any_images_file(layout: IndexLayout):
+    return next(path for path in layout.files(layout.root / "images"))
+
+
+def assert_second_writer_refused(source: str, out: str, pid: int, monkeypatch) -> None:
+    with monkeypatch.context() as patched:  # refused before any model is loaded
+        patched.setattr("jobs.worker.plan_model", _no_model)
+        patched.setattr("pipeline.models.load_model", _no_model)
+        with pytest.raises(IndexBusyError, match=f"pid {pid}"):
+            run_index(request(source, out))
+    assert f"pid {pid}" in is_locked(IndexLayout(out))
+    assert f"pid {pid}" in index_status(out).locked_by
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded")
+
+
+def test_the_lease_is_taken_over_only_from_a_dead_or_expired_holder(s3_endpoint):
+    layout = IndexLayout(f"s3://{BUCKET}/lease/")
+    lock = layout.root / ".lock"
+    me = socket.gethostname()
+    with ObjectLease(layout) as held:
+        assert lease_holder(layout)["pid"] == os.getpid()
+        with pytest.raises(IndexBusyError, match=f"pid {os.getpid()}"), ObjectLease(layout):
+            pass
+        held.renew()
+        held.check()  # still ours
+        layout.put_json(lock, _lease("elsewhere", 1, time.time() + 60))  # another job took it over
+        held.renew()
+        with pytest.raises(LeaseLostError, match="another job took over"):
+            held.check()
+    assert lease_holder(layout)["host"] == "elsewhere"  # a lost lease is left to its new holder
+    with pytest.raises(IndexBusyError, match="pid 1 on elsewhere"), ObjectLease(layout):
+        pass
+    layout.put_json(lock, _lease("elsewhere", 1, time.time() - SKEW_SECONDS - 1))  # expired
+    with ObjectLease(layout):
+        assert lease_holder(layout)["host"] == me
+    assert lease_holder(layout) is None  # released
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    layout.put_json(lock, _lease(me, gone.pid, time.time() + 60))  # a live lease of a process that died
+    with ObjectLease(layout):
+        assert lease_holder(layout)["pid"] == os.getpid()
+
+
+def _lease(host: str, pid: int, expires: float) -> dict:
+    return {"host": host, "pid": pid, "start": None, "since": time.time(), "expires": expires}
+
+
+def test_writing_to_a_store_without_conditional_writes_is_refused(tmp_path):
+    args = ("--model", PLANTED, "--layers", "relu1", "--trust-code")
+    result = invoke("index", tmp_path, "--out", "memory://idx/", *args)
+    assert result.exit_code == 2 and "cannot write an index to memory://" in result.output, result.output
+
+
+PLANTED_ARGS = (
+    "--model", PLANTED, "--layers", "relu*,head", "--k", "3", "--executor", "local", "--trust-code",
+    "--resize", "64", "--crop", "64", "--interpolation", "nearest", "--mean", "0,0,0", "--std", "1,1,1",
+    "--no-progress", "--shard-size", "4", "--batch-size", "1",
+)  # fmt: skip
+
+
+def test_added_and_removed_images_and_the_cli_on_an_s3_index(s3_endpoint, planted_dataset):
+    folder, _ = planted_dataset
+    fs = s3fs.S3FileSystem()
+    source, out = f"s3://{BUCKET}/grow/images/", f"s3://{BUCKET}/grow/idx/"
+    fs.put(str(folder) + "/", f"{BUCKET}/grow/images/", recursive=True)
+    fs.rm(f"{BUCKET}/grow/images/red/red2.png")
+
+    def index(*extra: str) -> str:
+        result = invoke("index", source, "--out", out, *PLANTED_ARGS, *extra)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "8 images: 8 indexed" in index()
+    fs.put(str(folder / "red" / "red2.png"), f"{BUCKET}/grow/images/red/red2.png")
+    fs.rm(f"{BUCKET}/grow/images/edge/edge0.png")
+    status = invoke("status", out)
+    assert status.exit_code == 0 and "8 images: 1 new, 1 missing" in status.output, status.output
+    assert "8 images: 8 indexed" in index("--prune")
+    assert "8 images: 0 new, 0 missing" in invoke("status", out).output
+    fresh = f"s3://{BUCKET}/grow/fresh/"
+    assert invoke("index", source, "--out", fresh, *PLANTED_ARGS).exit_code == 0
+    assert content_tables(out) == content_tables(fresh)
+
+    top = invoke("top", out, "--layer", "relu1", "--unit", "0", "--k", "3")
+    assert top.exit_code == 0, top.output
+    lines = [line for line in top.output.splitlines() if ".png" in line]
+    assert [next(n for n in ("red0", "red1", "red2") if n in line) for line in lines] == [
+        "red0",
+        "red1",
+        "red2",
+    ]
+    sql = invoke("sql", out, "SELECT count(*) AS n, min(uri) AS first FROM images")
+    assert sql.exit_code == 0 and "8" in sql.output and f"s3://{BUCKET}/grow/images/" in sql.output
