@@ -15,9 +15,12 @@ remaining images are indexed again, in new shards, by the same run. No activatio
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pipeline.shards import Shard, plan_shards
+import numpy as np
+
+from pipeline.shards import Shard, iter_shards
 from pipeline.sources import ImageRef
 from pipeline.writer import IndexLayout
 
@@ -32,8 +35,28 @@ class IndexState:
 
 
 @dataclass
+class PendingShards:
+    """The shards a run computes. Iterating makes them one at a time from the images (again on each
+    iteration), so a listing too large to hold is never held as shards either."""
+
+    refs: Callable[[], Iterable[ImageRef]]  # the images to cut into shards, in order
+    shard_size: int
+    first_index: int = 0  # the first shard's number
+    skip: frozenset[int] = frozenset()  # shards (by number) already complete
+    count: int = 0  # shards to compute
+    images: int = 0  # images they hold
+
+    def __iter__(self) -> Iterator[Shard]:
+        shards = iter_shards(self.refs(), self.shard_size, self.first_index)
+        return (shard for shard in shards if shard.index not in self.skip)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@dataclass
 class Work:
-    pending: list[Shard]  # shards to compute, numbered after the completed ones
+    pending: PendingShards  # shards to compute, numbered after the completed ones
     missing: dict[int, int] = field(
         default_factory=dict
     )  # indexed image_id -> shard, no longer in the dataset
@@ -43,7 +66,7 @@ class Work:
     @property
     def images(self) -> int:
         """Images the pending shards hold."""
-        return sum(len(shard.refs) for shard in self.pending)
+        return self.pending.images
 
     @property
     def new_images(self) -> int:
@@ -70,30 +93,83 @@ def read_state(layout: IndexLayout, repair: bool = True) -> IndexState:
     return IndexState(done)
 
 
-def plan_work(
-    refs: list[ImageRef], state: IndexState, layout: IndexLayout, shard_size: int, prune: bool
-) -> Work:
-    planned = plan_shards(refs, shard_size)
-    if all(s < len(planned) and planned[s].digest == m["digest"] for s, m in state.done.items()):
-        return Work([shard for shard in planned if shard.index not in state.done])  # a fresh or resumed run
-    indexed = indexed_ids(layout, state)
-    current = {ref.image_id for ref in refs}
-    missing = {image_id: shard for image_id, shard in indexed.items() if image_id not in current}
+def plan_work(refs, state: IndexState, layout: IndexLayout, shard_size: int, prune: bool) -> Work:
+    """`refs`: the dataset's images in order, as a re-iterable with a length (a pipeline.listing.Listing
+    or a list). A fresh or resumed run needs no pass over them when no shard is complete, one otherwise."""
+    total = len(refs)
+    planned = -(-total // shard_size)
+    if all(shard < planned for shard in state.done) and _digests_match(refs, state.done, shard_size):
+        skip = frozenset(state.done)
+        images = total - sum(min(shard_size, total - shard * shard_size) for shard in skip)
+        return Work(PendingShards(lambda: refs, shard_size, 0, skip, planned - len(skip), images))
+    indexed, shards = indexed_ids(layout, state)
+    gone = ~np.isin(indexed, _ids(refs), assume_unique=True)
+    missing = dict(zip(indexed[gone].tolist(), shards[gone].tolist(), strict=True))
     to_prune = sorted(set(missing.values())) if prune else []
-    dropped = set(to_prune)
-    again = [ref for ref in refs if indexed.get(ref.image_id, -1) in dropped]
-    new = [ref for ref in refs if ref.image_id not in indexed or indexed[ref.image_id] in dropped]
-    return Work(plan_shards(new, shard_size, first_index=state.next_shard), missing, to_prune, len(again))
+    dropped = np.array(to_prune, np.int64)
+
+    def marked() -> Iterator[tuple[ImageRef, bool]]:
+        """(image, indexed before) for the images no completed shard holds, or only a dropped one."""
+        for chunk in _chunks(refs, 8_192):
+            ids = np.fromiter((ref.image_id for ref in chunk), np.int64, len(chunk))
+            known, keep = np.zeros(len(ids), bool), np.ones(len(ids), bool)
+            if len(indexed):
+                where = np.minimum(np.searchsorted(indexed, ids), len(indexed) - 1)
+                known = indexed[where] == ids
+                keep = ~known | np.isin(shards[where], dropped)
+            yield from ((ref, bool(k)) for ref, k, kept in zip(chunk, known, keep, strict=True) if kept)
+
+    count = again = 0
+    for _, before in marked():
+        count, again = count + 1, again + before
+    new_refs = lambda: (ref for ref, _ in marked())  # noqa: E731
+    shards_needed = -(-count // shard_size)
+    pending = PendingShards(new_refs, shard_size, state.next_shard, frozenset(), shards_needed, count)
+    return Work(pending, missing, to_prune, again)
 
 
-def indexed_ids(layout: IndexLayout, state: IndexState) -> dict[int, int]:
-    """image_id -> the completed shard holding it, from the images files."""
-    indexed = {}
+def _digests_match(refs, done: dict[int, dict], shard_size: int) -> bool:
+    """Whether every completed shard holds exactly the images the plan puts in it."""
+    if not done:
+        return True
+    last = max(done)
+    for shard in iter_shards(refs, shard_size):
+        if shard.index in done and shard.digest != done[shard.index]["digest"]:
+            return False
+        if shard.index >= last:
+            return True
+    return False
+
+
+def _ids(refs) -> np.ndarray:
+    """Every image's id, sorted."""
+    if hasattr(refs, "ids"):
+        return refs.ids()
+    return np.unique(np.fromiter((ref.image_id for ref in refs), np.int64, len(refs)))
+
+
+def _chunks(refs: Iterable[ImageRef], size: int) -> Iterator[list[ImageRef]]:
+    chunk = []
+    for ref in refs:
+        chunk.append(ref)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def indexed_ids(layout: IndexLayout, state: IndexState) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, the completed shard holding each), sorted by id, from the images files."""
+    ids, shards = [np.array([], np.int64)], [np.array([], np.int64)]
     for shard, marker in state.done.items():
         images = next(f for f in marker["files"] if f.startswith("images/"))
-        ids = layout.read_table(layout.root / images, columns=["image_id"]).column("image_id")
-        indexed.update(dict.fromkeys(ids.to_pylist(), shard))
-    return indexed
+        column = layout.read_table(layout.root / images, columns=["image_id"]).column("image_id")
+        ids.append(column.to_numpy())
+        shards.append(np.full(len(column), shard, np.int64))
+    ids, shards = np.concatenate(ids), np.concatenate(shards)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], shards[order]
 
 
 def apply_prune(layout: IndexLayout, state: IndexState, work: Work) -> None:

@@ -49,7 +49,8 @@ from jobs.worker import ShardResult, ShardTask, WorkContext, plan_model
 from pipeline import schema
 from pipeline.errors import UserError
 from pipeline.geometry import LayerInfo, ReceptiveField, from_layers_row
-from pipeline.sources import dataset_root, display_path, list_images
+from pipeline.listing import Listing
+from pipeline.sources import dataset_root, display_path
 from pipeline.topk import RunningTopK
 from pipeline.writer import (
     INDEX_FORMAT,
@@ -101,7 +102,7 @@ def run_index(request: IndexRequest) -> Summary:
     with index_lock(layout) as lock, ExitStack() as stack:
         _check_directory(layout, request.overwrite)
         _check_pinned(layout, pinned_params(request, root), request.overwrite)
-        refs, listing_errors = _list(request)
+        refs, listing_errors = _list(request, stack)
         executor, plan = _start(request, layout, refs, stack)
         existing = _check_index(layout, _params(request, plan, root, gpus=None), request.overwrite)
         state = read_state(layout)
@@ -122,7 +123,7 @@ def run_index(request: IndexRequest) -> Summary:
         return _run(layout, lock, executor, context, state, work, manifest, request, (started, cpu))
 
 
-def _start(request: IndexRequest, layout: IndexLayout, refs: list, stack: ExitStack):
+def _start(request: IndexRequest, layout: IndexLayout, refs: Listing, stack: ExitStack):
     """(executor or None, ModelPlan). When the run will compute, the executor starts now (on Ray, Ray and
     the actors come up in the background) and the workers load the model; a rerun with nothing to do loads
     it here, to check the index's parameters, and starts nothing."""
@@ -143,15 +144,16 @@ def _geometry(layout: IndexLayout, executor, request: IndexRequest, plan, reuse:
     return plan.infos, plan.rfs
 
 
-def _list(request: IndexRequest) -> tuple[list, list[str]]:
+def _list(request: IndexRequest, stack: ExitStack) -> tuple[Listing, list[str]]:
+    """The dataset's images, sorted (spilled to a temporary folder while the job runs, when large)."""
     errors: list[tuple[str, str]] = []
-    refs = list_images(request.source, errors=errors, columns=request.columns)
+    refs = stack.enter_context(Listing.build(request.source, errors=errors, columns=request.columns))
     for relpath, reason in errors:
         log.warning("not listed: %s (%s)", relpath, reason)
     return refs, [display_path(f"{relpath}: {reason}") for relpath, reason in errors]
 
 
-def _needs_workers(layout: IndexLayout, refs: list, request: IndexRequest) -> bool:
+def _needs_workers(layout: IndexLayout, refs: Listing, request: IndexRequest) -> bool:
     """Whether this run will compute anything, judged before the model is loaded (nothing is changed)."""
     manifest = layout.read_manifest()
     if manifest is None or manifest.get("format") != INDEX_FORMAT or request.overwrite:
@@ -252,11 +254,12 @@ def _run(layout, lock, executor, context, state, work: Work, manifest, request, 
     remove_orphans(layout, state)
     set_topk_aside(layout)  # stale from now on: readers see no topk until it is rebuilt at the end
     done_before = len(state.done)
-    tasks = [ShardTask(shard.index, shard.digest, shard.refs) for shard in work.pending]
+    tasks = (ShardTask(shard.index, shard.digest, shard.refs) for shard in work.pending)  # made as handed out
     fresh = {layer: RunningTopK(info.channels, context.spec.k) for layer, info in context.infos.items()}
     fresh_ids: set[str] = set()
     cpu_loop = own_cpu_seconds()
-    with _progress(request.progress, work.images, len(tasks), request.progress_every, started) as progress:
+    shards = len(work.pending)
+    with _progress(request.progress, work.images, shards, request.progress_every, started) as progress:
         for event in executor.run(context, tasks):
             if isinstance(event, ShardResult):
                 lock.check()  # an index on an object store: stop if another job took the lease over

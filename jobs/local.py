@@ -12,10 +12,10 @@ encoding, writing) in the worker's finishing threads, so encoding overlaps the f
 from __future__ import annotations
 
 import queue
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from jobs.executor import TaskQueue
 from jobs.worker import ModelPlan, ShardResult, ShardTask, ShardWorker, WorkContext, plan_model
 
 _DONE = object()
@@ -41,10 +41,10 @@ class LocalExecutor:
         plan, self.module = plan_model(request, geometry)  # the worker uses this copy: no second load
         return plan
 
-    def run(self, context: WorkContext, tasks: list[ShardTask]) -> Iterator[int | ShardResult]:
+    def run(self, context: WorkContext, tasks: Iterable[ShardTask]) -> Iterator[int | ShardResult]:
         worker = ShardWorker(context, module=self.module)
         events: queue.Queue = queue.Queue()
-        pending, running = deque(tasks), 0
+        pending, running = TaskQueue(tasks), 0
 
         def work(task: ShardTask) -> None:
             try:

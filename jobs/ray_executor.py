@@ -30,10 +30,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from jobs.executor import TaskQueue
 from jobs.worker import (
     IN_FLIGHT,
     ModelPlan,
@@ -288,7 +289,7 @@ class RayExecutor:
                 log.warning("a model actor was lost while loading the model (%s)", _first_line(exc))
         raise ClusterError("no model actor could load the model; see the Ray logs (ray logs)")
 
-    def run(self, context: WorkContext, tasks: list[ShardTask]) -> Iterator[int | ShardResult]:
+    def run(self, context: WorkContext, tasks: Iterable[ShardTask]) -> Iterator[int | ShardResult]:
         import ray
 
         self._wait()
@@ -327,11 +328,11 @@ class _Scheduler:
     """Hands shards to actors (IN_FLIGHT each), streams their events, and requeues the shards of actors that
     die."""
 
-    def __init__(self, actors: list, tasks: list[ShardTask], slots: list[ActorSlot], context):
+    def __init__(self, actors: list, tasks: Iterable[ShardTask], slots: list[ActorSlot], context):
         import ray
 
         self.context = context  # an ObjectRef: each node fetches it once
-        self.queue = deque(tasks)
+        self.queue = TaskQueue(tasks)
         self.slots = dict(zip(actors, slots, strict=True))
         self.load: Counter = Counter()
         self.alive: list = []

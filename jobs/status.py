@@ -14,7 +14,7 @@ from jobs.incremental import plan_work, read_state
 from jobs.lock import is_locked
 from pipeline.containers import Columns
 from pipeline.errors import UserError
-from pipeline.sources import list_images
+from pipeline.listing import Listing
 from pipeline.storage import user_errors
 from pipeline.writer import IndexLayout, marker_totals
 
@@ -72,12 +72,13 @@ def index_status(index_dir: str | Path) -> IndexStatus:
 def _compare_with_dataset(layout: IndexLayout, manifest: dict, status: IndexStatus) -> None:
     try:
         columns = Columns(**(manifest["params"].get("columns") or {}))
-        refs = list_images(manifest["source"], columns=columns)
+        refs = Listing.build(manifest["source"], columns=columns)
     except (UserError, OSError) as exc:
         status.dataset_error = str(exc)
         return
-    state = read_state(layout, repair=False)  # status never writes
-    work = plan_work(refs, state, layout, manifest["params"]["shard_size"], prune=False)
+    with refs:
+        state = read_state(layout, repair=False)  # status never writes
+        work = plan_work(refs, state, layout, manifest["params"]["shard_size"], prune=False)
     status.dataset_images = len(refs)
     status.new_images = work.new_images
     status.missing_images = len(work.missing)

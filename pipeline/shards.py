@@ -10,6 +10,7 @@ holds exactly the same images.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from pipeline.sources import ImageRef
@@ -50,12 +51,21 @@ def ids_digest(image_ids) -> str:
     return hashlib.sha256(b"".join(int(i).to_bytes(8, "big") for i in image_ids)).hexdigest()
 
 
-def plan_shards(refs: list[ImageRef], shard_size: int, first_index: int = 0) -> list[Shard]:
+def plan_shards(refs: Iterable[ImageRef], shard_size: int, first_index: int = 0) -> list[Shard]:
     """Consecutive chunks of `refs`, numbered from `first_index` (after the shards an index already has)."""
+    return list(iter_shards(refs, shard_size, first_index))
+
+
+def iter_shards(refs: Iterable[ImageRef], shard_size: int, first_index: int = 0) -> Iterator[Shard]:
+    """plan_shards one shard at a time: `refs` may be a listing too large to hold (pipeline.listing)."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1 (got {shard_size})")
-    shards = []
-    for offset, start in enumerate(range(0, len(refs), shard_size)):
-        chunk = tuple(refs[start : start + shard_size])
-        shards.append(Shard(first_index + offset, chunk, ids_digest(r.image_id for r in chunk)))
-    return shards
+    chunk: list[ImageRef] = []
+    index = first_index
+    for ref in refs:
+        chunk.append(ref)
+        if len(chunk) == shard_size:
+            yield Shard(index, tuple(chunk), ids_digest(r.image_id for r in chunk))
+            chunk, index = [], index + 1
+    if chunk:
+        yield Shard(index, tuple(chunk), ids_digest(r.image_id for r in chunk))

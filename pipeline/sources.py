@@ -9,7 +9,7 @@
 
 Sources whose path or pattern ends in .tar or .parquet are containers (pipeline.containers); everything else
 lists image files. `iter_images` yields the images one at a time, in listing order; `list_images` collects,
-deduplicates, checks and sorts them.
+deduplicates, checks and sorts them (pipeline.listing.Listing does the same without holding them all).
 
 Ids and uris (pipeline.storage documents the uri forms):
 
@@ -55,7 +55,7 @@ from pathlib import Path
 
 from pipeline import storage
 from pipeline.containers import Columns, parquet_rows, tar_samples
-from pipeline.errors import InvalidInputError, MissingInputError
+from pipeline.errors import MissingInputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst"})
@@ -132,13 +132,10 @@ def list_images(
     end inside a header.
     columns: the Parquet columns to read (Parquet sources only).
     """
-    with storage.user_errors(source):
-        refs = list(iter_images(source, errors, columns))
-    if not refs:
-        raise MissingInputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {source!r}")
-    refs = list({ref.relpath: ref for ref in refs}.values())  # a list file may name a path twice
-    _check_unique(refs)
-    return sorted(refs, key=lambda ref: ref.relpath)
+    from pipeline.listing import Listing  # it builds on this module
+
+    with Listing.build(source, errors, columns) as listing:
+        return list(listing)
 
 
 def iter_images(
@@ -306,16 +303,6 @@ def _list_entries(rows: Iterator[list[str]]) -> list[tuple[str, str | None]]:
     if rows and rows[0][0].strip().lower() in ("path", "uri", "file", "filename"):
         rows = rows[1:]
     return [(row[0].strip(), row[1].strip() if len(row) > 1 and row[1].strip() else None) for row in rows]
-
-
-def _check_unique(refs: list[ImageRef]) -> None:
-    seen: dict[int, str] = {}
-    for ref in refs:
-        other = seen.setdefault(ref.image_id, ref.relpath)
-        if other != ref.relpath:
-            raise InvalidInputError(
-                f"image_id collision between {other!r} and {ref.relpath!r}; rename one of them"
-            )
 
 
 # ------------------------------------------------------------------------------------------ containers

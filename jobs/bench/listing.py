@@ -3,9 +3,11 @@
     python -m jobs.bench.listing --rows 1000000 --dir /tmp/listing-bench
 
 Writes N rows (key, a 64-byte jpg value, caption) in files of 100,000 rows, then lists them in a fresh
-process twice: streamed (`iter_images`, one ImageRef at a time: what the listers hold) and collected
-(`list_images`, the sorted list the driver's shard planner takes today). Prints each one's peak RSS
-(ru_maxrss) and time; the figures are measured here, never asserted in tests.
+process three ways: streamed (`iter_images`, one ImageRef at a time: what the listers hold), collected
+(`list_images`, the whole sorted list in memory) and driver (what `actindex index` does: a
+pipeline.listing.Listing, sorted runs spilled to disk, then every shard of 1,024 planned from it, one at a
+time). Prints each one's peak RSS (ru_maxrss) and time; the figures are measured here, never asserted in
+tests.
 """
 
 from __future__ import annotations
@@ -42,10 +44,18 @@ def measure(source: str, mode: str) -> dict:
     """Peak RSS and time of listing `source` in a fresh process."""
     code = (
         "import json, resource, time\n"
+        "from pipeline.listing import Listing\n"
+        "from pipeline.shards import iter_shards\n"
         "from pipeline.sources import iter_images, list_images\n"
         "t = time.perf_counter()\n"
         f"source, mode = {source!r}, {mode!r}\n"
-        "n = sum(1 for _ in iter_images(source)) if mode == 'streamed' else len(list_images(source))\n"
+        "if mode == 'streamed':\n"
+        "    n = sum(1 for _ in iter_images(source))\n"
+        "elif mode == 'collected':\n"
+        "    n = len(list_images(source))\n"
+        "else:\n"
+        "    with Listing.build(source) as listing:\n"
+        "        n = sum(len(shard.refs) for shard in iter_shards(listing, 1024))\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
         "print(json.dumps({'images': n, 'seconds': time.perf_counter() - t, 'peak_rss': peak}))\n"
     )
@@ -63,7 +73,7 @@ def main() -> None:
     print(f"wrote {args.rows:,} rows in {time.perf_counter() - started:.1f} s to {args.dir}")
     source = str(args.dir / "*.parquet")
     print(f"{'listing':<10} {'images':>10} {'seconds':>8} {'peak RSS':>10}")
-    for mode in ("streamed", "collected"):
+    for mode in ("streamed", "driver", "collected"):
         result = measure(source, mode)
         peak = result["peak_rss"] / 2**20
         print(f"{mode:<10} {result['images']:>10,} {result['seconds']:>8.1f} {peak:>7.0f} MiB")

@@ -8,7 +8,7 @@ import jobs.index
 from jobs.index import run_index
 from jobs.spec import IndexRequest
 from pipeline.preprocess import Preprocessing
-from pipeline.sources import display_path, list_images, path_from_display
+from pipeline.sources import display_path, path_from_display
 from queries.db import connect
 from tests.badinputs import delete_listed, make_corpus, natural_image
 
@@ -35,12 +35,14 @@ def config(source, out, **kwargs) -> IndexRequest:
 def list_then_delete(monkeypatch, folder, expected) -> None:
     """Make the job's own listing delete the corpus files meant to vanish before they are read."""
 
+    listed = jobs.index._list
+
     def listing(*args, **kwargs):
-        refs = list_images(*args, **kwargs)
+        refs = listed(*args, **kwargs)
         delete_listed(folder, expected)
         return refs
 
-    monkeypatch.setattr(jobs.index, "list_images", listing)
+    monkeypatch.setattr(jobs.index, "_list", listing)
 
 
 def run_on_corpus(tmp_path, monkeypatch, awkward_names: bool):

@@ -311,7 +311,7 @@ def test_a_mismatch_is_refused_before_the_images_are_listed_or_the_model_loaded(
         raise AssertionError("the model was loaded or the images listed before the refusal")
 
     monkeypatch.setattr("jobs.index._start", too_late)
-    monkeypatch.setattr("jobs.index.list_images", too_late)
+    monkeypatch.setattr("jobs.index._list", too_late)
     source = str(json.loads((out / "run.json").read_text())["source"])
     base = ["index", source, "--out", out, "--model", PLANTED, "--layers", "relu1,relu2,head", "--trust-code"]
     base += ["--executor", "local", "--no-progress", "--shard-size", "4"]

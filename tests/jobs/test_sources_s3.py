@@ -89,14 +89,14 @@ def test_objects_deleted_after_listing_are_error_rows(s3, planted_dataset, monke
     fs = s3fs.S3FileSystem()
     fs.put(str(planted_dataset[0]) + "/", f"{BUCKET}/gone/folder/", recursive=True)
     fs.put(str(s3 / "shards") + "/", f"{BUCKET}/gone/shards/", recursive=True)
-    listing, doomed = jobs.index.list_images, []
+    listing, doomed = jobs.index._list, []
 
     def list_then_delete(*args, **kwargs):
-        refs = listing(*args, **kwargs)
+        listed = listing(*args, **kwargs)
         fs.rm(f"{BUCKET}/gone/{doomed.pop()}")
-        return refs
+        return listed
 
-    monkeypatch.setattr(jobs.index, "list_images", list_then_delete)
+    monkeypatch.setattr(jobs.index, "_list", list_then_delete)
     cases = [
         ("folder/", "folder/red/red1.png", "red/red1.png"),
         ("shards/*.tar", "shards/00002.tar", "00002.tar#red2.png"),
