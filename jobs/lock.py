@@ -137,6 +137,7 @@ class ObjectLease:
         self.bucket, _, self.key = str(layout.root / ".lock").partition("/")
         self.etag: str | None = None
         self.lost: str | None = None
+        self.since = self.renewed = time.time()  # the job's start, and the lease's last successful put
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -179,6 +180,9 @@ class ObjectLease:
         return f"{_describe(holder)}, lease until {_clock(holder['expires'])}"
 
     def check(self) -> None:
+        unrenewed = time.time() - self.renewed
+        if not self.lost and unrenewed > LEASE_SECONDS - RENEW_SECONDS:  # it may expire before the commit
+            self.lost = f"the lease on {self.layout.url} could not be renewed for {unrenewed:.0f} s"
         if self.lost:
             raise LeaseLostError(
                 f"stopped: {self.lost}; completed shards are kept, rerun when the other job is done"
@@ -190,6 +194,7 @@ class ObjectLease:
             return
         try:
             self.etag = self._put(IfMatch=self.etag)
+            self.renewed = time.time()
         except Exception as exc:  # noqa: BLE001 - recorded; check() stops the job before its next commit
             if _precondition_failed(exc):
                 self.lost = f"another job took over the lease on {self.layout.url}"
@@ -202,7 +207,7 @@ class ObjectLease:
             self.renew()
 
     def _put(self, **condition) -> str:
-        body = json.dumps({**_me(), "expires": time.time() + LEASE_SECONDS}).encode()
+        body = json.dumps({**_me(self.since), "expires": time.time() + LEASE_SECONDS}).encode()
         reply = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=body, **condition)
         return reply["ETag"]
 
@@ -236,9 +241,9 @@ def _precondition_failed(exc: BaseException) -> bool:
     return isinstance(exc, FileExistsError) or "pre-condition" in text or "precondition" in text
 
 
-def _me() -> dict:
+def _me(since: float) -> dict:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid), "since": time.time()}
+    return {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid), "since": since}
 
 
 def _start_time(pid: int) -> int | None:

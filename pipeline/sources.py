@@ -385,7 +385,7 @@ def _url_relpath(url: str, root: str) -> str:
 
 def _from_url(source: str, errors: list | None) -> Iterator[ImageRef]:
     """Objects named by a URL: a prefix ("folder"), a glob, a list file or one image. A prefix and a glob
-    are listed with one recursive listing (fsspec find)."""
+    are listed by one recursive listing (_url_find)."""
     root = _url_root(source)
     fs, _ = storage.filesystem(source)
     ext = os.path.splitext(source)[1].lower()
@@ -407,11 +407,26 @@ def _from_url(source: str, errors: list | None) -> Iterator[ImageRef]:
 
 
 def _url_find(fs, root: str) -> Iterator[tuple[str, str]]:
-    """(URL, relpath) of every object below `root`."""
+    """(URL, relpath) of every object below `root`: on S3 a page of 1,000 keys at a time, so a prefix of
+    10^8 objects is never listed into memory at once; on other stores one recursive fsspec find."""
     scheme = root.split("://", 1)[0]
     base = fs._strip_protocol(root).rstrip("/")
-    for path in fs.find(base):
+    for path in _s3_keys(fs, base) if scheme in ("s3", "s3a") else fs.find(base):
         yield f"{scheme}://{path}", path[len(base) :].lstrip("/")
+
+
+def _s3_keys(fs, base: str) -> Iterator[str]:
+    """The "bucket/key" of every object below `base` ("bucket/prefix"), one ListObjectsV2 page at a time."""
+    bucket, _, prefix = base.partition("/")
+    request = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+    while True:
+        page = fs.call_s3("list_objects_v2", **request)
+        for item in page.get("Contents", []):
+            if not item["Key"].endswith("/"):  # a "folder" marker object
+                yield f"{bucket}/{item['Key']}"
+        if not page.get("IsTruncated"):
+            return
+        request["ContinuationToken"] = page["NextContinuationToken"]
 
 
 def _url_glob(pattern: str) -> Iterator[tuple[str, str]]:

@@ -39,6 +39,9 @@ MARKER_VERSION = 2
 INDEX_FORMAT = 3
 
 
+IndexPath = Path | PurePosixPath  # a local path, or the store's own path ("bkt/prefix/...") of an object
+
+
 def layer_dirname(layer: str) -> str:
     """A directory name for a layer that can never escape its parent (no '/', never '.' or '..')."""
     return "layer=" + quote(layer, safe="._-")
@@ -101,51 +104,56 @@ class IndexLayout:
     def shard_name(self, shard: int, attempt: str) -> str:
         return f"shard-{shard:05d}.{attempt}"
 
-    def images_file(self, shard: int, attempt: str):
+    def images_file(self, shard: int, attempt: str) -> IndexPath:
         return self.root / "images" / f"{self.shard_name(shard, attempt)}.parquet"
 
-    def activations_file(self, layer: str, shard: int, attempt: str):
+    def activations_file(self, layer: str, shard: int, attempt: str) -> IndexPath:
         return self.root / "activations" / layer_dirname(layer) / f"{self.shard_name(shard, attempt)}.parquet"
 
-    def partial_file(self, shard: int, attempt: str):
+    def partial_file(self, shard: int, attempt: str) -> IndexPath:
         return self.partials_dir / f"{self.shard_name(shard, attempt)}.parquet"
 
-    def topk_file(self, layer: str, folder=None):
+    def topk_file(self, layer: str, folder: IndexPath | None = None) -> IndexPath:
         return (folder or self.topk_dir) / layer_dirname(layer) / "topk.parquet"
 
-    def marker(self, shard: int):
+    def marker(self, shard: int) -> IndexPath:
         return self.done / f"shard-{shard:05d}.json"
 
-    def location(self, path) -> str:
+    def location(self, path: IndexPath) -> str:
         """What a reader outside this class opens: the local path, or the object's URL."""
         return f"{self.protocol}://{path}" if self.remote else str(path)
 
     # ------------------------------------------------------------------------------------------ reading
 
-    def exists(self, path) -> bool:
+    def exists(self, path: IndexPath) -> bool:
         return self.fs.exists(str(path))
 
-    def read_json(self, path) -> dict | None:
+    def read_json(self, path: IndexPath) -> dict | None:
         """The JSON object stored at `path`, or None when there is none."""
         try:
             return json.loads(self.fs.cat_file(str(path)))
         except FileNotFoundError:
             return None
 
-    def read_table(self, path, columns: list[str] | None = None) -> pa.Table:
-        if not self.remote:
-            return pq.read_table(path, columns=columns)
-        with self.fs.open(str(path), "rb") as f:
-            return pq.read_table(f, columns=columns)
+    def read_table(self, path: IndexPath, columns: list[str] | None = None) -> pa.Table:
+        with self._readable(path) as source:
+            return pq.read_table(source, columns=columns)
 
-    def num_rows(self, path) -> int:
+    def num_rows(self, path: IndexPath) -> int:
         """Rows of a Parquet file, from its footer."""
-        if not self.remote:
-            return pq.ParquetFile(path).metadata.num_rows
-        with self.fs.open(str(path), "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
+        with self._readable(path) as source:
+            return pq.ParquetFile(source).metadata.num_rows
 
-    def files(self, folder=None, detail: bool = False):
+    @contextlib.contextmanager
+    def _readable(self, path: IndexPath):
+        """What pyarrow reads: a local path as is, an object opened through the filesystem."""
+        if not self.remote:
+            yield path
+            return
+        with self.fs.open(str(path), "rb") as f:
+            yield f
+
+    def files(self, folder: IndexPath | None = None, detail: bool = False):
         """Every file below `folder` (the root by default), sorted; with `detail`, {path: size}."""
         folder = folder or self.root
         if not self.remote and not os.path.isdir(folder):
@@ -173,7 +181,7 @@ class IndexLayout:
         markers = (json.loads(data) for _, data in sorted(self.fs.cat(paths, on_error="omit").items()))
         return {m["shard"]: m for m in markers}
 
-    def topk_files(self) -> list:
+    def topk_files(self) -> list[IndexPath]:
         """The topk table's files, one per layer partition."""
         return [p for p in self.files(self.topk_dir) if p.parent.name.startswith("layer=")]
 
@@ -193,7 +201,7 @@ class IndexLayout:
 
     # ------------------------------------------------------------------------------------------ writing
 
-    def put(self, path, data: bytes) -> None:
+    def put(self, path: IndexPath, data: bytes) -> None:
         """Store `data` at `path` whole or not at all: a local file is written under a temporary name and
         renamed; an object is created by one upload."""
         if self.remote:
@@ -201,24 +209,24 @@ class IndexLayout:
         else:
             atomic_write_bytes(path, data)
 
-    def put_json(self, path, data: dict) -> None:
+    def put_json(self, path: IndexPath, data: dict) -> None:
         self.put(path, json_bytes(data))
 
-    def delete(self, paths) -> None:
-        """Delete files; those already gone are skipped."""
-        paths = [str(p) for p in paths]
-        if self.remote and paths:
-            self.fs.rm(paths)
-        for path in paths if not self.remote else ():
-            Path(path).unlink(missing_ok=True)
+    def delete(self, paths: list[IndexPath]) -> None:
+        """Delete files; those already gone are skipped (on a store, in one request per 1,000)."""
+        if not self.remote:
+            for path in paths:
+                Path(path).unlink(missing_ok=True)
+        elif paths:
+            self.fs.rm([str(path) for path in paths])
 
-    def delete_tree(self, folder) -> None:
+    def delete_tree(self, folder: IndexPath) -> None:
         if self.remote:
             self.delete(self.files(folder))
         else:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def copy_tree(self, source, target) -> None:
+    def copy_tree(self, source: IndexPath, target: IndexPath) -> None:
         """Copy every file below `source` to the same place below `target` (on a store, server-side)."""
         for path in self.files(source):
             destination = target / path.relative_to(source)

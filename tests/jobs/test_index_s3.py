@@ -6,7 +6,6 @@ reads it."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from jobs.index import run_index
-from jobs.lock import SKEW_SECONDS, IndexBusyError, LeaseLostError, ObjectLease, is_locked
+from jobs.lock import LEASE_SECONDS, SKEW_SECONDS, IndexBusyError, LeaseLostError, ObjectLease, is_locked
 from jobs.spec import IndexRequest
 from jobs.status import index_status
 from pipeline.preprocess import Preprocessing
@@ -68,15 +67,13 @@ def uninterrupted(photos) -> str:
     return out
 
 
-def start_job(source: str, out: str, delay: float = 0.0) -> subprocess.Popen:
-    """The job in its own process (it inherits the endpoint and credentials from the environment); each
-    activations file written `delay` seconds late (tests/node_plugin), so that it can be killed mid-run."""
+def start_job(source: str, out: str, pause: Path | None = None, after: int = 0) -> subprocess.Popen:
+    """The job in its own process (it inherits the endpoint and credentials from the environment); with
+    `pause`, it hangs once it has written `after` activations files (tests/node_plugin), mid-run."""
     command = [sys.executable, "-m", "jobs", "index", source, "--out", out, *ARGS]
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{NODE_PLUGIN}{os.pathsep}{REPO}",
-        "ACTINDEX_TEST_WRITE_DELAY_S": str(delay),
-    }
+    env = {**os.environ, "PYTHONPATH": f"{NODE_PLUGIN}{os.pathsep}{REPO}"}
+    if pause is not None:
+        env.update(ACTINDEX_TEST_PAUSE_DIR=str(pause), ACTINDEX_TEST_PAUSE_AFTER=str(after))
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -110,31 +107,30 @@ def assert_reader_sees_whole_shards(out: str) -> int:
 
 
 @pytest.mark.slow
-def test_killed_three_times_then_resumed_gives_identical_tables(photos, uninterrupted, monkeypatch):
+def test_killed_three_times_then_resumed_gives_identical_tables(photos, uninterrupted, monkeypatch, tmp_path):
     out = f"s3://{BUCKET}/resume/killed/"
     layout = IndexLayout(out)
-    rng = random.Random(3)
-    for target in (1, 3, 6):  # killed once this many shards are complete, plus a few milliseconds
-        proc = start_job(photos, out, delay=0.15)  # 2 files a shard: 0.3 s a shard or more
+    seen = []
+    for after in (3, 5, 7):  # the run hangs at its 3rd (5th, 7th) activations file: 2 a shard, so mid-shard
+        pause = tmp_path / f"pause-{after}"
+        pause.mkdir()
+        proc = start_job(photos, out, pause, after)
         try:
             # a killed job's lease is taken over at once: its holder ran here and is gone
             assert wait_until(lambda proc=proc: (lease_holder(layout) or {}).get("pid") == proc.pid, proc)
-            if target == 1:
+            if after == 3:
                 assert_second_writer_refused(photos, out, proc.pid, monkeypatch)
 
-            def enough(target=target) -> bool:
-                if len(layout.files(layout.done)) >= target:
-                    return True
+            def paused(pause=pause) -> bool:
                 assert_reader_sees_whole_shards(out)  # a concurrent reader, as the job writes
-                return False
+                return any(pause.iterdir())
 
-            assert wait_until(enough, proc)
-            time.sleep(rng.uniform(0, 0.05))
+            assert wait_until(paused, proc), proc.stderr.read() if proc.poll() is not None else "no pause"
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        assert proc.returncode == -signal.SIGKILL, proc.stderr.read()  # killed mid-run: it had not finished
-        assert 2 * target <= assert_reader_sees_whole_shards(out) < 2 * SHARDS
+        seen.append(assert_reader_sees_whole_shards(out))
+    assert max(seen) < 2 * SHARDS, seen  # every kill left shards to do
     # what a kill inside a shard leaves: files written, no marker; readers never see them
     layout.put(layout.images_file(SHARDS - 1, "partial"), layout.fs.cat_file(str(_any_images_file(layout))))
     layout.put(layout.activations_file("layer2", SHARDS - 1, "partial"), b"half a shard")
@@ -193,8 +189,11 @@ def test_the_lease_is_taken_over_only_from_a_dead_or_expired_holder(s3_endpoint)
     gone = subprocess.Popen(["true"])
     gone.wait()
     layout.put_json(lock, _lease(me, gone.pid, time.time() + 60))  # a live lease of a process that died
-    with ObjectLease(layout):
+    with ObjectLease(layout) as held:
         assert lease_holder(layout)["pid"] == os.getpid()
+        held.renewed -= LEASE_SECONDS  # no renewal got through for a lease's length: it may be gone
+        with pytest.raises(LeaseLostError, match="could not be renewed"):
+            held.check()
 
 
 def _lease(host: str, pid: int, expires: float) -> dict:
@@ -264,3 +263,12 @@ def test_ray_workers_read_the_images_and_write_the_index_on_the_store(photos, un
         "node" in m["writer"] for m in markers
     )
     assert_same_tables(out, uninterrupted)  # the same batches on the same torch threads: the same bits
+
+
+def test_duckdb_reads_the_store_without_an_extension(uninterrupted):
+    con = connect(uninterrupted)
+    assert con.sql("SELECT count(*) FROM activations").fetchall()[0][0] == 2 * SHARDS * (128 + 512)
+    loaded = {
+        row[0] for row in con.sql("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()
+    }
+    assert "httpfs" not in loaded and "aws" not in loaded  # read through the registered fsspec filesystem

@@ -1,10 +1,8 @@
 """On PYTHONPATH of the nodes of a test cluster (a raylet's env_vars, or the environment of `ray start`).
 
-ACTINDEX_TEST_PAUSE_DIR: a worker there writes a shard's first activations file, says so with a file in
-that folder, then hangs, so that the test can remove the node while the shard is half written.
-
-ACTINDEX_TEST_WRITE_DELAY_S: every activations file is written that many seconds late, so that a test can
-kill a short job between any two shards.
+ACTINDEX_TEST_PAUSE_DIR: a worker there writes its ACTINDEX_TEST_PAUSE_AFTER-th activations file (default:
+the first), says so with a file in that folder, then hangs (and so does every later write), so that the
+test can remove the node, or kill the job, while a shard is half written.
 
 ACTINDEX_TEST_BARRIER_DIR: a Ray worker there writes no activations file until ACTINDEX_TEST_BARRIER_COUNT
 workers (on any node) have one to write, so that every node's model actor computes shards, whichever
@@ -26,29 +24,19 @@ if _FOLDER:
         _writer = None
     if _writer is not None:
         _write = _writer.write_activations
+        _after = int(os.environ.get("ACTINDEX_TEST_PAUSE_AFTER") or 1)
+        _written = []  # list.append is atomic: finishing threads count without a lock
 
         def _write_then_hang(table, path, *args):
             _write(table, path, *args)
-            with open(os.path.join(_FOLDER, f"paused-{os.getpid()}"), "w") as f:
+            _written.append(path)
+            if len(_written) < _after:
+                return
+            with open(os.path.join(_FOLDER, f"paused-{os.getpid()}-{len(_written)}"), "w") as f:
                 f.write(str(path))
             time.sleep(3600)
 
         _writer.write_activations = _write_then_hang
-
-_DELAY = float(os.environ.get("ACTINDEX_TEST_WRITE_DELAY_S") or 0)
-if _DELAY:
-    try:
-        import pipeline.writer as _writer
-    except ImportError:
-        _writer = None
-    if _writer is not None:
-        _write_late = _writer.write_activations
-
-        def _delayed_write(*args):
-            time.sleep(_DELAY)
-            _write_late(*args)
-
-        _writer.write_activations = _delayed_write
 
 # only Ray's workers: its agents and dashboard processes need not import the project
 if _BARRIER and sys.argv and sys.argv[0].endswith("default_worker.py"):
