@@ -67,9 +67,13 @@ def slow_config(source, out, **kwargs):
 
 @pytest.fixture(scope="module")
 def slow_plain(natural_dataset, tmp_path_factory):
-    """slow_config's index by the plain loop: what every cluster run of it must equal."""
+    """slow_config's index by the plain loop, what every cluster run of it must equal. Its model is resnet18
+    itself: Slow is resnet18 (the same weights, the same results) and a second's sleep per batch, which
+    only the cluster runs need."""
     out = tmp_path_factory.mktemp("slow_plain")
-    run_index(slow_config(natural_dataset, out, executor="local"))
+    config = slow_config(natural_dataset, out, executor="local")
+    config.model = "resnet18"
+    run_index(config)
     return out
 
 
@@ -125,18 +129,6 @@ def test_a_node_lost_while_writing_a_shard_costs_nothing(ray_cluster, slow_plain
     assert on_disk == listed and not half_written.exists()  # nothing of the lost attempt is left
 
 
-@pytest.mark.slow
-def test_one_cpu_nodes_run_the_job(ray_cluster, natural_dataset, natural_reference, tmp_path):
-    """One actor per node takes that node's only CPU: it decodes and finishes in its own threads, so
-    nothing else has to be scheduled there."""
-    with nodes(ray_cluster, {"num_cpus": 1}, {"num_cpus": 1}):
-        summary = run_index(
-            index_config(natural_dataset, tmp_path / "idx", executor="ray", address=ray_cluster.address)
-        )
-    assert summary.indexed == 14
-    assert_matches_reference(tmp_path / "idx", natural_reference)  # torch on 1 thread: close
-
-
 def test_a_cluster_without_a_usable_node_is_refused_at_once(ray_cluster, natural_dataset, tmp_path):
     # the head alone: it has no CPU
     with pytest.raises(ClusterError, match="add a node \\(ray start"):
@@ -146,30 +138,35 @@ def test_a_cluster_without_a_usable_node_is_refused_at_once(ray_cluster, natural
 
 
 @pytest.mark.slow
-def test_actors_waiting_for_busy_resources_say_so_then_run(
-    ray_cluster, natural_dataset, tmp_path, monkeypatch, caplog
+def test_actors_waiting_for_busy_one_cpu_nodes_say_so_then_run_one_per_node(
+    ray_cluster, natural_dataset, natural_reference, tmp_path, monkeypatch, caplog
 ):
+    """Actors that wait for resources other jobs hold say so, and run once they are free. One actor per
+    node takes that node's only CPU: it decodes and finishes in its own threads, so nothing else has to be
+    scheduled there."""
     import ray
 
     monkeypatch.setattr("jobs.ray_executor.WAIT_WARNING_S", 1.0)
     result = {}
-    with nodes(ray_cluster, {"num_cpus": 1}):
+    with nodes(ray_cluster, {"num_cpus": 1}, {"num_cpus": 1}):
 
         @ray.remote(num_cpus=1)
         class Hog:
             def ping(self):
                 return True
 
-        hog = Hog.remote()
-        ray.get(hog.ping.remote())  # the node's only CPU is taken
+        hogs = [Hog.remote() for _ in range(2)]
+        ray.get([hog.ping.remote() for hog in hogs])  # each node's only CPU is taken
         config = index_config(natural_dataset, tmp_path / "idx", executor="ray", address=ray_cluster.address)
         job = threading.Thread(target=lambda: result.update(summary=run_index(config)), daemon=True)
         with caplog.at_level(logging.WARNING, logger="actindex"):
             job.start()
             deadline = time.time() + 120
-            while "waiting for 1 model actors" not in caplog.text and time.time() < deadline:
+            while "waiting for 2 model actors" not in caplog.text and time.time() < deadline:
                 time.sleep(0.1)
-            assert "waiting for 1 model actors" in caplog.text and "ray status" in caplog.text
-            ray.kill(hog)
+            assert "waiting for 2 model actors" in caplog.text and "ray status" in caplog.text
+            for hog in hogs:
+                ray.kill(hog)
             job.join(timeout=300)
     assert result["summary"].indexed == 14
+    assert_matches_reference(tmp_path / "idx", natural_reference)  # torch on 1 thread: close
