@@ -122,6 +122,12 @@ def skimage_photos(tmp_path_factory) -> Path:
     return folder
 
 
+def pytest_collection_modifyitems(items):
+    """The tests on a Ray cluster of several nodes (fixture ray_cluster) run after all others: connecting
+    this process to that cluster ends its local Ray (ray_local), and starting that again costs seconds."""
+    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))  # stable: else as found
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the tests that need it (2 CPUs, like CI)."""
@@ -174,6 +180,14 @@ def planted_index(planted_dataset, tmp_path_factory):
         progress=False,
     )
     return run_index(config), connect(out), truth
+
+
+@pytest.fixture(scope="session")
+def natural_reference(natural_dataset):
+    """natural_dataset's activations by the brute-force loop of tests/jobs/test_index_reference.py."""
+    from tests.jobs.test_index_reference import reference
+
+    return reference(natural_dataset)
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,7 @@ def test_not_an_index(tmp_path):
     assert result.exit_code == 2 and "is not an actindex index" in result.output
 
 
-def test_index_errors_name_the_fix(natural_dataset, tmp_path):
+def test_index_errors_name_the_fix(ray_local, natural_dataset, tmp_path):
     # the layer is checked where the model loads: in the model actor on Ray, in this process without
     result = invoke(
         "index", natural_dataset, "--out", tmp_path / "a", "--model", "resnet18", "--layers", "layer5"
@@ -188,7 +188,7 @@ def test_code_executing_models_need_trust_code(planted_dataset, tmp_path):
     assert not (tmp_path / "idx").exists()
 
 
-def test_a_pickled_full_model_is_refused_as_weights(natural_dataset, tmp_path):
+def test_a_pickled_full_model_is_refused_as_weights(ray_local, natural_dataset, tmp_path):
     import torch
     import torchvision
 
@@ -256,7 +256,8 @@ def test_a_resume_with_another_resolved_precision_refuses_in_one_line(natural_da
 def test_a_rerun_with_nothing_to_do_starts_no_ray(natural_dataset, tmp_path):
     args = [sys.executable, "-m", "jobs", "index", str(natural_dataset), "--out", str(tmp_path / "idx")]
     args += ["--model", "resnet18", "--layers", "layer4", "--resize", "36", "--crop", "32", "--no-progress"]
-    assert subprocess.run([*args, "--executor", "local"], capture_output=True).returncode == 0
+    first = invoke(*args[3:], "--executor", "local")  # in this process: only the rerun needs a fresh one
+    assert first.exit_code == 0, first.output
     code = (
         "import sys, runpy; sys.argv = " + repr(["jobs", *args[3:]]) + "\n"
         "try:\n    runpy.run_module('jobs', run_name='__main__')\nexcept SystemExit as exit:\n"

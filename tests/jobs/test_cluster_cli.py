@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.writer import IndexLayout
+from tests.jobs.test_cli import invoke
 from tests.tables import assert_same_tables
 
 pytestmark = pytest.mark.slow
@@ -40,6 +42,9 @@ NODE_PLUGIN = REPO / "tests" / "node_plugin"
 TEST_SIZE = ["--resize", "64", "--crop", "64", "--shard-size", "2"]
 CPUS = 2  # per node; the local run uses as many torch threads, so both give the same bits
 WAIT_S = 180  # for a node or the cluster to come up (a bound for failures, not a timing assertion)
+# A driver's tries to join (one a second; Ray's default is 20): each is refused the same way, so two
+# give the same one-line error as twenty, 18 s sooner.
+REFUSED_TRIES = "2"
 
 
 def readme_commands() -> list[list[str]]:
@@ -135,9 +140,10 @@ class LocalCluster:
         for node in self.nodes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGTERM)  # `ray start` stops its node's processes
+        graceful = time.monotonic() + 5  # for all nodes together: they stop at the same time
         for node in self.nodes:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                node.wait(timeout=5)
+                node.wait(timeout=max(0.0, graceful - time.monotonic()))
         deadline = time.monotonic() + 30
         while (left := self._alive(sessions)) and time.monotonic() < deadline:
             for pid in left:
@@ -241,7 +247,7 @@ def test_readme_recipe_runs_on_two_nodes_and_equals_the_local_executor(
     job = fill(command(commands, "ray", "job", "submit"), {**values, "/shared/idx/": f"{tmp_path / 'x'}/"})
     wrong = subprocess.run(
         [sys.executable, *job[7:], "--address", address], cwd=REPO, capture_output=True, text=True,
-        env={**other_token, "RAY_ADDRESS": ""}, timeout=300,
+        env={**other_token, "RAY_ADDRESS": "", "RAY_gcs_server_port_wait_time_s": REFUSED_TRIES}, timeout=300,
     )  # fmt: skip
     lines = wrong.stderr.strip().splitlines()
     assert wrong.returncode == 2 and len(lines) == 1, wrong.stderr[-3000:]
@@ -253,12 +259,17 @@ def test_readme_recipe_runs_on_two_nodes_and_equals_the_local_executor(
     )
     assert logs.returncode == 0 and "14 images: 14 indexed, 0 failed" in logs.stdout, logs.stderr[-3000:]
 
-    # the same command without Ray, in this process's environment, on as many torch threads
+    # the same command without Ray, in this process (the CLI's app, as `python -m jobs` runs it), on as
+    # many torch threads
     job = fill(command(commands, "ray", "job", "submit"), {**values, "/shared/idx/": f"{local}/"})
-    local_run = [sys.executable, *job[7:], *TEST_SIZE, "--executor", "local"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(CPUS)}
-    ran = subprocess.run(local_run, cwd=REPO, capture_output=True, text=True, env=env)
-    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert job[6:9] == ["python", "-m", "jobs"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CPUS)
+    try:
+        ran = invoke(*job[9:], *TEST_SIZE, "--executor", "local")
+    finally:
+        torch.set_num_threads(threads)
+    assert ran.exit_code == 0, ran.output[-3000:]
     assert_same_tables(out, local)
 
     markers = IndexLayout(out).completed_shards().values()

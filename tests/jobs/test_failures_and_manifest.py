@@ -47,8 +47,8 @@ def test_rerun_reuses_finished_shards_and_gives_the_same_tables(natural_dataset,
     assert_same_tables(tmp_path / "idx", tmp_path / "copy")
 
 
-def test_rerun_with_other_parameters_refuses_unless_overwrite(natural_dataset, tmp_path):
-    run_index(index_config(natural_dataset, tmp_path / "idx", executor="local"))
+def test_rerun_with_other_parameters_refuses_unless_overwrite(local_index_dir, natural_dataset, tmp_path):
+    shutil.copytree(local_index_dir, tmp_path / "idx")  # index_config's index of natural_dataset
     other = index_config(natural_dataset, tmp_path / "idx", executor="local")
     other.k = 2
     with pytest.raises(IndexMismatchError, match=r"different parameters \(k: 5 -> 2\).*--overwrite"):
@@ -68,11 +68,10 @@ def test_refuses_a_non_empty_directory_that_is_not_an_index(natural_dataset, tmp
     assert (tmp_path / "idx" / "precious.txt").read_text() == "keep me"
 
 
-def test_manifest_records_the_parameters(natural_dataset, tmp_path):
+def test_manifest_records_the_parameters(local_index_dir):
     import json
 
-    run_index(index_config(natural_dataset, tmp_path / "idx", executor="local"))
-    manifest = json.loads((tmp_path / "idx" / "run.json").read_text())
+    manifest = json.loads((local_index_dir / "run.json").read_text())  # index_config's, by the plain loop
     params = manifest["params"]
     assert params["model"] == "resnet18" and params["k"] == 5 and params["weights"] == "random"
     assert params["layers"] == ["relu", "layer1", "layer3", "layer4", "fc"]

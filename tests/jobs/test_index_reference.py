@@ -80,11 +80,6 @@ def _keep_first(outputs, name):
     return hook
 
 
-@pytest.fixture(scope="module")
-def expected(natural_dataset):
-    return reference(natural_dataset)
-
-
 def index_config(source, out, preprocessing=PREP, **kwargs) -> IndexRequest:
     return IndexRequest(
         source=str(source),
@@ -98,13 +93,6 @@ def index_config(source, out, preprocessing=PREP, **kwargs) -> IndexRequest:
         progress=False,
         **kwargs,
     )
-
-
-@pytest.fixture(scope="module")
-def local_index(natural_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference_index")
-    run_index(index_config(natural_dataset, out, executor="local"))
-    return out
 
 
 def activations_by_relpath(index_dir):
@@ -134,8 +122,8 @@ def assert_matches_reference(index_dir, expected):
             assert (got_y == y).all() and (got_x == x).all(), f"{layer} {relpath}: peak positions differ"
 
 
-def test_activations_equal_brute_force(local_index, expected):
-    assert_matches_reference(local_index, expected)
+def test_activations_equal_brute_force(local_index_dir, natural_reference):
+    assert_matches_reference(local_index_dir, natural_reference)
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +135,11 @@ def topk_only_index(natural_dataset, tmp_path_factory):
 
 @pytest.mark.parametrize("store", ["dense", "topk"])
 def test_topk_equals_brute_force_sort_and_boxes(
-    local_index, topk_only_index, expected, natural_dataset, store
+    local_index_dir, topk_only_index, natural_reference, natural_dataset, store
 ):
-    con = connect(local_index if store == "dense" else topk_only_index)
+    con = connect(local_index_dir if store == "dense" else topk_only_index)
     ids = dict(con.sql("SELECT relpath, image_id FROM images").fetchall())
-    assert_topk_and_boxes(con, expected, {p: Image.open(natural_dataset / p).size for p in ids})
+    assert_topk_and_boxes(con, natural_reference, {p: Image.open(natural_dataset / p).size for p in ids})
 
 
 def assert_topk_and_boxes(con, expected, sizes):
@@ -291,7 +279,7 @@ def test_grid_crops_of_a_torchvision_index_come_from_the_stored_pixels(
 
 
 def test_an_index_from_before_decode_existed_resumes_and_refuses_another_decode(
-    local_index, natural_dataset, tmp_path
+    local_index_dir, natural_dataset, tmp_path
 ):
     import json
     import shutil
@@ -299,7 +287,7 @@ def test_an_index_from_before_decode_existed_resumes_and_refuses_another_decode(
     from pipeline.errors import UserError
 
     index = tmp_path / "old"
-    shutil.copytree(local_index, index)
+    shutil.copytree(local_index_dir, index)
     manifest = json.loads((index / "run.json").read_text())
     del manifest["params"]["preprocessing"]["decode"]  # as written before --decode existed
     (index / "run.json").write_text(json.dumps(manifest))

@@ -16,29 +16,47 @@ import pytest
 from jobs.index import run_index
 from jobs.ray_executor import ClusterError
 from pipeline.writer import IndexLayout
-from tests.jobs.test_index_reference import assert_matches_reference, index_config, reference
+from tests.jobs.test_index_reference import assert_matches_reference, index_config
 from tests.tables import assert_same_tables
 
 SLOW = "python:tests.faults:Slow"  # resnet18, 1 s slower per batch: every actor of a cluster gets shards
 NODE_PLUGIN = Path(__file__).parents[1] / "node_plugin"
+WAIT_S = 120  # for nodes to join or leave the cluster (a bound for failures, not a timing assertion)
 
 
-@contextlib.contextmanager
-def cluster(*nodes: dict):
-    """A Ray cluster of processes on this machine (ray.cluster_utils): head first, then the other nodes;
-    the test's driver is connected to it. Yields (address, [node, ...])."""
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray cluster of processes on this machine (ray.cluster_utils), shared by this module's cluster tests,
+    the test's driver connected to it. Its head has no CPU, like a KubeRay head started with num-cpus 0, so
+    model actors run only on the nodes each test adds with `nodes()`. (Starting a head costs seconds;
+    adding a node less.) These tests run after every other test (tests/conftest.py): connecting ends this
+    process's local Ray."""
     import ray
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
-    made = Cluster(initialize_head=True, head_node_args=nodes[0])
-    handles = [made.head_node] + [made.add_node(**args) for args in nodes[1:]]
+    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         ray.init(address=made.address, log_to_driver=False)
-        yield made, handles
+        yield made
     finally:
         ray.shutdown()
         made.shutdown()
+
+
+@contextlib.contextmanager
+def nodes(made, *args: dict):
+    """Nodes added to the cluster for one test (`args` as for Cluster.add_node); yields their handles.
+    At the end the nodes still there are removed, and the cluster is back to its head alone."""
+    handles = [made.add_node(**node_args) for node_args in args]
+    try:
+        made.wait_for_nodes(timeout=WAIT_S)
+        yield handles
+    finally:
+        for handle in handles:
+            if handle in made.worker_nodes:  # not removed by the test itself
+                made.remove_node(handle)
+        made.wait_for_nodes(timeout=WAIT_S)  # the next test's plan sees only the head alive
 
 
 def slow_config(source, out, **kwargs):
@@ -47,33 +65,42 @@ def slow_config(source, out, **kwargs):
     return config
 
 
-def test_local_ray_matches_reference_and_plain_loop(ray_index, natural_dataset, tmp_path):
-    assert_matches_reference(ray_index, reference(natural_dataset))
-    run_index(index_config(natural_dataset, tmp_path / "plain", executor="local"))
-    assert_same_tables(ray_index, tmp_path / "plain")  # same batches, same torch threads: same bits
+@pytest.fixture(scope="module")
+def slow_plain(natural_dataset, tmp_path_factory):
+    """slow_config's index by the plain loop, what every cluster run of it must equal. Its model is resnet18
+    itself: Slow is resnet18 (the same weights, the same results) and a second's sleep per batch, which
+    only the cluster runs need."""
+    out = tmp_path_factory.mktemp("slow_plain")
+    config = slow_config(natural_dataset, out, executor="local")
+    config.model = "resnet18"
+    run_index(config)
+    return out
+
+
+def test_local_ray_matches_reference_and_plain_loop(ray_index, local_index_dir, natural_reference):
+    assert_matches_reference(ray_index, natural_reference)
+    assert_same_tables(ray_index, local_index_dir)  # same batches, same torch threads: same bits
 
 
 @pytest.mark.slow
-def test_two_nodes_each_write_the_shards_they_compute_and_equal_the_plain_loop(natural_dataset, tmp_path):
-    plain = tmp_path / "plain"
-    run_index(slow_config(natural_dataset, plain, executor="local"))
+def test_two_nodes_each_write_the_shards_they_compute_and_equal_the_plain_loop(
+    ray_cluster, slow_plain, natural_dataset, tmp_path
+):
     # two CPUs per node, like this machine: the actors run torch on 2 threads, as the plain loop does
-    with cluster({"num_cpus": 2}, {"num_cpus": 2}) as (made, nodes):
+    with nodes(ray_cluster, {"num_cpus": 2}, {"num_cpus": 2}) as added:
         summary = run_index(
-            slow_config(natural_dataset, tmp_path / "idx", executor="ray", address=made.address)
+            slow_config(natural_dataset, tmp_path / "idx", executor="ray", address=ray_cluster.address)
         )
     assert summary.indexed == 14
-    assert_same_tables(tmp_path / "idx", plain)
+    assert_same_tables(tmp_path / "idx", slow_plain)
     markers = IndexLayout(tmp_path / "idx").completed_shards().values()
     writers = {(m["writer"]["node"], m["writer"]["pid"]) for m in markers}
-    assert {node for node, _ in writers} == {node.node_id for node in nodes}  # both nodes wrote shards
+    assert {node for node, _ in writers} == {node.node_id for node in added}  # both nodes wrote shards
     assert len(writers) == 2 and os.getpid() not in {pid for _, pid in writers}  # not the driver
 
 
 @pytest.mark.slow
-def test_a_node_lost_while_writing_a_shard_costs_nothing(natural_dataset, tmp_path):
-    plain = tmp_path / "plain"
-    run_index(slow_config(natural_dataset, plain, executor="local"))
+def test_a_node_lost_while_writing_a_shard_costs_nothing(ray_cluster, slow_plain, natural_dataset, tmp_path):
     pause = tmp_path / "pause"
     pause.mkdir()
     env = {
@@ -81,8 +108,8 @@ def test_a_node_lost_while_writing_a_shard_costs_nothing(natural_dataset, tmp_pa
         "ACTINDEX_TEST_PAUSE_DIR": str(pause),
     }
     out, result = tmp_path / "idx", {}
-    with cluster({"num_cpus": 2}, {"num_cpus": 2, "env_vars": env}) as (made, nodes):
-        config = slow_config(natural_dataset, out, executor="ray", address=made.address)
+    with nodes(ray_cluster, {"num_cpus": 2}, {"num_cpus": 2, "env_vars": env}) as added:
+        config = slow_config(natural_dataset, out, executor="ray", address=ray_cluster.address)
         job = threading.Thread(target=lambda: result.update(summary=run_index(config)), daemon=True)
         job.start()
         deadline = time.time() + 180
@@ -92,56 +119,54 @@ def test_a_node_lost_while_writing_a_shard_costs_nothing(natural_dataset, tmp_pa
         assert half_written.is_file()
         seen = IndexLayout(out).completed_shards()
         assert all(half_written.relative_to(out).as_posix() not in m["files"] for m in seen.values())
-        made.remove_node(nodes[1])
+        ray_cluster.remove_node(added[1])
         job.join(timeout=300)
     assert result["summary"].indexed == 14
-    assert_same_tables(out, plain)
+    assert_same_tables(out, slow_plain)
     layout = IndexLayout(out)
     listed = {layout.root / f for m in layout.completed_shards().values() for f in m["files"]}
     on_disk = {p for folder in layout.data_dirs() for p in folder.rglob("*") if p.is_file()}
     assert on_disk == listed and not half_written.exists()  # nothing of the lost attempt is left
 
 
-@pytest.mark.slow
-def test_one_cpu_nodes_run_the_job(natural_dataset, tmp_path):
-    """One actor per node takes that node's only CPU: it decodes and finishes in its own threads, so
-    nothing else has to be scheduled there."""
-    with cluster({"num_cpus": 1}, {"num_cpus": 1}) as (made, _):
-        summary = run_index(
-            index_config(natural_dataset, tmp_path / "idx", executor="ray", address=made.address)
+def test_a_cluster_without_a_usable_node_is_refused_at_once(ray_cluster, natural_dataset, tmp_path):
+    # the head alone: it has no CPU
+    with pytest.raises(ClusterError, match="add a node \\(ray start"):
+        run_index(
+            index_config(natural_dataset, tmp_path / "idx", executor="ray", address=ray_cluster.address)
         )
-    assert summary.indexed == 14
-    assert_matches_reference(tmp_path / "idx", reference(natural_dataset))  # torch on 1 thread: close
-
-
-def test_a_cluster_without_a_usable_node_is_refused_at_once(natural_dataset, tmp_path):
-    with cluster({"num_cpus": 0}) as (made, _), pytest.raises(ClusterError, match="add a node \\(ray start"):
-        run_index(index_config(natural_dataset, tmp_path / "idx", executor="ray", address=made.address))
 
 
 @pytest.mark.slow
-def test_actors_waiting_for_busy_resources_say_so_then_run(natural_dataset, tmp_path, monkeypatch, caplog):
+def test_actors_waiting_for_busy_one_cpu_nodes_say_so_then_run_one_per_node(
+    ray_cluster, natural_dataset, natural_reference, tmp_path, monkeypatch, caplog
+):
+    """Actors that wait for resources other jobs hold say so, and run once they are free. One actor per
+    node takes that node's only CPU: it decodes and finishes in its own threads, so nothing else has to be
+    scheduled there."""
     import ray
 
     monkeypatch.setattr("jobs.ray_executor.WAIT_WARNING_S", 1.0)
     result = {}
-    with cluster({"num_cpus": 1}) as (made, _):
+    with nodes(ray_cluster, {"num_cpus": 1}, {"num_cpus": 1}):
 
         @ray.remote(num_cpus=1)
         class Hog:
             def ping(self):
                 return True
 
-        hog = Hog.remote()
-        ray.get(hog.ping.remote())  # the node's only CPU is taken
-        config = index_config(natural_dataset, tmp_path / "idx", executor="ray", address=made.address)
+        hogs = [Hog.remote() for _ in range(2)]
+        ray.get([hog.ping.remote() for hog in hogs])  # each node's only CPU is taken
+        config = index_config(natural_dataset, tmp_path / "idx", executor="ray", address=ray_cluster.address)
         job = threading.Thread(target=lambda: result.update(summary=run_index(config)), daemon=True)
         with caplog.at_level(logging.WARNING, logger="actindex"):
             job.start()
             deadline = time.time() + 120
-            while "waiting for 1 model actors" not in caplog.text and time.time() < deadline:
+            while "waiting for 2 model actors" not in caplog.text and time.time() < deadline:
                 time.sleep(0.1)
-            assert "waiting for 1 model actors" in caplog.text and "ray status" in caplog.text
-            ray.kill(hog)
+            assert "waiting for 2 model actors" in caplog.text and "ray status" in caplog.text
+            for hog in hogs:
+                ray.kill(hog)
             job.join(timeout=300)
     assert result["summary"].indexed == 14
+    assert_matches_reference(tmp_path / "idx", natural_reference)  # torch on 1 thread: close

@@ -23,6 +23,7 @@ from pipeline.preprocess import Preprocessing
 from pipeline.writer import IndexLayout
 from queries.db import connect
 from tests.conftest import natural_image
+from tests.jobs.test_cli import invoke
 from tests.tables import assert_matches_forward, assert_same_tables, forward_maps, table_rows
 
 PREP = Preprocessing(resize=36, crop=32)
@@ -134,10 +135,9 @@ def test_ten_kills_then_resume_gives_identical_tables(dataset, uninterrupted, tm
         shards_at_kill.append(assert_readers_see_whole_shards(out))
     assert len(set(shards_at_kill)) >= 6, shards_at_kill  # the kills landed at different points
     assert shards_at_kill[-1] < 20, f"the job finished before the last kill: {shards_at_kill}"
-    final = start_job(dataset, out)
-    stdout, stderr = final.communicate(timeout=300)
-    assert final.returncode == 0, stderr
-    assert "40 images: 40 indexed, 0 failed" in stdout
+    final = invoke("index", dataset, "--out", out, *ARGS)  # the same command; in-process: nobody kills it
+    assert final.exit_code == 0, final.output
+    assert "40 images: 40 indexed, 0 failed" in final.stdout
     assert_same_tables(out, uninterrupted)
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == "complete" and manifest["images"] == 40
