@@ -61,6 +61,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst"})
 CONTAINER_EXTENSIONS = {".tar": "tar", ".parquet": "parquet"}
 _BRACE = re.compile(r"\{([^{}]*)\}")
+S3_PAGE_KEYS = 1_000  # keys per ListObjectsV2 page (S3's largest)
 
 
 @dataclass(frozen=True)
@@ -418,7 +419,7 @@ def _url_find(fs, root: str) -> Iterator[tuple[str, str]]:
 def _s3_keys(fs, base: str) -> Iterator[str]:
     """The "bucket/key" of every object below `base` ("bucket/prefix"), one ListObjectsV2 page at a time."""
     bucket, _, prefix = base.partition("/")
-    request = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+    request = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else "", "MaxKeys": S3_PAGE_KEYS}
     while True:
         page = fs.call_s3("list_objects_v2", **request)
         for item in page.get("Contents", []):

@@ -152,13 +152,15 @@ def test_a_list_file_and_a_glob_on_s3_list_what_a_local_one_does(s3, planted_dat
     assert {r.label for r in prefix} == {"red", "edge", "plain"}  # first-level "folders" label, as locally
 
 
-def test_a_prefix_is_listed_page_by_page(s3):
-    """More keys than one ListObjectsV2 page (1,000): every one listed, none from a sibling prefix."""
+def test_a_prefix_is_listed_page_by_page(s3, monkeypatch):
+    """More keys than one ListObjectsV2 page: every one listed, none from a sibling prefix."""
+    import pipeline.sources
     from pipeline.sources import list_images
 
+    monkeypatch.setattr(pipeline.sources, "S3_PAGE_KEYS", 4)  # 1,000 on S3: the same requests, fewer keys
     fs = s3fs.S3FileSystem()
-    fs.pipe({f"{BUCKET}/pages/c{i % 2}/{i:05d}.png": b"x" for i in range(1_005)})
+    fs.pipe({f"{BUCKET}/pages/c{i % 2}/{i:05d}.png": b"x" for i in range(11)})
     fs.pipe(f"{BUCKET}/pages2/other.png", b"x")  # shares the prefix's text, not its folder
     refs = list_images(f"s3://{BUCKET}/pages/")
-    assert [r.relpath for r in refs] == sorted(f"c{i % 2}/{i:05d}.png" for i in range(1_005))
+    assert [r.relpath for r in refs] == sorted(f"c{i % 2}/{i:05d}.png" for i in range(11))
     assert refs[0].label == "c0" and refs[0].uri == f"s3://{BUCKET}/pages/c0/00000.png"
