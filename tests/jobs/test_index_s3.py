@@ -270,3 +270,22 @@ def test_duckdb_reads_the_store_without_an_extension(uninterrupted):
         row[0] for row in con.sql("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()
     }
     assert "httpfs" not in loaded and "aws" not in loaded  # read through the registered fsspec filesystem
+
+
+def test_an_unreachable_store_for_the_index_is_one_line_and_exit_code_2(
+    s3_endpoint, planted_dataset, monkeypatch
+):
+    from tests.jobs.conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        out = f"s3://{BUCKET}/unreachable/"
+        results = [invoke("index", planted_dataset[0], "--out", out, *PLANTED_ARGS), invoke("status", out)]
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    for result in results:
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and "cannot reach the store" in lines[0], (
+            result.output
+        )
