@@ -69,7 +69,7 @@ class Listing:
             runs.append(_spill(table, Path(folder.name), len(runs)) if folder else table)
         listing = cls(runs, 0, folder)
         # several runs may hold one relpath (a list file naming it twice): count what the merge yields
-        listing.count = runs[0].num_rows if len(runs) == 1 else _distinct(runs)
+        listing.count = runs[0].num_rows if isinstance(runs[0], pa.Table) else _distinct(runs)
         if listing.count == 0:
             listing.close()
             raise MissingInputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {source!r}")

@@ -28,7 +28,7 @@ def folder(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("run_rows", [1, 5, 36, 1000])
+@pytest.mark.parametrize("run_rows", [1, 5, 19, 36, 38, 1000])  # 38 images: 2 runs, 1 run spilled
 def test_runs_on_disk_list_what_one_run_in_memory_lists(folder, run_rows):
     with Listing.build(str(folder)) as whole:
         expected = list(whole)
@@ -36,7 +36,7 @@ def test_runs_on_disk_list_what_one_run_in_memory_lists(folder, run_rows):
     assert [r.relpath for r in expected] == sorted(r.relpath for r in expected)
     assert len(expected) == 38
     with Listing.build(str(folder), run_rows=run_rows) as listing:
-        spilled = run_rows < 38
+        spilled = run_rows <= 38
         assert all(isinstance(run, Path) for run in listing.runs) == spilled
         assert len(listing) == 38
         assert list(listing) == expected and list(listing) == expected  # iterated twice: the same
