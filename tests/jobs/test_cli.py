@@ -30,6 +30,11 @@ def test_index_prints_a_summary(planted_cli_index):
 
 def test_top_lists_the_planted_images_in_order(planted_cli_index):
     out, _ = planted_cli_index
+    assert_top_lists_the_red_images_in_order(out)
+
+
+def assert_top_lists_the_red_images_in_order(out) -> None:
+    """`actindex top` of the planted red detector (relu1 unit 0) on an index of the planted images."""
     result = invoke("top", out, "--layer", "relu1", "--unit", "0", "--k", "3")
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if ".png" in line]

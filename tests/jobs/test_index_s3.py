@@ -24,8 +24,9 @@ from pipeline.writer import IndexLayout
 from queries.db import connect
 from tests.containers import content_tables
 from tests.jobs.conftest import BUCKET
-from tests.jobs.test_cli import PLANTED, invoke
+from tests.jobs.test_cli import PLANTED, assert_top_lists_the_red_images_in_order, invoke
 from tests.jobs.test_resume import ARGS, make_images
+from tests.jobs.test_sources_s3 import PLANTED_ARGS
 from tests.tables import assert_same_tables
 
 s3fs = pytest.importorskip("s3fs")
@@ -204,13 +205,6 @@ def test_writing_to_a_store_without_conditional_writes_is_refused(tmp_path):
     assert result.exit_code == 2 and "cannot write an index to memory://" in result.output, result.output
 
 
-PLANTED_ARGS = (
-    "--model", PLANTED, "--layers", "relu*,head", "--k", "3", "--executor", "local", "--trust-code",
-    "--resize", "64", "--crop", "64", "--interpolation", "nearest", "--mean", "0,0,0", "--std", "1,1,1",
-    "--no-progress", "--shard-size", "4", "--batch-size", "1",
-)  # fmt: skip
-
-
 def test_added_and_removed_images_and_the_cli_on_an_s3_index(s3_endpoint, planted_dataset):
     folder, _ = planted_dataset
     fs = s3fs.S3FileSystem()
@@ -234,14 +228,7 @@ def test_added_and_removed_images_and_the_cli_on_an_s3_index(s3_endpoint, plante
     assert invoke("index", source, "--out", fresh, *PLANTED_ARGS).exit_code == 0
     assert content_tables(out) == content_tables(fresh)
 
-    top = invoke("top", out, "--layer", "relu1", "--unit", "0", "--k", "3")
-    assert top.exit_code == 0, top.output
-    lines = [line for line in top.output.splitlines() if ".png" in line]
-    assert [next(n for n in ("red0", "red1", "red2") if n in line) for line in lines] == [
-        "red0",
-        "red1",
-        "red2",
-    ]
+    assert_top_lists_the_red_images_in_order(out)
     sql = invoke("sql", out, "SELECT count(*) AS n, min(uri) AS first FROM images")
     assert sql.exit_code == 0 and "8" in sql.output and f"s3://{BUCKET}/grow/images/" in sql.output
 
