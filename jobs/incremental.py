@@ -1,8 +1,9 @@
 """What an index directory already holds, and what a run has to add to it.
 
     state = read_state(IndexLayout("idx/"))
-    work = plan_work(list_images("photos/"), state, layout, shard_size=1024, prune=False)
-    work.pending, work.missing, work.to_prune     # new shards, images gone from the dataset, shards to redo
+    with Listing.build("photos/") as listing:
+        work = plan_work(listing, state, layout, shard_size=1024, prune=False)
+        work.pending, work.missing, work.to_prune  # new shards, images gone from the dataset, shards to redo
 
 Shards are immutable once their marker is written. A resumed run plans the same shards as the run it
 continues (the image list is sorted and split the same way every time), so it only compares each marker
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.listing import Listing
 from pipeline.shards import Shard, iter_shards
 from pipeline.sources import ImageRef
 from pipeline.writer import IndexLayout
@@ -28,6 +30,7 @@ from pipeline.writer import IndexLayout
 @dataclass
 class IndexState:
     done: dict[int, dict]  # shard -> marker, for shards whose files are all present
+    files: list = field(default_factory=list)  # the shard files present when it was read (data_dirs)
 
     @property
     def next_shard(self) -> int:
@@ -82,7 +85,8 @@ def read_state(layout: IndexLayout, repair: bool = True) -> IndexState:
     """Completed shards. A marker whose files are gone is ignored, and with `repair` deleted, so that the
     next run indexes its images again."""
     done, broken = {}, []
-    present = {str(path) for folder in layout.data_dirs() for path in layout.files(folder)}
+    files = [path for folder in layout.data_dirs() for path in layout.files(folder)]
+    present = {str(path) for path in files}
     for shard, marker in layout.completed_shards().items():
         if all(str(layout.root / f) in present for f in marker["files"]):
             done[shard] = marker
@@ -90,12 +94,13 @@ def read_state(layout: IndexLayout, repair: bool = True) -> IndexState:
             broken.append(layout.marker(shard))
     if repair:
         layout.delete(broken)
-    return IndexState(done)
+    return IndexState(done, files)
 
 
-def plan_work(refs, state: IndexState, layout: IndexLayout, shard_size: int, prune: bool) -> Work:
-    """`refs`: the dataset's images in order, as a re-iterable with a length (a pipeline.listing.Listing
-    or a list). A fresh or resumed run needs no pass over them when no shard is complete, one otherwise."""
+def plan_work(refs: Listing, state: IndexState, layout: IndexLayout, shard_size: int, prune: bool) -> Work:
+    """What a run adds to the index. Planning makes no pass over the listing for a fresh run, one for a
+    resumed run (the completed shards' digests), and for a changed dataset also reads every id and counts
+    what is new in another; the shards themselves are made in one more pass, as they are handed out."""
     total = len(refs)
     planned = -(-total // shard_size)
     if all(shard < planned for shard in state.done) and _digests_match(refs, state.done, shard_size):
@@ -103,7 +108,7 @@ def plan_work(refs, state: IndexState, layout: IndexLayout, shard_size: int, pru
         images = total - sum(min(shard_size, total - shard * shard_size) for shard in skip)
         return Work(PendingShards(lambda: refs, shard_size, 0, skip, planned - len(skip), images))
     indexed, shards = indexed_ids(layout, state)
-    gone = ~np.isin(indexed, _ids(refs), assume_unique=True)
+    gone = ~np.isin(indexed, refs.ids(), assume_unique=True)
     missing = dict(zip(indexed[gone].tolist(), shards[gone].tolist(), strict=True))
     to_prune = sorted(set(missing.values())) if prune else []
     dropped = np.array(to_prune, np.int64)
@@ -141,13 +146,6 @@ def _digests_match(refs, done: dict[int, dict], shard_size: int) -> bool:
     return False
 
 
-def _ids(refs) -> np.ndarray:
-    """Every image's id, sorted."""
-    if hasattr(refs, "ids"):
-        return refs.ids()
-    return np.unique(np.fromiter((ref.image_id for ref in refs), np.int64, len(refs)))
-
-
 def _chunks(refs: Iterable[ImageRef], size: int) -> Iterator[list[ImageRef]]:
     chunk = []
     for ref in refs:
@@ -183,9 +181,10 @@ def apply_prune(layout: IndexLayout, state: IndexState, work: Work) -> None:
 
 def remove_orphans(layout: IndexLayout, state: IndexState) -> int:
     """Delete temporary files and shard files no marker lists (killed runs', lost attempts', pruned
-    shards')."""
+    shards'), among the files `state` found when it was read (one listing serves both): a file that no
+    marker listed then never will be, as only this job commits markers and every attempt has new names."""
     keep = {str(layout.root / f) for marker in state.done.values() for f in marker["files"]}
-    files = [path for folder in layout.data_dirs() for path in layout.files(folder)]
+    files = list(state.files)
     if not layout.remote:  # files a killed run left under their temporary names
         files += [path for path in layout.files() if re.fullmatch(r"\..*\.tmp-.*", path.name)]
     orphans = sorted({path for path in files if str(path) not in keep}, key=str)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pipeline
 from jobs.executor import open_executor
 from jobs.finalize import set_topk_aside, topk_is_current, write_topk
-from jobs.incremental import Work, apply_prune, plan_work, read_state, remove_orphans
+from jobs.incremental import IndexState, Work, apply_prune, plan_work, read_state, remove_orphans
 from jobs.lock import index_lock
 from jobs.spec import (
     EXECUTION_PARAMS,
@@ -103,10 +103,14 @@ def run_index(request: IndexRequest) -> Summary:
         _check_directory(layout, request.overwrite)
         _check_pinned(layout, pinned_params(request, root), request.overwrite)
         refs, listing_errors = _list(request, stack)
-        executor, plan = _start(request, layout, refs, stack)
+        planned = _planned(layout, refs, request)
+        executor, plan = _start(request, layout, planned, stack)
         existing = _check_index(layout, _params(request, plan, root, gpus=None), request.overwrite)
         state = read_state(layout)
-        work = plan_work(refs, state, layout, request.shard_size, request.prune)
+        if planned is not None and planned[0].done == state.done:
+            work = planned[1]  # the same markers: the same plan, without another pass over the listing
+        else:
+            work = plan_work(refs, state, layout, request.shard_size, request.prune)
         if work.idle and existing is not None:
             return _finish_idle(layout, existing, state, work, started, cpu)
         executor = executor or stack.enter_context(open_executor(request))
@@ -123,11 +127,11 @@ def run_index(request: IndexRequest) -> Summary:
         return _run(layout, lock, executor, context, state, work, manifest, request, (started, cpu))
 
 
-def _start(request: IndexRequest, layout: IndexLayout, refs: Listing, stack: ExitStack):
+def _start(request: IndexRequest, layout: IndexLayout, planned, stack: ExitStack):
     """(executor or None, ModelPlan). When the run will compute, the executor starts now (on Ray, Ray and
     the actors come up in the background) and the workers load the model; a rerun with nothing to do loads
     it here, to check the index's parameters, and starts nothing."""
-    if _needs_workers(layout, refs, request):
+    if planned is None or not planned[1].idle:
         executor = stack.enter_context(open_executor(request))
         return executor, executor.plan(request, geometry=not _reusable_layers(layout))
     return None, plan_model(request, geometry=False)[0]
@@ -153,13 +157,15 @@ def _list(request: IndexRequest, stack: ExitStack) -> tuple[Listing, list[str]]:
     return refs, [display_path(f"{relpath}: {reason}") for relpath, reason in errors]
 
 
-def _needs_workers(layout: IndexLayout, refs: Listing, request: IndexRequest) -> bool:
-    """Whether this run will compute anything, judged before the model is loaded (nothing is changed)."""
+def _planned(layout: IndexLayout, refs: Listing, request: IndexRequest) -> tuple[IndexState, Work] | None:
+    """(completed shards, what this run would compute), judged before the model is loaded (nothing is
+    changed); None when the run computes whatever the directory holds (a new index, another format,
+    --overwrite)."""
     manifest = layout.read_manifest()
     if manifest is None or manifest.get("format") != INDEX_FORMAT or request.overwrite:
-        return True
-    work = plan_work(refs, read_state(layout, repair=False), layout, request.shard_size, request.prune)
-    return not work.idle
+        return None
+    state = read_state(layout, repair=False)
+    return state, plan_work(refs, state, layout, request.shard_size, request.prune)
 
 
 def _reusable_layers(layout: IndexLayout) -> bool:
