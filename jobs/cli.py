@@ -18,11 +18,11 @@ from typing import Annotated
 
 import typer
 
-from jobs.spec import Device, Executor, Precision, Store
-from pipeline.decode import DEFAULT_MAX_PIXELS
-from pipeline.errors import UserError
-from pipeline.preprocess import Decode, Interpolation
-from queries.grid import Layout
+from actindex.jobs.spec import Device, Executor, Precision, Store
+from actindex.pipeline.decode import DEFAULT_MAX_PIXELS
+from actindex.pipeline.errors import UserError
+from actindex.pipeline.preprocess import Decode, Interpolation
+from actindex.queries.grid import Layout
 
 app = typer.Typer(
     help="actindex: which images most excite unit k in layer L? Index a dataset, query it with SQL, draw grids.",  # noqa: E501
@@ -183,9 +183,9 @@ def index(
 
     Rerunning the same command resumes: completed shards are kept, new images are added.
     """
-    from jobs.index import run_index
-    from jobs.spec import IndexRequest
-    from pipeline.containers import Columns
+    from actindex.jobs.index import run_index
+    from actindex.jobs.spec import IndexRequest
+    from actindex.pipeline.containers import Columns
 
     try:
         request = IndexRequest(
@@ -290,8 +290,8 @@ def layers(
     """List every named layer: type, channels, output size, receptive field size and stride."""
     from rich.table import Table
 
-    from pipeline.layers import describe_all
-    from pipeline.models import load_model
+    from actindex.pipeline.layers import describe_all
+    from actindex.pipeline.models import load_model
 
     try:
         loaded = load_model(model, weights, trust_code)
@@ -345,8 +345,8 @@ def top(
 
 
 def _unit_tops(index_dir: str, layer: str, units: list[int], k: int):
-    """queries.db.unit_tops, with its errors as one line: exit 1 when the index cannot answer yet."""
-    from queries.db import IncompleteIndexError, unit_tops
+    """actindex.queries.db.unit_tops, with its errors as one line: exit 1 when the index cannot answer yet."""
+    from actindex.queries.db import IncompleteIndexError, unit_tops
 
     try:
         return unit_tops(index_dir, layer, units, k)
@@ -373,8 +373,8 @@ def grid(
     """Draw the receptive-field crops of each unit's top-k images into one PNG sheet.
 
     Each tile shows rank, activation, file name and label; '=N' marks an act that N images share."""
-    from queries.db import index_preprocessing
-    from queries.grid import render_grid
+    from actindex.queries.db import index_preprocessing
+    from actindex.queries.grid import render_grid
 
     tops = _unit_tops(index_dir, layer, parse_units(units), k)
     try:
@@ -403,7 +403,7 @@ def sql(
     """Run any SQL query against the index's views; print a table or write CSV/Parquet."""
     import duckdb
 
-    from queries.db import arrow_table, connect
+    from actindex.queries.db import arrow_table, connect
 
     try:
         result = connect(index_dir).sql(query)
@@ -449,7 +449,7 @@ def _print_arrow(table, limit: int) -> None:
 @app.command()
 def status(index_dir: IndexDir) -> None:
     """What an index holds: manifest, shards done/pending, images ok/error/new/missing, size on disk."""
-    from jobs.status import index_status
+    from actindex.jobs.status import index_status
 
     try:
         st = index_status(index_dir)
@@ -529,7 +529,7 @@ def bench(
     memory, size on disk and queries."""
     from rich.table import Table
 
-    from jobs.bench.bench import BenchConfig, run_bench, table_rows
+    from actindex.jobs.bench.bench import BenchConfig, run_bench, table_rows
 
     overrides = (("--resize", resize), ("--crop", crop), ("--decode", decode.value if decode else None))
     extra = tuple(arg for key, value in overrides if value is not None for arg in (key, str(value)))
@@ -561,7 +561,7 @@ def bench(
 
 
 def _bench_queries(folder: Path, rows: int, table) -> None:
-    from jobs.bench.query_bench import build_synthetic_index, time_queries
+    from actindex.jobs.bench.query_bench import build_synthetic_index, time_queries
 
     typer.echo(f"writing a synthetic index of {rows:,} activation rows ...", err=True)
     build_synthetic_index(folder, rows, echo=lambda s: None)
@@ -586,7 +586,7 @@ def demo(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Index scikit-image's photos with the built-in EfficientNet-Lite0 and draw top-image grids."""
-    from jobs.demo import run_demo
+    from actindex.jobs.demo import run_demo
 
     try:
         run_demo(out, executor=executor, progress=progress, echo=typer.echo)
@@ -595,12 +595,12 @@ def demo(
 
 
 def main(prog_name: str = "actindex") -> None:
-    """`actindex` and `python -m jobs` (what `ray job submit ... -- python -m jobs index ...` runs)."""
+    """`actindex` and `python -m actindex` (what `ray job submit -- python -m actindex index ...` runs)."""
     app(prog_name=prog_name)
 
 
 def main_index(prog_name: str) -> None:
-    """The index command alone, as `python -m jobs.index SOURCE ...` (the older spelling) runs it."""
+    """The index command alone, as `python -m actindex.jobs.index SOURCE ...` (the older spelling) runs it."""
     alone = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     alone.command()(index)
     alone(prog_name=prog_name)

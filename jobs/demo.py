@@ -37,10 +37,10 @@ def copy_demo_photos(folder: Path) -> list[Path]:
 
 
 def run_demo(out: Path, executor: str = "ray", progress: bool = True, echo: Callable[[str], None] = print):
-    from jobs.index import run_index
-    from jobs.spec import IndexRequest
-    from queries.db import connect, top_images
-    from queries.grid import render_grid
+    from actindex.jobs.index import run_index
+    from actindex.jobs.spec import IndexRequest
+    from actindex.queries.db import connect, top_images
+    from actindex.queries.grid import render_grid
 
     photos = copy_demo_photos(out / "photos")
     echo(f"indexing {len(photos)} scikit-image photos with the built-in efficientnet_lite0")

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from jobs.spec import Executor, IndexRequest
-from jobs.worker import ModelPlan, ShardResult, ShardTask, WorkContext
+from actindex.jobs.spec import Executor, IndexRequest
+from actindex.jobs.worker import ModelPlan, ShardResult, ShardTask, WorkContext
 
 
 class ShardExecutor(Protocol):
@@ -41,11 +41,11 @@ class ShardExecutor(Protocol):
 @contextmanager
 def open_executor(request: IndexRequest):
     if request.executor is Executor.local:
-        from jobs.local import LocalExecutor
+        from actindex.jobs.local import LocalExecutor
 
         executor = LocalExecutor()
     else:
-        from jobs.ray_executor import RayExecutor
+        from actindex.jobs.ray_executor import RayExecutor
 
         executor = RayExecutor(request.address, request.workers, request.device)
     try:

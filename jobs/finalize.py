@@ -14,9 +14,9 @@ that neither holds (finished by a run that was killed). When the old table cover
 
 from __future__ import annotations
 
-from pipeline.geometry import LayerInfo
-from pipeline.topk import RunningTopK, read_topk, topk_table
-from pipeline.writer import IndexLayout, marker_id, write_parquet
+from actindex.pipeline.geometry import LayerInfo
+from actindex.pipeline.topk import RunningTopK, read_topk, topk_table
+from actindex.pipeline.writer import IndexLayout, marker_id, write_parquet
 
 
 def topk_is_current(layout: IndexLayout, markers: dict[int, dict]) -> bool:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.listing import Listing
-from pipeline.shards import Shard, iter_shards
-from pipeline.sources import ImageRef
-from pipeline.writer import IndexLayout
+from actindex.pipeline.listing import Listing
+from actindex.pipeline.shards import Shard, iter_shards
+from actindex.pipeline.sources import ImageRef
+from actindex.pipeline.writer import IndexLayout
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """The index job: images -> per-unit maxima in Parquet, sharded, atomic, resumable, with top-k.
 
-    from jobs.index import run_index
-    from jobs.spec import IndexRequest
+    from actindex.jobs.index import run_index
+    from actindex.jobs.spec import IndexRequest
     summary = run_index(IndexRequest(source="photos/", out="idx/", model="resnet18", layers=("layer4",)))
 
 As a cluster batch job (same options as `actindex index`):
-    ray job submit --working-dir . -- python -m jobs index PHOTOS/ --layers 'layer*' --out idx/
+    ray job submit --working-dir . -- python -m actindex index PHOTOS/ --layers 'layer*' --out idx/
 
 The driver lists the images, takes the index directory's lock and compares the shards it would compute
 with the index's markers. With nothing new it loads the model only to check the index's parameters, and
@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
-import pipeline
-from jobs.executor import open_executor
-from jobs.finalize import set_topk_aside, topk_is_current, write_topk
-from jobs.incremental import IndexState, Work, apply_prune, plan_work, read_state, remove_orphans
-from jobs.lock import index_lock
-from jobs.spec import (
+import actindex.pipeline
+from actindex.jobs.executor import open_executor
+from actindex.jobs.finalize import set_topk_aside, topk_is_current, write_topk
+from actindex.jobs.incremental import IndexState, Work, apply_prune, plan_work, read_state, remove_orphans
+from actindex.jobs.lock import index_lock
+from actindex.jobs.spec import (
     EXECUTION_PARAMS,
     Device,
     IndexRequest,
@@ -45,14 +45,14 @@ from jobs.spec import (
     pinned_params,
     resolve_spec,
 )
-from jobs.worker import ShardResult, ShardTask, WorkContext, plan_model
-from pipeline import schema
-from pipeline.errors import UserError
-from pipeline.geometry import LayerInfo, ReceptiveField, from_layers_row
-from pipeline.listing import Listing
-from pipeline.sources import dataset_root, display_path
-from pipeline.topk import RunningTopK
-from pipeline.writer import (
+from actindex.jobs.worker import ShardResult, ShardTask, WorkContext, plan_model
+from actindex.pipeline import schema
+from actindex.pipeline.errors import UserError
+from actindex.pipeline.geometry import LayerInfo, ReceptiveField, from_layers_row
+from actindex.pipeline.listing import Listing
+from actindex.pipeline.sources import dataset_root, display_path
+from actindex.pipeline.topk import RunningTopK
+from actindex.pipeline.writer import (
     INDEX_FORMAT,
     IndexLayout,
     commit_marker,
@@ -331,7 +331,7 @@ def _manifest(request: IndexRequest, images: int, listing_errors: list[str], spe
         "source": request.source,
         "dataset_images": images,
         "listing_errors": listing_errors,
-        "actindex_version": pipeline.__version__,
+        "actindex_version": actindex.pipeline.__version__,
         "config": {k: v.value if hasattr(v, "value") else v for k, v in config.items()},
         "started": _iso(started),
         "finished": None,
@@ -511,7 +511,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-if __name__ == "__main__":  # `python -m jobs.index SOURCE ...` is `python -m jobs index SOURCE ...`
-    from jobs.cli import main_index
+if __name__ == "__main__":  # `python -m actindex.jobs.index SOURCE ...` is `python -m actindex index SOURCE`
+    from actindex.jobs.cli import main_index
 
-    main_index(prog_name="python -m jobs.index")
+    main_index(prog_name="python -m actindex.jobs.index")

@@ -15,8 +15,8 @@ import queue
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from jobs.executor import TaskQueue
-from jobs.worker import ModelPlan, ShardResult, ShardTask, ShardWorker, WorkContext, plan_model
+from actindex.jobs.executor import TaskQueue
+from actindex.jobs.worker import ModelPlan, ShardResult, ShardTask, ShardWorker, WorkContext, plan_model
 
 _DONE = object()
 

@@ -30,8 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.storage import user_errors
+from actindex.pipeline.errors import UserError
+from actindex.pipeline.storage import user_errors
 
 log = logging.getLogger("actindex")
 

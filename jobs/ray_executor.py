@@ -34,8 +34,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from jobs.executor import TaskQueue
-from jobs.worker import (
+from actindex.jobs.executor import TaskQueue
+from actindex.jobs.worker import (
     IN_FLIGHT,
     ModelPlan,
     ShardResult,
@@ -45,7 +45,7 @@ from jobs.worker import (
     check_weights,
     plan_model,
 )
-from pipeline.errors import InvalidInputError, UserError
+from actindex.pipeline.errors import InvalidInputError, UserError
 
 log = logging.getLogger("actindex")
 MAX_ATTEMPTS = 4  # a shard whose actor dies this often stops the job (a decoder crash costs two)
@@ -192,7 +192,7 @@ class _ShardActor:
     def warm(self) -> None:
         import torchvision.models  # noqa: F401 - the slow imports, done before the work arrives
 
-        import jobs.worker  # noqa: F401
+        import actindex.jobs.worker  # noqa: F401
 
     def plan(self, request, geometry: bool) -> ModelPlan:
         with self.lock:

@@ -17,11 +17,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pipeline.containers import Columns
-from pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED
-from pipeline.errors import InvalidInputError
-from pipeline.model_args import check_model_args
-from pipeline.preprocess import Preprocessing
+from actindex.pipeline.containers import Columns
+from actindex.pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED
+from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.model_args import check_model_args
+from actindex.pipeline.preprocess import Preprocessing
 
 
 class Executor(str, Enum):

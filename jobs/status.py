@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.finalize import topk_is_current
-from jobs.incremental import plan_work, read_state
-from jobs.lock import is_locked
-from pipeline.containers import Columns
-from pipeline.errors import UserError
-from pipeline.listing import Listing
-from pipeline.storage import user_errors
-from pipeline.writer import IndexLayout, marker_totals
+from actindex.jobs.finalize import topk_is_current
+from actindex.jobs.incremental import plan_work, read_state
+from actindex.jobs.lock import is_locked
+from actindex.pipeline.containers import Columns
+from actindex.pipeline.errors import UserError
+from actindex.pipeline.listing import Listing
+from actindex.pipeline.storage import user_errors
+from actindex.pipeline.writer import IndexLayout, marker_totals
 
 
 @dataclass
@@ -45,7 +45,7 @@ def index_status(index_dir: str | Path) -> IndexStatus:
         manifest = layout.read_manifest()
         locked_by = is_locked(layout)
     if manifest is None and locked_by is None:
-        from queries.db import NotAnIndexError
+        from actindex.queries.db import NotAnIndexError
 
         raise NotAnIndexError(f"{index_dir} is not an actindex index (no run.json)")
     if manifest is None:  # a job has just started here: it writes run.json once it has loaded the model

@@ -38,17 +38,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from jobs.spec import IndexRequest, RunSpec
-from pipeline import schema
-from pipeline.decode import DecodedImage, Decoder
-from pipeline.errors import UserError
-from pipeline.finish import activations_table, order_units
-from pipeline.geometry import LayerInfo, ReceptiveField, boxes
-from pipeline.preprocess import Preprocessing
-from pipeline.sources import ImageRef, display_path
-from pipeline.storage import open_image_bytes, split_uri
-from pipeline.topk import TopK, topk_table
-from pipeline.writer import IndexLayout, new_attempt, write_activations, write_parquet
+from actindex.jobs.spec import IndexRequest, RunSpec
+from actindex.pipeline import schema
+from actindex.pipeline.decode import DecodedImage, Decoder
+from actindex.pipeline.errors import UserError
+from actindex.pipeline.finish import activations_table, order_units
+from actindex.pipeline.geometry import LayerInfo, ReceptiveField, boxes
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.sources import ImageRef, display_path
+from actindex.pipeline.storage import open_image_bytes, split_uri
+from actindex.pipeline.topk import TopK, topk_table
+from actindex.pipeline.writer import IndexLayout, new_attempt, write_activations, write_parquet
 
 log = logging.getLogger("actindex")
 CRASH_REASON = "crashed the decoder: the process died while decoding this file"
@@ -80,9 +80,9 @@ class ModelPlan:
 def plan_model(request: IndexRequest, geometry: bool = True):
     """(ModelPlan, the loaded module): load the request's model, resolve its layer patterns and, with
     `geometry`, trace each layer's output shape and receptive field (seconds on large models)."""
-    from pipeline.layers import describe_layers, resolve_layers
-    from pipeline.models import load_model
-    from pipeline.receptive_field import compute_receptive_fields
+    from actindex.pipeline.layers import describe_layers, resolve_layers
+    from actindex.pipeline.models import load_model
+    from actindex.pipeline.receptive_field import compute_receptive_fields
 
     loaded = load_model(request.model, request.weights, trust_code=request.trust_code)
     layers = resolve_layers(loaded.module, request.layers, request.model)
@@ -156,7 +156,7 @@ class ShardWorker:
         self.cpu_decoder = Decoder(self.spec.preprocessing, self.spec.max_pixels)
         self.device_decoder = None
         if self.spec.device_decode:
-            from pipeline.gpu import GpuDecoder
+            from actindex.pipeline.gpu import GpuDecoder
 
             self.device_decoder = GpuDecoder(self.spec.preprocessing, self.spec.device, self.spec.max_pixels)
         self.journal = DecodeJournal(self.layout.journal_dir)
@@ -176,7 +176,7 @@ class ShardWorker:
         self.finisher = ShardFinisher(context, self.finish_pool, self.writer)
 
     def _load(self):
-        from pipeline.models import load_model
+        from actindex.pipeline.models import load_model
 
         loaded = load_model(self.spec.model, self.spec.weights_arg, trust_code=self.context.trust_code)
         check_weights(loaded.weights_sha256, self.spec)
@@ -192,7 +192,7 @@ class ShardWorker:
     def run_shard(self, task: ShardTask) -> Iterator[int | ShardResult]:
         """Yields images done (every PROGRESS_EVERY seconds, and all of them before the result), then the
         ShardResult (its files are written)."""
-        from pipeline.loop import Prefetcher, record_batches
+        from actindex.pipeline.loop import Prefetcher, record_batches
 
         started = time.perf_counter()
         size = self.spec.batch_size
@@ -227,7 +227,7 @@ class ShardWorker:
         """One batch of images -> DecodedBatch; every CPU decode is journaled."""
         import torch
 
-        from pipeline.loop import DecodedBatch
+        from actindex.pipeline.loop import DecodedBatch
 
         with self.journal.batch(refs[0].image_id) as journal:
             if self.device_decoder is not None:
@@ -344,11 +344,11 @@ def check_weights(sha256: str, spec: RunSpec) -> None:
 def make_recorder(module, spec: RunSpec):
     """ActivationRecorder for exact fp32 on the CPU; the GPU path's GpuRecorder (autocast, channels_last,
     asynchronous copies, optional compile) on CUDA or at lower precision."""
-    from pipeline.recorder import ActivationRecorder
+    from actindex.pipeline.recorder import ActivationRecorder
 
     if spec.device == "cpu" and spec.precision == "fp32" and not spec.compile:
         return ActivationRecorder(module, spec.layers, spec.preprocessing, spec.device)
-    from pipeline.gpu import GpuRecorder
+    from actindex.pipeline.gpu import GpuRecorder
 
     return GpuRecorder(
         module, spec.layers, spec.preprocessing, spec.device, precision=spec.precision, compile=spec.compile

@@ -1,7 +1,7 @@
 """actindex's library: what happens to one batch of images, with no cluster in sight.
 
-    from pipeline.models import load_model
-    from pipeline.recorder import ActivationRecorder
+    from actindex.pipeline.models import load_model
+    from actindex.pipeline.recorder import ActivationRecorder
     loaded = load_model("resnet18")
     recorder = ActivationRecorder(loaded.module, ["layer4"], loaded.preprocessing)
 

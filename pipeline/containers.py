@@ -27,8 +27,8 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.errors import InvalidInputError
-from pipeline.storage import open_binary
+from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.storage import open_binary
 
 IMAGE_COLUMNS = ("jpg", "image", "jpeg", "png", "webp", "img")  # img2dataset, Hugging Face, others
 _SAMPLE = re.compile(r"^((?:.*/)?[^./]+)\.([^/]*)$")

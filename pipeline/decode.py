@@ -70,8 +70,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
-from pipeline.preprocess import Preprocessing
-from pipeline.storage import NullImageError, open_image_bytes, split_uri
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.storage import NullImageError, open_image_bytes, split_uri
 
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb threshold (2x MAX_IMAGE_PIXELS)
 ERROR_KINDS = ("not an image", "truncated", "corrupt", "too large", "unreadable", "unsupported", "failed")

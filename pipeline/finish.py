@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline import schema
-from pipeline.topk import TopK, descending_keys
+from actindex.pipeline import schema
+from actindex.pipeline.topk import TopK, descending_keys
 
 _LOW31 = np.int64(0x7FFF_FFFF)
 

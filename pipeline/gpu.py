@@ -73,12 +73,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED, DecodedImage, Decoder
-from pipeline.errors import InvalidInputError
-from pipeline.layers import describe_layers
-from pipeline.loop import DecodedBatch
-from pipeline.preprocess import Preprocessing
-from pipeline.recorder import LayerTrace, reduce_units
+from actindex.pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED, DecodedImage, Decoder
+from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.layers import describe_layers
+from actindex.pipeline.loop import DecodedBatch
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.recorder import LayerTrace, reduce_units
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 DEVICE_SOF = (0xC0, 0xC1, 0xC2)  # baseline, extended sequential, progressive Huffman: 8-bit DCT JPEGs

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from pipeline.errors import InvalidInputError, UnknownNameError
-from pipeline.geometry import LayerInfo
+from actindex.pipeline.errors import InvalidInputError, UnknownNameError
+from actindex.pipeline.geometry import LayerInfo
 
 
 def module_names(model: torch.nn.Module) -> list[str]:
@@ -92,7 +92,7 @@ def output_shapes(model: torch.nn.Module, names: Sequence[str], input_size: tupl
 
 def describe_all(model: torch.nn.Module, pattern: str, input_size: tuple[int, int]) -> list:
     """[(LayerInfo, ReceptiveField)] for every layer matching `pattern` whose output is 4-D or 2-D."""
-    from pipeline.receptive_field import compute_receptive_fields
+    from actindex.pipeline.receptive_field import compute_receptive_fields
 
     regex = pattern_regex(pattern)
     modules = dict(model.named_modules())

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline import storage
-from pipeline.containers import Columns
-from pipeline.errors import InvalidInputError, MissingInputError
-from pipeline.sources import IMAGE_EXTENSIONS, ImageRef, iter_images
+from actindex.pipeline import storage
+from actindex.pipeline.containers import Columns
+from actindex.pipeline.errors import InvalidInputError, MissingInputError
+from actindex.pipeline.sources import IMAGE_EXTENSIONS, ImageRef, iter_images
 
 RUN_ROWS = 200_000  # images held while listing (~130 MB of Python objects); beyond, runs go to disk
 BATCH_ROWS = 1_024  # images of each run in memory while merging (10^8 images: 500 runs, ~150 MB)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.errors import MissingInputError, UserError
+from actindex.pipeline.errors import MissingInputError, UserError
 
 BUILTIN_EFFICIENTNET = "efficientnet_lite0"
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".torchscript", ".jit")

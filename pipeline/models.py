@@ -20,14 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError
-from pipeline.model_args import (  # noqa: F401 - UntrustedCodeError is part of this module's interface
+from actindex.pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError
+from actindex.pipeline.model_args import (  # noqa: F401 - UntrustedCodeError is part of this module's interface
     BUILTIN_EFFICIENTNET,
     TORCHSCRIPT_SUFFIXES,
     UntrustedCodeError,
     check_model_args,
 )
-from pipeline.preprocess import Preprocessing
+from actindex.pipeline.preprocess import Preprocessing
 
 RANDOM_SEED = 0
 IMAGENET = Preprocessing(resize=256, crop=224, interpolation="bilinear")

@@ -15,7 +15,7 @@ from enum import Enum
 
 import numpy as np
 
-from pipeline.errors import InvalidInputError
+from actindex.pipeline.errors import InvalidInputError
 
 
 class Interpolation(str, Enum):

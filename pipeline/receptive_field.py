@@ -4,7 +4,7 @@ Usage::
 
     >>> import numpy as np
     >>> import torchvision
-    >>> from pipeline.receptive_field import boxes, compute_receptive_fields
+    >>> from actindex.pipeline.receptive_field import boxes, compute_receptive_fields
     >>> model = torchvision.models.resnet50(weights=None)
     >>> rfs = compute_receptive_fields(model, ["layer3", "layer4", "fc"], input_size=(224, 224))
     >>> rf = rfs["layer4"]
@@ -59,7 +59,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from pipeline.geometry import ReceptiveField, boxes  # noqa: F401 - part of this module's interface
+from actindex.pipeline.geometry import ReceptiveField, boxes  # noqa: F401 - part of this module's interface
 
 aten = torch.ops.aten
 

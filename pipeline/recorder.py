@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pipeline.layers import describe_layers
-from pipeline.preprocess import Preprocessing
+from actindex.pipeline.layers import describe_layers
+from actindex.pipeline.preprocess import Preprocessing
 
 
 class _StopForward(Exception):
@@ -106,6 +106,6 @@ class ActivationRecorder:
 
     def submit(self, pixels: np.ndarray | torch.Tensor):
         """The asynchronous interface of pipeline.loop, synchronously: the results are ready on return."""
-        from pipeline.loop import Ready
+        from actindex.pipeline.loop import Ready
 
         return Ready(self(pixels))

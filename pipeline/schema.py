@@ -1,6 +1,6 @@
 """One pyarrow schema per table of the index; writers, readers, SQL views and docs all use these.
 
-    import pipeline.schema as schema
+    import actindex.pipeline.schema as schema
     schema.ACTIVATIONS.names   # ['image_id', 'layer', 'unit', 'act', 'y', 'x']
     print(schema.markdown(schema.TOPK))
 
@@ -141,8 +141,9 @@ def markdown(schema: pa.Schema) -> str:
 
 
 def tables_markdown() -> str:
-    """docs/tables.md: every table's columns (`python -m pipeline.schema > docs/tables.md` rewrites it)."""
-    parts = ["# Index tables", "", "Generated from `pipeline/schema.py` by `python -m pipeline.schema`.", ""]
+    """docs/tables.md: every table's columns (`python -m actindex.pipeline.schema > docs/tables.md`)."""
+    source = "Generated from `pipeline/schema.py` by `python -m actindex.pipeline.schema`."
+    parts = ["# Index tables", "", source, ""]
     for name, table in TABLES.items():
         parts += [f"## {name}", "", markdown(table), ""]
         if name in PARTITIONED:

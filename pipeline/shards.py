@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pipeline.sources import ImageRef
+from actindex.pipeline.sources import ImageRef
 
 
 @dataclass(frozen=True)

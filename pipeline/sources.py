@@ -53,9 +53,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import storage
-from pipeline.containers import Columns, parquet_rows, tar_samples
-from pipeline.errors import MissingInputError
+from actindex.pipeline import storage
+from actindex.pipeline.containers import Columns, parquet_rows, tar_samples
+from actindex.pipeline.errors import MissingInputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst"})
@@ -133,7 +133,7 @@ def list_images(
     end inside a header.
     columns: the Parquet columns to read (Parquet sources only).
     """
-    from pipeline.listing import Listing  # it builds on this module
+    from actindex.pipeline.listing import Listing  # it builds on this module
 
     with Listing.build(source, errors, columns) as listing:
         return list(listing)

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from pipeline.errors import InvalidInputError, MissingInputError, SourceUnreachableError
+from actindex.pipeline.errors import InvalidInputError, MissingInputError, SourceUnreachableError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # botocore: fail a connection within seconds, and retry a failed request once (s3fs adds its own retries

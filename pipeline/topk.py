@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schema
+from actindex.pipeline import schema
 
 _LOW31 = np.int64(0x7FFF_FFFF)
 _NAN_KEY = np.int64(0xFFFF_FFFF)  # after every number

@@ -30,7 +30,7 @@ from urllib.parse import quote, unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import filesystem, is_url
+from actindex.pipeline.storage import filesystem, is_url
 
 ROWS_PER_GROUP = 65_536  # ~64 units of a 1,024-image shard: a one-unit query reads one group per file
 MARKER_VERSION = 2

@@ -18,11 +18,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipeline import schema
-from pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError, UserError
-from pipeline.preprocess import Preprocessing
-from pipeline.storage import user_errors
-from pipeline.writer import IndexLayout
+from actindex.pipeline import schema
+from actindex.pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError, UserError
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.storage import user_errors
+from actindex.pipeline.writer import IndexLayout
 
 
 class NotAnIndexError(MissingInputError):
@@ -162,7 +162,7 @@ def unit_tops(index_dir: str | Path, layer: str, units: list[int], k: int) -> Un
     """Each unit's top-k images with their boxes. From the topk table while it is current and holds k;
     otherwise from activations, exactly (boxes computed the way the workers compute them); a top-k-only
     index that cannot answer says why."""
-    from jobs.finalize import topk_is_current
+    from actindex.jobs.finalize import topk_is_current
 
     layout = IndexLayout(index_dir)
     con = connect(index_dir)
@@ -207,14 +207,14 @@ def check_units(con: duckdb.DuckDBPyConnection, layer: str, units: list[int]) ->
 
 
 def _locked(layout: IndexLayout) -> bool:
-    from jobs.lock import is_locked
+    from actindex.jobs.lock import is_locked
 
     return is_locked(layout) is not None
 
 
 def _with_boxes(con: duckdb.DuckDBPyConnection, layer: str, rows: pa.Table, prep: Preprocessing) -> pa.Table:
     """Add x0, y0, x1, y1: the peaks' receptive-field boxes in original pixels, as the workers map them."""
-    from pipeline.geometry import boxes, from_layers_row
+    from actindex.pipeline.geometry import boxes, from_layers_row
 
     info = arrow_table(con.sql("SELECT * FROM layers WHERE layer = $layer", params={"layer": layer}))
     _, rf = from_layers_row(info.to_pylist()[0])

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from pipeline.decode import as_decoded
-from pipeline.errors import InvalidInputError
-from pipeline.sources import path_from_display
-from pipeline.storage import image_source
+from actindex.pipeline.decode import as_decoded
+from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.sources import path_from_display
+from actindex.pipeline.storage import image_source
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.preprocess import Preprocessing
+from actindex.pipeline.preprocess import Preprocessing
 
 PLANTED_PREP = Preprocessing(resize=64, crop=64, interpolation="nearest", mean=(0, 0, 0), std=(1, 1, 1))
 IMAGE_W, IMAGE_H = (
@@ -115,7 +115,7 @@ def natural_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def skimage_photos(tmp_path_factory) -> Path:
-    from jobs.demo import copy_demo_photos
+    from actindex.jobs.demo import copy_demo_photos
 
     folder = tmp_path_factory.mktemp("skimage_photos")
     copy_demo_photos(folder)
@@ -133,7 +133,7 @@ def ray_local():
     """One local Ray for the tests that need it (2 CPUs, like CI)."""
     import ray
 
-    from jobs.ray_executor import init_ray
+    from actindex.jobs.ray_executor import init_ray
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -149,7 +149,7 @@ PLANTED = "python:tests.conftest:PlantedNet"
 
 @pytest.fixture(scope="session")
 def ray_index(ray_local, natural_dataset, tmp_path_factory):
-    from jobs.index import run_index
+    from actindex.jobs.index import run_index
     from tests.jobs.test_index_reference import index_config
 
     out = tmp_path_factory.mktemp("local_ray")
@@ -160,9 +160,9 @@ def ray_index(ray_local, natural_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def planted_index(planted_dataset, tmp_path_factory):
-    from jobs.index import run_index
-    from jobs.spec import IndexRequest
-    from queries.db import connect
+    from actindex.jobs.index import run_index
+    from actindex.jobs.spec import IndexRequest
+    from actindex.queries.db import connect
 
     folder, truth = planted_dataset
     out = tmp_path_factory.mktemp("planted_index")
@@ -193,7 +193,7 @@ def natural_reference(natural_dataset):
 @pytest.fixture(scope="session")
 def local_index_dir(natural_dataset, tmp_path_factory):
     """natural_dataset indexed by the plain loop with resnet18 (the reference test's configuration)."""
-    from jobs.index import run_index
+    from actindex.jobs.index import run_index
     from tests.jobs.test_index_reference import index_config
 
     out = tmp_path_factory.mktemp("local_index")

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from queries.db import connect
+from actindex.queries.db import connect
 
 
 def images_of(folder: Path) -> list[tuple[str, str, bytes]]:

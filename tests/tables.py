@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.decode import Decoder
-from pipeline.models import load_model
-from pipeline.preprocess import Preprocessing
-from pipeline.recorder import ActivationRecorder
-from pipeline.writer import IndexLayout
-from queries.db import connect
+from actindex.pipeline.decode import Decoder
+from actindex.pipeline.models import load_model
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.recorder import ActivationRecorder
+from actindex.pipeline.writer import IndexLayout
+from actindex.queries.db import connect
 
 REL_TOL = 1e-4
 

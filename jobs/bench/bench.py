@@ -25,8 +25,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from jobs.bench.child import parse_report
-from pipeline.synthetic import synthetic_jpeg
+from actindex.jobs.bench.child import parse_report
+from actindex.pipeline.synthetic import synthetic_jpeg
 
 LABELS = {"ray": "Ray", "local": "--executor local", "plain": "plain loop"}
 
@@ -58,8 +58,8 @@ def make_dataset(folder: Path, count: int, first: int = 0) -> Path:
 
 
 def _decode_files(args: tuple[list[str], dict]) -> int:
-    from pipeline.decode import Decoder
-    from pipeline.preprocess import Preprocessing
+    from actindex.pipeline.decode import Decoder
+    from actindex.pipeline.preprocess import Preprocessing
 
     files, prep = args
     decoder = Decoder(Preprocessing.from_dict(prep))
@@ -81,7 +81,7 @@ def bench_device_decode(files: list[str], prep, batch_size: int) -> tuple[str, f
     a GPU), the job's GPU path; file bytes are read beforehand."""
     import torch
 
-    from pipeline.gpu import GpuDecoder
+    from actindex.pipeline.gpu import GpuDecoder
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     decoder = GpuDecoder(prep, device)
@@ -98,7 +98,7 @@ def bench_forward(spec, module, batch_size: int, batches: int = 4) -> tuple[floa
     batches (no decoding), with the recorder the job's workers use (bf16 GpuRecorder on a GPU)."""
     import torch
 
-    from jobs.worker import make_recorder
+    from actindex.jobs.worker import make_recorder
 
     recorder = make_recorder(module, spec)
     crop = spec.preprocessing.crop
@@ -116,8 +116,8 @@ def bench_finish(spec, infos: dict, rfs: dict, images: int, folder: Path, parall
     activation rows per CPU-second of one finisher, and rows per second with 1, 2, 4 finishers at once."""
     import numpy as np
 
-    from jobs.bench.query_bench import synthetic_shard
-    from jobs.worker import ShardFinisher, WorkContext
+    from actindex.jobs.bench.query_bench import synthetic_shard
+    from actindex.jobs.worker import ShardFinisher, WorkContext
 
     context = WorkContext(spec, str(folder), infos, rfs, metadata=spec.params())
     finisher = ShardFinisher(context)
@@ -156,11 +156,11 @@ def run_job(source: str, out: Path, config: BenchConfig, executor: str) -> dict:
     and the process's own CPU seconds and peak RSS. `out` is emptied first: every run indexes every image."""
     shutil.rmtree(out, ignore_errors=True)
     if executor == "plain":
-        command = [sys.executable, "-m", "jobs.bench.plain_loop", source, "--out", str(out)]
+        command = [sys.executable, "-m", "actindex.jobs.bench.plain_loop", source, "--out", str(out)]
         command += ["--model", config.model, "--layers", ",".join(config.layers)]
         command += ["--batch-size", str(config.batch_size), *config.extra_args]
     else:
-        command = [sys.executable, "-m", "jobs.bench.child", source, "--out", str(out)]
+        command = [sys.executable, "-m", "actindex.jobs.bench.child", source, "--out", str(out)]
         command += ["--model", config.model, "--layers", ",".join(config.layers), "--executor", executor]
         command += ["--batch-size", str(config.batch_size), "--no-progress", *config.extra_args]
     start = time.perf_counter()
@@ -209,8 +209,8 @@ def column_sizes(index_dir: Path) -> dict:
 def run_bench(config: BenchConfig, echo=print) -> dict:
     import torch
 
-    from jobs.spec import resolve_spec
-    from jobs.worker import plan_model
+    from actindex.jobs.spec import resolve_spec
+    from actindex.jobs.worker import plan_model
 
     out = Path(config.out)
     source = Path(config.source) if config.source else make_dataset(out / "images", config.images)
@@ -257,8 +257,8 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
 def bench_request(config: BenchConfig, source: str):
     """The IndexRequest the benchmark's runs make: the model's preprocessing, --resize/--crop/--decode
     applied."""
-    from jobs.spec import IndexRequest
-    from pipeline.models import load_model
+    from actindex.jobs.spec import IndexRequest
+    from actindex.pipeline.models import load_model
 
     overrides = _overrides(config.extra_args)
     prep = _preprocessing(load_model(config.model).preprocessing, overrides) if overrides else None

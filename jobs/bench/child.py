@@ -1,6 +1,6 @@
 """Run `actindex index` and report the process's own peak RSS and CPU time on stderr (for the benchmarks).
 
-    python -m jobs.bench.child PHOTOS/ --out idx/ ...    # same options as `actindex index`
+    python -m actindex.jobs.bench.child PHOTOS/ --out idx/ ...    # same options as `actindex index`
 
 The last stderr line is `actindex-process peak_rss_kib=N cpu_seconds=S`: S is this process's user + system
 time from /proc/self/stat, children excluded (Ray's own processes and the workers are not counted), so
@@ -24,8 +24,8 @@ def parse_report(stderr: str) -> dict:
 
 
 def main() -> None:
-    from jobs.cli import app
-    from jobs.index import own_cpu_seconds
+    from actindex.jobs.cli import app
+    from actindex.jobs.index import own_cpu_seconds
 
     try:
         app(["index", *sys.argv[1:]], prog_name="actindex")

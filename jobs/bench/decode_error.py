@@ -1,7 +1,7 @@
 """Pixel error of the fast decode against torchvision's pipeline (`--decode fast` vs `--decode torchvision`).
 
-    python -m jobs.bench.decode_error --out /tmp/decode_error                 # the photo sets below
-    python -m jobs.bench.decode_error --out /tmp/decode_error --source PHOTOS/ # your own images too
+    python -m actindex.jobs.bench.decode_error --out /tmp/decode_error                 # the photo sets below
+    python -m actindex.jobs.bench.decode_error --out /tmp/decode_error --source PHOTOS/ # your own images too
 
 Both decoders turn every image into the model input (uint8, crop x crop) with the same resize and crop;
 the table gives, per set and interpolation, the images the fast path drafted (decoded at reduced scale in
@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.decode import Decoder, _orientation
-from pipeline.preprocess import Preprocessing
-from pipeline.synthetic import synthetic_photo
+from actindex.pipeline.decode import Decoder, _orientation
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.synthetic import synthetic_photo
 
 
 def make_sets(folder: Path) -> dict[str, list[Path]]:
     """{set name: image files} written under `folder` (see the module docstring)."""
-    from jobs.demo import copy_demo_photos
+    from actindex.jobs.demo import copy_demo_photos
 
     photos = sorted(copy_demo_photos(folder / "photos"))
     sets = {"photos": photos, "upscaled x4": [], "mosaics": [], "synthetic": []}
@@ -109,7 +109,7 @@ def _is_drafted(decoder: Decoder, path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m jobs.bench.decode_error", description=__doc__.split("\n")[0]
+        prog="python -m actindex.jobs.bench.decode_error", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", required=True, help="working folder for the generated images")
     parser.add_argument("--source", default=None, help="also measure the images in this folder")

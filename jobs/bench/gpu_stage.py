@@ -1,9 +1,10 @@
 """Measure (and check) the GPU stage on one machine, without Ray and without DuckDB.
 
-    python -m jobs.bench.gpu_stage                       # resnet50, relu + layer1..4, bf16, cuda
-    python -m jobs.bench.gpu_stage --compile --json gpu.json
-    python -m jobs.bench.gpu_stage --job 20000           # and the whole job (--executor local), 20,000 files
-    python -m jobs.bench.gpu_stage --device cpu --model resnet18 --images 64 --batch-size 16 --precision fp32
+    python -m actindex.jobs.bench.gpu_stage                # resnet50, relu + layer1..4, bf16, cuda
+    python -m actindex.jobs.bench.gpu_stage --compile --json gpu.json
+    python -m actindex.jobs.bench.gpu_stage --job 20000  # and the whole job (--executor local), 20,000 images
+    python -m actindex.jobs.bench.gpu_stage --device cpu --model resnet18 --images 64 --batch-size 16 \
+        --precision fp32
 
 Synthetic ImageNet-like JPEGs (about 500x375, smooth colour fields with shapes, fine texture and noise,
 quality 90, 4:2:0, 50-110 KB each) are made in memory; a few hundred distinct ones are cycled through.
@@ -13,7 +14,7 @@ Printed (and returned by `main`):
   (b) forward + reductions + async copy, on uint8 tensors already on the device (GpuRecorder.submit)
   (c) end to end from JPEG bytes through the worker's own loop (pipeline.loop): decode of batch i+1 (in
       a background thread) overlaps the forward of batch i; also measured with decoding in the main thread
-  (d) with --job N: the whole job, `python -m jobs index ... --executor local`, from N JPEG files (the
+  (d) with --job N: the whole job, `python -m actindex index ... --executor local`, from N JPEG files (the
       synthetic ones, cycled, under distinct names) to Parquet, in a child process; its images/s
   peak device memory, the device's name, and a correctness check on a small sample: the GPU stage against
   the fp32 CPU reference (pipeline.decode.Decoder + pipeline.recorder.ActivationRecorder on the same bytes,
@@ -37,8 +38,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.loop import DecodedBatch, Prefetcher, record_batches
-from pipeline.synthetic import encode_jpeg, natural_image
+from actindex.pipeline.loop import DecodedBatch, Prefetcher, record_batches
+from actindex.pipeline.synthetic import encode_jpeg, natural_image
 
 DEFAULT_LAYERS = "relu,layer1,layer2,layer3,layer4"
 # ImageNet's most common sizes, weighted toward 500x375
@@ -244,10 +245,10 @@ def check_correctness(args, decoder, stage, count: int) -> dict:
     fp32 run on the same pixels."""
     import torch
 
-    from pipeline.decode import Decoder
-    from pipeline.gpu import GpuRecorder
-    from pipeline.models import load_model
-    from pipeline.recorder import ActivationRecorder
+    from actindex.pipeline.decode import Decoder
+    from actindex.pipeline.gpu import GpuRecorder
+    from actindex.pipeline.models import load_model
+    from actindex.pipeline.recorder import ActivationRecorder
 
     sample = correctness_sample(count)
     blobs = [blob for _, blob in sample]
@@ -319,7 +320,7 @@ def check_correctness(args, decoder, stage, count: int) -> dict:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m jobs.bench.gpu_stage", description=__doc__.split("\n")[0]
+        prog="python -m actindex.jobs.bench.gpu_stage", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--weights", default=None, help="None = random (seeded); DEFAULT or a .pth")
@@ -354,9 +355,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import torch
     import torchvision
 
-    from pipeline.gpu import GpuDecoder, GpuRecorder
-    from pipeline.layers import resolve_layers
-    from pipeline.models import load_model
+    from actindex.pipeline.gpu import GpuDecoder, GpuRecorder
+    from actindex.pipeline.layers import resolve_layers
+    from actindex.pipeline.models import load_model
 
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -446,13 +447,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def run_whole_job(args: argparse.Namespace, blobs: list[bytes], layers: list[str]) -> dict:
-    """(d) The whole job, `python -m jobs index ... --executor local`, on args.job JPEG files written to a
+    """(d) The whole job, `python -m actindex index ... --executor local`, on args.job JPEG files written to a
     temporary folder (the synthetic JPEGs, cycled, under distinct names): its images/s and the index
     process's own CPU time, in a child process."""
     import shutil
     import subprocess
 
-    from jobs.bench.child import parse_report
+    from actindex.jobs.bench.child import parse_report
 
     folder = tempfile.mkdtemp(prefix="actindex-job-")
     try:
@@ -462,7 +463,8 @@ def run_whole_job(args: argparse.Namespace, blobs: list[bytes], layers: list[str
             with open(os.path.join(images, f"img{i:07d}.jpg"), "wb") as f:
                 f.write(blobs[i % len(blobs)])
         out = os.path.join(folder, "index")
-        command = [sys.executable, "-m", "jobs.bench.child", images, "--out", out, "--executor", "local"]
+        command = [sys.executable, "-m", "actindex.jobs.bench.child", images, "--out", out]
+        command += ["--executor", "local"]
         command += ["--model", args.model, "--layers", ",".join(layers), "--batch-size", str(args.batch_size)]
         command += ["--precision", args.precision, "--device", args.device, "--no-progress"]
         for option in ("resize", "crop", "interpolation", "weights"):

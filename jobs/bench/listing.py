@@ -1,6 +1,6 @@
 """Listing benchmark: the driver's peak memory for listing N synthetic Parquet rows (img2dataset layout).
 
-    python -m jobs.bench.listing --rows 1000000 --dir /tmp/listing-bench
+    python -m actindex.jobs.bench.listing --rows 1000000 --dir /tmp/listing-bench
 
 Writes N rows (key, a 64-byte jpg value, caption) in files of 100,000 rows, then lists them in a fresh
 process three ways: streamed (`iter_images`, one ImageRef at a time: what the listers hold), collected
@@ -44,9 +44,9 @@ def measure(source: str, mode: str) -> dict:
     """Peak RSS and time of listing `source` in a fresh process."""
     code = (
         "import json, resource, time\n"
-        "from pipeline.listing import Listing\n"
-        "from pipeline.shards import iter_shards\n"
-        "from pipeline.sources import iter_images, list_images\n"
+        "from actindex.pipeline.listing import Listing\n"
+        "from actindex.pipeline.shards import iter_shards\n"
+        "from actindex.pipeline.sources import iter_images, list_images\n"
         "t = time.perf_counter()\n"
         f"source, mode = {source!r}, {mode!r}\n"
         "if mode == 'streamed':\n"

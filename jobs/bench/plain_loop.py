@@ -1,7 +1,7 @@
 """The baseline `actindex bench` measures the job against: a plain single-process loop doing the same
 work, one step after the other, with no Ray, no threads and no overlap.
 
-    python -m jobs.bench.plain_loop PHOTOS/ --out plain/ --model resnet18 --layers layer3,layer4
+    python -m actindex.jobs.bench.plain_loop PHOTOS/ --out plain/ --model resnet18 --layers layer3,layer4
 
 Decode + resize + crop (pipeline.decode.Decoder), forward with hooks, per-unit max and argmax
 (pipeline.recorder.ActivationRecorder), then one long-format Parquet file per 1,024 images
@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.index import own_cpu_seconds
-from pipeline.preprocess import DECODES
+from actindex.jobs.index import own_cpu_seconds
+from actindex.pipeline.preprocess import DECODES
 
 SHARD = 1024
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m jobs.bench.plain_loop", description=__doc__.split("\n")[0]
+        prog="python -m actindex.jobs.bench.plain_loop", description=__doc__.split("\n")[0]
     )
     parser.add_argument("source")
     parser.add_argument("--out", required=True)
@@ -51,11 +51,11 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.decode import Decoder
-    from pipeline.layers import describe_layers, resolve_layers
-    from pipeline.models import load_model
-    from pipeline.recorder import ActivationRecorder
-    from pipeline.sources import list_images
+    from actindex.pipeline.decode import Decoder
+    from actindex.pipeline.layers import describe_layers, resolve_layers
+    from actindex.pipeline.models import load_model
+    from actindex.pipeline.recorder import ActivationRecorder
+    from actindex.pipeline.sources import list_images
 
     refs = list_images(args.source)
     loaded = load_model(args.model)

@@ -21,17 +21,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.finalize import write_topk
-from jobs.spec import RunSpec
-from jobs.worker import ShardFinisher, ShardTask, WorkContext
-from pipeline import schema
-from pipeline.layers import LayerInfo
-from pipeline.models import IMAGENET
-from pipeline.receptive_field import ReceptiveField
-from pipeline.shards import ids_digest
-from pipeline.sources import ImageRef
-from pipeline.topk import RunningTopK
-from pipeline.writer import (
+from actindex.jobs.finalize import write_topk
+from actindex.jobs.spec import RunSpec
+from actindex.jobs.worker import ShardFinisher, ShardTask, WorkContext
+from actindex.pipeline import schema
+from actindex.pipeline.layers import LayerInfo
+from actindex.pipeline.models import IMAGENET
+from actindex.pipeline.receptive_field import ReceptiveField
+from actindex.pipeline.shards import ids_digest
+from actindex.pipeline.sources import ImageRef
+from actindex.pipeline.topk import RunningTopK
+from actindex.pipeline.writer import (
     INDEX_FORMAT,
     ROWS_PER_GROUP,
     IndexLayout,
@@ -39,7 +39,7 @@ from pipeline.writer import (
     commit_marker,
     write_parquet,
 )
-from queries.db import connect, sql_text
+from actindex.queries.db import connect, sql_text
 
 LAYER = "layer4"
 UNITS = 2048  # resnet50 layer4

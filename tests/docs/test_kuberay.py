@@ -20,7 +20,7 @@ import pytest
 import typer
 import yaml
 
-from jobs.cli import app
+from actindex.jobs.cli import app
 
 REPO = Path(__file__).parents[2]
 MANIFEST = REPO / "docs" / "kuberay" / "rayjob.yaml"
@@ -68,7 +68,7 @@ def test_the_manifest_is_a_valid_rayjob(validator, manifest):
 
 def test_its_entrypoint_is_an_index_command_whose_options_parse(manifest):
     args = shlex.split(manifest["spec"]["entrypoint"])
-    assert args[:4] == ["python", "-m", "jobs", "index"]
+    assert args[:4] == ["python", "-m", "actindex", "index"]
     index = typer.main.get_command(app).commands["index"]
     params = index.make_context("index", args[4:]).params  # raises on an unknown option or a bad value
     assert params["executor"].value == "ray" and params["address"] is None  # the cluster's RAY_ADDRESS

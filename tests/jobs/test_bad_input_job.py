@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-import jobs.index
-from jobs.index import run_index
-from jobs.spec import IndexRequest
-from pipeline.preprocess import Preprocessing
-from pipeline.sources import display_path, path_from_display
-from queries.db import connect
+import actindex.jobs.index
+from actindex.jobs.index import run_index
+from actindex.jobs.spec import IndexRequest
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.sources import display_path, path_from_display
+from actindex.queries.db import connect
 from tests.badinputs import delete_listed, make_corpus, natural_image
 
 PREP = Preprocessing(resize=72, crop=64, interpolation="bilinear")
@@ -35,14 +35,14 @@ def config(source, out, **kwargs) -> IndexRequest:
 def list_then_delete(monkeypatch, folder, expected) -> None:
     """Make the job's own listing delete the corpus files meant to vanish before they are read."""
 
-    listed = jobs.index._list
+    listed = actindex.jobs.index._list
 
     def listing(*args, **kwargs):
         refs = listed(*args, **kwargs)
         delete_listed(folder, expected)
         return refs
 
-    monkeypatch.setattr(jobs.index, "_list", listing)
+    monkeypatch.setattr(actindex.jobs.index, "_list", listing)
 
 
 def run_on_corpus(tmp_path, monkeypatch, awkward_names: bool):

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from jobs.bench.bench import BenchConfig, run_bench, table_rows
-from jobs.bench.query_bench import UNITS, build_synthetic_index, time_queries
-from jobs.cli import app
-from pipeline.synthetic import synthetic_jpeg, synthetic_photo
+from actindex.jobs.bench.bench import BenchConfig, run_bench, table_rows
+from actindex.jobs.bench.query_bench import UNITS, build_synthetic_index, time_queries
+from actindex.jobs.cli import app
+from actindex.pipeline.synthetic import synthetic_jpeg, synthetic_photo
 
 
 def test_synthetic_photos_are_deterministic_natural_jpegs():

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from typer.testing import CliRunner
 
-from jobs.cli import app, parse_units
+from actindex.jobs.cli import app, parse_units
 
 runner = CliRunner()
 PLANTED = "python:tests.conftest:PlantedNet"
@@ -143,7 +143,8 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_help_is_fast_and_imports_no_torch_or_ray():
-    code = "import sys, jobs.cli; print(sorted(m for m in ('torch', 'ray', 'duckdb') if m in sys.modules))"
+    heavy = "('torch', 'ray', 'duckdb')"
+    code = f"import sys, actindex.jobs.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
     result = invoke("--help")
     assert result.exit_code == 0
@@ -206,20 +207,22 @@ def test_a_pickled_full_model_is_refused_as_weights(ray_local, natural_dataset, 
     assert "Traceback" not in result.output
 
 
-def test_python_m_jobs_is_the_cli_without_an_import_cycle():
+def test_python_m_actindex_is_the_cli_without_an_import_cycle(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     done = subprocess.run(
-        [sys.executable, "-m", "jobs", "index", "--help"], capture_output=True, text=True, env=env
-    )
+        [sys.executable, "-m", "actindex", "index", "--help"],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
     assert (
         done.returncode == 0
-        and "Usage: python -m jobs index [OPTIONS]" in done.stdout
+        and "Usage: python -m actindex index [OPTIONS]" in done.stdout
         and "RuntimeWarning" not in done.stderr
     )
     older = subprocess.run(
-        [sys.executable, "-m", "jobs.index", "--help"], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "actindex.jobs.index", "--help"], capture_output=True, text=True, env=env
     )
-    assert older.returncode == 0 and "Usage: python -m jobs.index [OPTIONS]" in older.stdout, older.stderr
+    assert older.returncode == 0, older.stderr
+    assert "Usage: python -m actindex.jobs.index [OPTIONS]" in older.stdout
     assert "RuntimeWarning" not in older.stderr
     for choices in (
         "<ray|local>",
@@ -229,7 +232,7 @@ def test_python_m_jobs_is_the_cli_without_an_import_cycle():
         "<nearest|bilinear",
     ):
         assert choices in done.stdout, choices  # Typer lists the enums' values
-    command = [sys.executable, "-m", "jobs", "index", "x", "--out", "y", "--layers", "fc"]
+    command = [sys.executable, "-m", "actindex", "index", "x", "--out", "y", "--layers", "fc"]
     command += ["--precision", "int8"]
     bad = subprocess.run(command, capture_output=True, text=True)
     assert bad.returncode == 2 and "'int8' is not one of" in bad.stderr
@@ -239,7 +242,7 @@ def test_a_bug_shows_its_traceback_and_user_errors_do_not(natural_dataset, tmp_p
     def broken(*args, **kwargs):
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr("jobs.index.plan_work", broken)
+    monkeypatch.setattr("actindex.jobs.index.plan_work", broken)
     args = ["--model", "resnet18", "--layers", "fc", "--executor", "local", "--no-progress"]
     result = invoke("index", natural_dataset, "--out", tmp_path / "idx", *args)
     assert result.exit_code == 1 and isinstance(result.exception, ValueError)  # not the user's fault: exit 1
@@ -259,13 +262,13 @@ def test_a_resume_with_another_resolved_precision_refuses_in_one_line(natural_da
 
 
 def test_a_rerun_with_nothing_to_do_starts_no_ray(natural_dataset, tmp_path):
-    args = [sys.executable, "-m", "jobs", "index", str(natural_dataset), "--out", str(tmp_path / "idx")]
+    args = [sys.executable, "-m", "actindex", "index", str(natural_dataset), "--out", str(tmp_path / "idx")]
     args += ["--model", "resnet18", "--layers", "layer4", "--resize", "36", "--crop", "32", "--no-progress"]
     first = invoke(*args[3:], "--executor", "local")  # in this process: only the rerun needs a fresh one
     assert first.exit_code == 0, first.output
     code = (
-        "import sys, runpy; sys.argv = " + repr(["jobs", *args[3:]]) + "\n"
-        "try:\n    runpy.run_module('jobs', run_name='__main__')\nexcept SystemExit as exit:\n"
+        "import sys, runpy; sys.argv = " + repr(["actindex", *args[3:]]) + "\n"
+        "try:\n    runpy.run_module('actindex', run_name='__main__')\nexcept SystemExit as exit:\n"
         "    assert not exit.code, exit.code\nassert 'ray' not in sys.modules and 'torch' in sys.modules\n"
         "print('no ray')"
     )
@@ -316,8 +319,8 @@ def test_a_mismatch_is_refused_before_the_images_are_listed_or_the_model_loaded(
     def too_late(*args, **kwargs):
         raise AssertionError("the model was loaded or the images listed before the refusal")
 
-    monkeypatch.setattr("jobs.index._start", too_late)
-    monkeypatch.setattr("jobs.index._list", too_late)
+    monkeypatch.setattr("actindex.jobs.index._start", too_late)
+    monkeypatch.setattr("actindex.jobs.index._list", too_late)
     source = str(json.loads((out / "run.json").read_text())["source"])
     base = ["index", source, "--out", out, "--model", PLANTED, "--layers", "relu1,relu2,head", "--trust-code"]
     base += ["--executor", "local", "--no-progress", "--shard-size", "4"]

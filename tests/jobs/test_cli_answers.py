@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.finalize import set_topk_aside
-from pipeline.writer import IndexLayout
-from queries.db import connect, unit_tops
+from actindex.jobs.finalize import set_topk_aside
+from actindex.pipeline.writer import IndexLayout
+from actindex.queries.db import connect, unit_tops
 from tests.jobs.test_cli import invoke
 
 

@@ -1,6 +1,7 @@
 """The README's cluster recipe, run as written: a head and a second node started with `ray start` (token
-auth, as Ray 2.60 wants it), the job submitted with `ray job submit --working-dir . -- python -m jobs index
-...`, its log read back with `ray job logs`, and the index it wrote compared with `--executor local`'s.
+auth, as Ray 2.60 wants it), the job submitted with
+`ray job submit --working-dir . -- python -m actindex index ...`, its log read back with `ray job logs`,
+and the index it wrote compared with `--executor local`'s.
 
 The commands come from the README's code block. The test fills in its placeholders (HEAD, SECRET, PHOTOS/,
 /shared/idx/, JOB_ID, the default ports) and appends only what running both nodes on one machine needs
@@ -31,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.writer import IndexLayout
+from actindex.pipeline.writer import IndexLayout
 from tests.jobs.test_cli import invoke
 from tests.tables import assert_same_tables
 
@@ -229,7 +230,7 @@ def test_readme_recipe_runs_on_two_nodes_and_equals_the_local_executor(
     values = {**cluster.values, "PHOTOS/": f"{natural_dataset}/", "/shared/idx/": f"{out}/"}
     submit = fill(command(commands, "ray", "job", "submit"), values) + TEST_SIZE
     assert submit[:5] == ["ray", "job", "submit", "--working-dir", "."]
-    assert submit[5:10] == ["--", "python", "-m", "jobs", "index"]
+    assert submit[5:10] == ["--", "python", "-m", "actindex", "index"]
 
     submitted = ray_cli(submit, client, timeout=600)
     output = submitted.stdout + submitted.stderr
@@ -259,10 +260,10 @@ def test_readme_recipe_runs_on_two_nodes_and_equals_the_local_executor(
     )
     assert logs.returncode == 0 and "14 images: 14 indexed, 0 failed" in logs.stdout, logs.stderr[-3000:]
 
-    # the same command without Ray, in this process (the CLI's app, as `python -m jobs` runs it), on as
+    # the same command without Ray, in this process (the CLI's app, as `python -m actindex` runs it), on as
     # many torch threads
     job = fill(command(commands, "ray", "job", "submit"), {**values, "/shared/idx/": f"{local}/"})
-    assert job[6:9] == ["python", "-m", "jobs"]
+    assert job[6:9] == ["python", "-m", "actindex"]
     threads = torch.get_num_threads()
     torch.set_num_threads(CPUS)
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jobs.index import run_index
-from queries.db import connect
+from actindex.jobs.index import run_index
+from actindex.queries.db import connect
 from tests.jobs.test_index_reference import index_config
 
 

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from jobs.index import IndexMismatchError, run_index
-from jobs.spec import RunSpec
-from queries.db import connect
+from actindex.jobs.index import IndexMismatchError, run_index
+from actindex.jobs.spec import RunSpec
+from actindex.queries.db import connect
 from tests.jobs.test_index_reference import index_config
 from tests.tables import assert_same_tables
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from jobs.finalize import set_topk_aside
-from pipeline.writer import IndexLayout
+from actindex.jobs.finalize import set_topk_aside
+from actindex.pipeline.writer import IndexLayout
 
 
 def _table(layout: IndexLayout, folder, shards: list[str] | None, record) -> None:

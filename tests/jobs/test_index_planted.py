@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from queries.db import top_images
+from actindex.queries.db import top_images
 from tests.conftest import IMAGE_H, IMAGE_W
 
 

@@ -16,11 +16,11 @@ import torchvision
 from PIL import Image, ImageOps
 from torchvision import transforms
 
-from jobs.index import run_index
-from jobs.spec import IndexRequest
-from pipeline.preprocess import Preprocessing
-from queries.db import connect, index_preprocessing, top_images
-from queries.grid import crop_tile
+from actindex.jobs.index import run_index
+from actindex.jobs.spec import IndexRequest
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.queries.db import connect, index_preprocessing, top_images
+from actindex.queries.grid import crop_tile
 from tests.tables import assert_matches_forward, forward_maps
 
 PREP = Preprocessing(resize=72, crop=64, interpolation="bilinear")
@@ -194,7 +194,7 @@ def reference_box(size, jump, start, x, y, width, height):
 def torchvision_dataset(tmp_path_factory, skimage_photos):
     """EXIF-rotated JPEGs (6 and 3), large JPEGs (drafted by the fast decode; one also rotated) and
     scikit-image photos (RGB, grayscale, RGBA)."""
-    from pipeline.synthetic import synthetic_photo
+    from actindex.pipeline.synthetic import synthetic_photo
 
     folder = tmp_path_factory.mktemp("torchvision_dataset")
     for name, seed, size, orientation in [
@@ -284,7 +284,7 @@ def test_an_index_from_before_decode_existed_resumes_and_refuses_another_decode(
     import json
     import shutil
 
-    from pipeline.errors import UserError
+    from actindex.pipeline.errors import UserError
 
     index = tmp_path / "old"
     shutil.copytree(local_index_dir, index)

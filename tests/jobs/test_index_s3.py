@@ -15,13 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from jobs.index import run_index
-from jobs.lock import LEASE_SECONDS, SKEW_SECONDS, IndexBusyError, LeaseLostError, ObjectLease, is_locked
-from jobs.spec import IndexRequest
-from jobs.status import index_status
-from pipeline.preprocess import Preprocessing
-from pipeline.writer import IndexLayout
-from queries.db import connect
+from actindex.jobs.index import run_index
+from actindex.jobs.lock import (
+    LEASE_SECONDS,
+    SKEW_SECONDS,
+    IndexBusyError,
+    LeaseLostError,
+    ObjectLease,
+    is_locked,
+)
+from actindex.jobs.spec import IndexRequest
+from actindex.jobs.status import index_status
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.writer import IndexLayout
+from actindex.queries.db import connect
 from tests.containers import content_tables
 from tests.jobs.conftest import BUCKET
 from tests.jobs.test_cli import PLANTED, assert_top_lists_the_red_images_in_order, invoke
@@ -71,7 +78,7 @@ def uninterrupted(photos) -> str:
 def start_job(source: str, out: str, pause: Path | None = None, after: int = 0) -> subprocess.Popen:
     """The job in its own process (it inherits the endpoint and credentials from the environment); with
     `pause`, it hangs once it has written `after` activations files (tests/node_plugin), mid-run."""
-    command = [sys.executable, "-m", "jobs", "index", source, "--out", out, *ARGS]
+    command = [sys.executable, "-m", "actindex", "index", source, "--out", out, *ARGS]
     env = {**os.environ, "PYTHONPATH": f"{NODE_PLUGIN}{os.pathsep}{REPO}"}
     if pause is not None:
         env.update(ACTINDEX_TEST_PAUSE_DIR=str(pause), ACTINDEX_TEST_PAUSE_AFTER=str(after))
@@ -152,8 +159,8 @@ def _any_images_file(layout: IndexLayout):
 
 def assert_second_writer_refused(source: str, out: str, pid: int, monkeypatch) -> None:
     with monkeypatch.context() as patched:  # refused before any model is loaded
-        patched.setattr("jobs.worker.plan_model", _no_model)
-        patched.setattr("pipeline.models.load_model", _no_model)
+        patched.setattr("actindex.jobs.worker.plan_model", _no_model)
+        patched.setattr("actindex.pipeline.models.load_model", _no_model)
         with pytest.raises(IndexBusyError, match=f"pid {pid}"):
             run_index(request(source, out))
     assert f"pid {pid}" in is_locked(IndexLayout(out))
@@ -239,7 +246,7 @@ def test_ray_workers_read_the_images_and_write_the_index_on_the_store(photos, un
     written by a Ray worker process, straight to the store."""
     out = f"s3://{BUCKET}/resume/ray/"
     args = [arg if arg != "local" else "ray" for arg in ARGS]  # --executor ray
-    command = [sys.executable, "-m", "jobs", "index", photos, "--out", out, *args, "--workers", "1"]
+    command = [sys.executable, "-m", "actindex", "index", photos, "--out", out, *args, "--workers", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"{2 * SHARDS} images: {2 * SHARDS} indexed, 0 failed" in done.stdout

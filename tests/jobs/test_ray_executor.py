@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.index import run_index
-from jobs.ray_executor import ClusterError
-from pipeline.writer import IndexLayout
+from actindex.jobs.index import run_index
+from actindex.jobs.ray_executor import ClusterError
+from actindex.pipeline.writer import IndexLayout
 from tests.jobs.test_index_reference import assert_matches_reference, index_config
 from tests.tables import assert_same_tables
 
@@ -146,7 +146,7 @@ def test_actors_waiting_for_busy_one_cpu_nodes_say_so_then_run_one_per_node(
     scheduled there."""
     import ray
 
-    monkeypatch.setattr("jobs.ray_executor.WAIT_WARNING_S", 1.0)
+    monkeypatch.setattr("actindex.jobs.ray_executor.WAIT_WARNING_S", 1.0)
     result = {}
     with nodes(ray_cluster, {"num_cpus": 1}, {"num_cpus": 1}):
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.index import run_index
-from jobs.spec import IndexRequest
-from queries.db import connect, top_images
+from actindex.jobs.index import run_index
+from actindex.jobs.spec import IndexRequest
+from actindex.queries.db import connect, top_images
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_a_topk_only_index_has_the_same_topk_and_no_activations(photo_index, ski
     import pytest as _pytest
     from typer.testing import CliRunner
 
-    from jobs.cli import app
-    from queries.db import NO_ACTIVATIONS
+    from actindex.jobs.cli import app
+    from actindex.queries.db import NO_ACTIVATIONS
 
     _, dense = photo_index
     out = tmp_path / "topk_only"

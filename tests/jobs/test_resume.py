@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from jobs.index import run_index
-from jobs.lock import IndexBusyError
-from jobs.spec import IndexRequest
-from jobs.status import index_status
-from pipeline.preprocess import Preprocessing
-from pipeline.writer import IndexLayout
-from queries.db import connect
+from actindex.jobs.index import run_index
+from actindex.jobs.lock import IndexBusyError
+from actindex.jobs.spec import IndexRequest
+from actindex.jobs.status import index_status
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.writer import IndexLayout
+from actindex.queries.db import connect
 from tests.conftest import natural_image
 from tests.jobs.test_cli import invoke
 from tests.tables import assert_matches_forward, assert_same_tables, forward_maps, table_rows
@@ -66,7 +66,7 @@ def config(source: Path, out: Path, **kwargs) -> IndexRequest:
 
 
 def start_job(source: Path, out: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "jobs", "index", str(source), "--out", str(out), *ARGS]
+    command = [sys.executable, "-m", "actindex", "index", str(source), "--out", str(out), *ARGS]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -164,8 +164,8 @@ def test_second_job_refuses_and_a_killed_job_leaves_no_stale_lock(dataset, tmp_p
     try:
         assert wait_for_lock(out, proc)  # the job takes the lock first, before it loads the model
         with monkeypatch.context() as patched:  # the second job refuses before loading any model
-            patched.setattr("jobs.worker.plan_model", _no_model)
-            patched.setattr("pipeline.models.load_model", _no_model)
+            patched.setattr("actindex.jobs.worker.plan_model", _no_model)
+            patched.setattr("actindex.pipeline.models.load_model", _no_model)
             with pytest.raises(IndexBusyError, match=f"pid {proc.pid}"):
                 run_index(config(dataset, out))
         assert index_status(out).locked_by is not None  # being created: no run.json yet, or indexing
@@ -279,7 +279,8 @@ def _garble_activation_files(out: Path) -> dict[Path, bytes]:
 
 
 def test_pipeline_never_imports_ray():
-    modules = "pipeline.models, pipeline.recorder, pipeline.receptive_field, pipeline.writer, pipeline.decode"
+    names = ("models", "recorder", "receptive_field", "writer", "decode")
+    modules = ", ".join(f"actindex.pipeline.{name}" for name in names)
     code = f"import sys, {modules}; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert out.stdout.strip() == "False"

@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from queries.db import connect
+from actindex.queries.db import connect
 from tests.containers import content_tables, write_parquet, write_tars
 from tests.jobs.conftest import BUCKET, free_port
 from tests.jobs.test_cli import PLANTED, invoke
@@ -84,19 +84,19 @@ def grid_tile_is_red(out, tmp_path) -> None:
 
 
 def test_objects_deleted_after_listing_are_error_rows(s3, planted_dataset, monkeypatch, tmp_path):
-    import jobs.index
+    import actindex.jobs.index
 
     fs = s3fs.S3FileSystem()
     fs.put(str(planted_dataset[0]) + "/", f"{BUCKET}/gone/folder/", recursive=True)
     fs.put(str(s3 / "shards") + "/", f"{BUCKET}/gone/shards/", recursive=True)
-    listing, doomed = jobs.index._list, []
+    listing, doomed = actindex.jobs.index._list, []
 
     def list_then_delete(*args, **kwargs):
         listed = listing(*args, **kwargs)
         fs.rm(f"{BUCKET}/gone/{doomed.pop()}")
         return listed
 
-    monkeypatch.setattr(jobs.index, "_list", list_then_delete)
+    monkeypatch.setattr(actindex.jobs.index, "_list", list_then_delete)
     cases = [
         ("folder/", "folder/red/red1.png", "red/red1.png"),
         ("shards/*.tar", "shards/00002.tar", "00002.tar#red2.png"),
@@ -131,7 +131,7 @@ def test_a_rerun_with_other_columns_refuses(s3, tmp_path):
 
 
 def test_a_list_file_and_a_glob_on_s3_list_what_a_local_one_does(s3, planted_dataset, tmp_path):
-    from pipeline.sources import list_images
+    from actindex.pipeline.sources import list_images
 
     folder, _ = planted_dataset
     fs = s3fs.S3FileSystem()
@@ -154,10 +154,11 @@ def test_a_list_file_and_a_glob_on_s3_list_what_a_local_one_does(s3, planted_dat
 
 def test_a_prefix_is_listed_page_by_page(s3, monkeypatch):
     """More keys than one ListObjectsV2 page: every one listed, none from a sibling prefix."""
-    import pipeline.sources
-    from pipeline.sources import list_images
+    import actindex.pipeline.sources
+    from actindex.pipeline.sources import list_images
 
-    monkeypatch.setattr(pipeline.sources, "S3_PAGE_KEYS", 4)  # 1,000 on S3: the same requests, fewer keys
+    # 1,000 on S3: the same requests, fewer keys
+    monkeypatch.setattr(actindex.pipeline.sources, "S3_PAGE_KEYS", 4)
     fs = s3fs.S3FileSystem()
     fs.pipe({f"{BUCKET}/pages/c{i % 2}/{i:05d}.png": b"x" for i in range(11)})
     fs.pipe(f"{BUCKET}/pages2/other.png", b"x")  # shares the prefix's text, not its folder

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.spec import IndexRequest, resolve_spec
-from jobs.worker import ModelPlan
-from pipeline.errors import InvalidInputError
-from pipeline.preprocess import Preprocessing
+from actindex.jobs.spec import IndexRequest, resolve_spec
+from actindex.jobs.worker import ModelPlan
+from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.preprocess import Preprocessing
 
 
 def request(**kwargs) -> IndexRequest:

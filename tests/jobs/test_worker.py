@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from jobs.bench.query_bench import LAYER, synthetic_context, synthetic_shard
-from jobs.ray_executor import plan_actors
-from jobs.worker import ShardFinisher
-from pipeline.topk import read_topk
-from pipeline.writer import IndexLayout, commit_marker
+from actindex.jobs.bench.query_bench import LAYER, synthetic_context, synthetic_shard
+from actindex.jobs.ray_executor import plan_actors
+from actindex.jobs.worker import ShardFinisher
+from actindex.pipeline.topk import read_topk
+from actindex.pipeline.writer import IndexLayout, commit_marker
 
 
 def test_the_finisher_writes_the_shard_and_returns_only_the_marker_and_the_top_k(tmp_path):
@@ -94,8 +94,9 @@ def test_the_job_runs_where_neither_ray_nor_duckdb_is_installed(natural_dataset,
     plugin.mkdir()
     (plugin / "sitecustomize.py").write_text(BLOCK_RAY_AND_DUCKDB)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(Path.cwd())])}
-    command = [sys.executable, "-m", "jobs", "index", str(natural_dataset), "--out", str(tmp_path / "idx")]
-    command += ["--model", "resnet18", "--layers", "layer4", "--resize", "36", "--crop", "32"]
+    command = [sys.executable, "-m", "actindex", "index", str(natural_dataset)]
+    command += ["--out", str(tmp_path / "idx"), "--model", "resnet18", "--layers", "layer4"]
+    command += ["--resize", "36", "--crop", "32"]
     command += ["--executor", "local", "--no-progress"]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -109,9 +110,9 @@ def test_a_worker_whose_model_has_other_weights_refuses(tmp_path):
 
     import pytest
 
-    from jobs.spec import IndexRequest, resolve_spec
-    from jobs.worker import ShardWorker, WorkContext, plan_model
-    from pipeline.errors import UserError
+    from actindex.jobs.spec import IndexRequest, resolve_spec
+    from actindex.jobs.worker import ShardWorker, WorkContext, plan_model
+    from actindex.pipeline.errors import UserError
 
     request = IndexRequest(source=str(tmp_path), out=str(tmp_path), model="resnet18", layers=("layer4",))
     plan, _ = plan_model(request)

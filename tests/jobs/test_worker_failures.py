@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from jobs.index import run_index
-from queries.db import connect
+from actindex.jobs.index import run_index
+from actindex.queries.db import connect
 from tests import faults
 from tests.jobs.test_cli import invoke
 from tests.jobs.test_index_reference import index_config
@@ -81,7 +81,7 @@ CLI_ARGS += ["--batch-size", "4", "--no-progress"]
 def run_cli(source: Path, out: Path, executor: str, *extra: str) -> subprocess.CompletedProcess:
     """The CLI in a process whose Pillow segfaults on a PNG named *boom* (tests/crash_plugin)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CRASH_PLUGIN), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "jobs", "index", str(source), "--out", str(out), *CLI_ARGS]
+    command = [sys.executable, "-m", "actindex", "index", str(source), "--out", str(out), *CLI_ARGS]
     command += ["--executor", executor, *extra]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 

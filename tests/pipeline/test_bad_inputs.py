@@ -14,10 +14,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from pipeline import sources
-from pipeline.decode import ERROR_KINDS, Decoder, describe_error, error_kind
-from pipeline.preprocess import Preprocessing
-from pipeline.sources import display_path, image_id_for, list_images, path_from_display
+from actindex.pipeline import sources
+from actindex.pipeline.decode import ERROR_KINDS, Decoder, describe_error, error_kind
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.sources import display_path, image_id_for, list_images, path_from_display
 from tests.badinputs import (
     BIG_SIZE,
     BIG_SQUARE,

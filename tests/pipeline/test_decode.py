@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.decode import Decoder, to_rgb
-from pipeline.preprocess import Preprocessing
+from actindex.pipeline.decode import Decoder, to_rgb
+from actindex.pipeline.preprocess import Preprocessing
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -300,7 +300,7 @@ def exif_jpeg(path: Path, img: Image.Image, orientation: int) -> Path:
 def torchvision_cases(tmp_path_factory, skimage_photos) -> list[Path]:
     """EXIF-rotated JPEGs (orientations 6 and 3, one of them large), large JPEGs the fast path drafts, and
     scikit-image's photos (RGB, grayscale and RGBA PNGs, JPEGs)."""
-    from pipeline.synthetic import synthetic_photo
+    from actindex.pipeline.synthetic import synthetic_photo
 
     folder = tmp_path_factory.mktemp("torchvision_cases")
     cases = [
@@ -335,7 +335,7 @@ def torchvision_input(path: Path, prep: Preprocessing):
 def test_torchvision_decode_is_torchvisions_model_input_exactly(torchvision_cases, interpolation):
     import torch
 
-    from pipeline.recorder import ActivationRecorder
+    from actindex.pipeline.recorder import ActivationRecorder
 
     prep = Preprocessing(256, 224, interpolation, decode="torchvision")
     normalize = ActivationRecorder(torch.nn.Conv2d(3, 1, 1), [], prep).normalize  # the job's normalization
@@ -373,7 +373,7 @@ def test_torchvision_decode_drops_alpha_like_torchvision(tmp_path):
 
 
 def test_decode_must_be_fast_or_torchvision():
-    from pipeline.errors import InvalidInputError
+    from actindex.pipeline.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="decode 'pil' is not one of fast, torchvision"):
         Preprocessing(decode="pil")

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schema
-from pipeline.finish import activations_table, descending_keys, order_units
-from pipeline.writer import write_activations
+from actindex.pipeline import schema
+from actindex.pipeline.finish import activations_table, descending_keys, order_units
+from actindex.pipeline.writer import write_activations
 from tests.pipeline.test_topk import brute_force, random_data
 
 

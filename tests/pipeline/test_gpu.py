@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.models import resnet18
 
-from pipeline.decode import Decoder
-from pipeline.gpu import (
+from actindex.pipeline.decode import Decoder
+from actindex.pipeline.gpu import (
     GpuDecoder,
     GpuRecorder,
     device_decodable,
@@ -25,9 +25,9 @@ from pipeline.gpu import (
     parse_jpeg_header,
     traced_reductions,
 )
-from pipeline.loop import Prefetcher, record_batches
-from pipeline.preprocess import Preprocessing
-from pipeline.recorder import ActivationRecorder
+from actindex.pipeline.loop import Prefetcher, record_batches
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.recorder import ActivationRecorder
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; they are what nvjpeg runs through
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -316,7 +316,7 @@ def test_traced_reductions_and_compile_match_the_hooks(model, pixels):
 
 
 def test_gpu_stage_script_runs_on_cpu(tmp_path, capsys):
-    from jobs.bench.gpu_stage import main
+    from actindex.jobs.bench.gpu_stage import main
 
     out = tmp_path / "gpu.json"
     argv = "--device cpu --model resnet18 --images 16 --batch-size 8 --precision fp32 --resize 40 --crop 32"
@@ -336,7 +336,7 @@ def test_gpu_stage_script_runs_on_cpu(tmp_path, capsys):
 
 def test_gpu_modules_import_without_ray_duckdb_or_typer():
     code = (
-        "import sys, jobs.bench.gpu_stage, pipeline.gpu\n"
+        "import sys, actindex.jobs.bench.gpu_stage, actindex.pipeline.gpu\n"
         "bad = [m for m in ('ray', 'duckdb', 'typer', 'pyarrow') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -478,7 +478,7 @@ def test_cuda_pipelined_loop_equals_one_batch_at_a_time(model):
 
 
 def test_the_device_decoder_refuses_torchvision_decode():
-    from pipeline.errors import InvalidInputError
+    from actindex.pipeline.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="--decode torchvision gives Pillow's pixels exactly"):
         GpuDecoder(Preprocessing(decode="torchvision"), "cpu")

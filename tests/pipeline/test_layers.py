@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from pipeline.layers import (
+from actindex.pipeline.layers import (
     LayerInfo,
     describe_layers,
     module_names,

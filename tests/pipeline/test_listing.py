@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipeline.sources
-from pipeline.errors import InvalidInputError, MissingInputError
-from pipeline.listing import Listing
-from pipeline.shards import iter_shards, plan_shards
+import actindex.pipeline.sources
+from actindex.pipeline.errors import InvalidInputError, MissingInputError
+from actindex.pipeline.listing import Listing
+from actindex.pipeline.shards import iter_shards, plan_shards
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +62,9 @@ def test_a_path_listed_twice_in_different_runs_is_kept_once_with_its_last_label(
 
 
 def test_colliding_ids_are_refused(folder, monkeypatch):
-    real = pipeline.sources.image_id_for
+    real = actindex.pipeline.sources.image_id_for
     colliding = ("a.png", "z/100.png")
-    monkeypatch.setattr(pipeline.sources, "image_id_for", lambda p: 7 if p in colliding else real(p))
+    monkeypatch.setattr(actindex.pipeline.sources, "image_id_for", lambda p: 7 if p in colliding else real(p))
     with pytest.raises(InvalidInputError, match="collision between 'a.png' and 'z/100.png'"):
         Listing.build(str(folder))
 

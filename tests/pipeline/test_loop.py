@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.loop import DecodedBatch, Prefetcher, Ready, record_batches
-from pipeline.preprocess import Preprocessing
-from pipeline.recorder import ActivationRecorder
+from actindex.pipeline.loop import DecodedBatch, Prefetcher, Ready, record_batches
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.recorder import ActivationRecorder
 
 
 class SumRecorder:

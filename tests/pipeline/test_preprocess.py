@@ -13,8 +13,8 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from pipeline.decode import Decoder
-from pipeline.preprocess import Preprocessing
+from actindex.pipeline.decode import Decoder
+from actindex.pipeline.preprocess import Preprocessing
 
 SIZES = [(500, 375), (375, 500), (333, 777), (64, 64), (777, 333), (101, 100)]
 PREPS = [(64, 64), (73, 61), (100, 37)]

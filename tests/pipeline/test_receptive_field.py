@@ -23,8 +23,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pipeline import receptive_field
-from pipeline.receptive_field import ReceptiveField, boxes, compute_receptive_fields
+from actindex.pipeline import receptive_field
+from actindex.pipeline.receptive_field import ReceptiveField, boxes, compute_receptive_fields
 
 EFFICIENTNET_BLOCKS = [f"blocks.{i}" for i in range(7)]
 

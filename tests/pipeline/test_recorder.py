@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from pipeline.preprocess import Preprocessing
-from pipeline.recorder import ActivationRecorder, LayerTrace, reduce_units
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.recorder import ActivationRecorder, LayerTrace, reduce_units
 
 PREP = Preprocessing(resize=64, crop=64)
 LAYERS = ["layer1", "layer2.0.conv1", "layer3", "layer4"]

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from pipeline.shards import plan_shards
-from pipeline.sources import ImageRef, image_id_for
+from actindex.pipeline.shards import plan_shards
+from actindex.pipeline.sources import ImageRef, image_id_for
 
 
 def refs(names: list[str], root: str = "/data") -> list[ImageRef]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.sources import ImageRef, dataset_root, image_id_for, list_images
+from actindex.pipeline.sources import ImageRef, dataset_root, image_id_for, list_images
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.containers import Columns
-from pipeline.decode import Decoder, error_kind
-from pipeline.errors import InvalidInputError
-from pipeline.sources import dataset_root, expand_braces, image_id_for, list_images
-from pipeline.storage import open_image_bytes, parquet_uri, split_uri, tar_uri
+from actindex.pipeline.containers import Columns
+from actindex.pipeline.decode import Decoder, error_kind
+from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.sources import dataset_root, expand_braces, image_id_for, list_images
+from actindex.pipeline.storage import open_image_bytes, parquet_uri, split_uri, tar_uri
 from tests.conftest import PLANTED_PREP
 from tests.containers import add_member, images_of, write_parquet, write_tars
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.finish import order_units
-from pipeline.topk import RunningTopK, read_topk, topk_table
+from actindex.pipeline.finish import order_units
+from actindex.pipeline.topk import RunningTopK, read_topk, topk_table
 
 
 def brute_force(act: np.ndarray, ids: np.ndarray, pos: np.ndarray, k: int):

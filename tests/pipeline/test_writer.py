@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schema, writer
-from pipeline.finish import activations_table, order_units
-from pipeline.writer import (
+from actindex.pipeline import schema, writer
+from actindex.pipeline.finish import activations_table, order_units
+from actindex.pipeline.writer import (
     IndexLayout,
     atomic_write_json,
     commit_marker,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import schema
-from queries.db import connect, top_images
+from actindex.pipeline import schema
+from actindex.queries.db import connect, top_images
 
 DUCKDB_TYPES = {
     "int64": "BIGINT",
@@ -33,7 +33,7 @@ def test_views_have_the_documented_schema(planted_index, table):
 def test_docs_tables_is_generated_from_the_schema():
     text = (Path(__file__).parents[2] / "docs" / "tables.md").read_text()
     assert text == schema.tables_markdown(), (
-        "docs/tables.md is stale: python -m pipeline.schema > docs/tables.md"
+        "docs/tables.md is stale: python -m actindex.pipeline.schema > docs/tables.md"
     )
 
 

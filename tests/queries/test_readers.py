@@ -13,8 +13,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schema
-from queries.db import arrow_table, connect
+from actindex.pipeline import schema
+from actindex.queries.db import arrow_table, connect
 
 TABLES = ["images", "activations", "topk"]
 
@@ -109,8 +109,8 @@ def numbered():
 
 
 def test_layers_named_by_numbers_stay_text_in_the_views(natural_dataset, tmp_path):
-    from jobs.index import run_index
-    from jobs.spec import IndexRequest
+    from actindex.jobs.index import run_index
+    from actindex.jobs.spec import IndexRequest
 
     out = tmp_path / "idx"
     request = IndexRequest(
