@@ -13,8 +13,16 @@ CLI) and `actindex.queries` (SQL, DuckDB, grids and the report). Nothing heavy i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from actindex.jobs.index import Summary
+    from actindex.queries.api import Index
 
 __version__ = "0.1.0"
+__all__ = ["index", "open"]
 
 # In a checkout the library folders sit beside this one (pyproject.toml maps them under `actindex` when the
 # project is installed). Adding the checkout to this package's path makes a checkout work with nothing of it
@@ -22,3 +30,20 @@ __version__ = "0.1.0"
 _checkout = Path(__file__).resolve().parent.parent
 if not (Path(__file__).parent / "pipeline").is_dir() and (_checkout / "pipeline" / "writer.py").is_file():
     __path__.append(str(_checkout))  # noqa: F821 (a package's __path__)
+
+
+def open(location: str | Path) -> Index:  # actindex.open, as gzip.open
+    """Open an index (a directory or an s3:// URL) for queries, grids and reports: `actindex.queries.api`."""
+    from actindex.queries.api import Index
+
+    return Index(location)
+
+
+def index(source: str | Path, out: str | Path, layers: str | Sequence[str], **options) -> Summary:
+    """Run an index job, as `actindex index SOURCE --out OUT --layers LAYERS ...` does; `options` are the
+    command's options with underscores (model="resnet18", k=9, executor="local", resize=64,
+    mean=(0.5, 0.5, 0.5), label_column="caption", ...). Returns the run's summary; rerunning resumes."""
+    from actindex.jobs.index import run_index
+    from actindex.jobs.spec import index_request
+
+    return run_index(index_request(str(source), str(out), layers, **options))

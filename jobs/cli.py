@@ -184,14 +184,13 @@ def index(
     Rerunning the same command resumes: completed shards are kept, new images are added.
     """
     from actindex.jobs.index import run_index
-    from actindex.jobs.spec import IndexRequest
-    from actindex.pipeline.containers import Columns
+    from actindex.jobs.spec import index_request
 
     try:
-        request = IndexRequest(
-            source=source,
-            out=str(out),
-            layers=tuple(p.strip() for p in layers.split(",") if p.strip()),
+        request = index_request(
+            source,
+            out,
+            layers,
             model=model,
             weights=weights,
             k=k,
@@ -211,8 +210,15 @@ def index(
             store=store,
             progress=progress,
             progress_every=progress_every,
-            preprocessing=_preprocessing(resize, crop, interpolation, mean, std, decode),
-            columns=Columns(image_column, key_column, label_column),
+            resize=resize,
+            crop=crop,
+            interpolation=interpolation,
+            mean=parse_floats(mean),
+            std=parse_floats(std),
+            decode=decode,
+            image_column=image_column,
+            key_column=key_column,
+            label_column=label_column,
         )
         summary = run_index(request)
     except UserError as exc:
@@ -225,20 +231,6 @@ def index(
     _print_summary(summary)
     if strict and summary.failed:
         raise typer.Exit(code=1)
-
-
-def _preprocessing(resize, crop, interpolation, mean, std, decode) -> dict | None:
-    """The --resize/--crop/--interpolation/--mean/--std/--decode given: replacements for the model's own
-    values, applied where the model is loaded (so this process never loads it)."""
-    overrides = dict(
-        resize=resize,
-        crop=crop,
-        interpolation=interpolation.value if interpolation else None,
-        mean=parse_floats(mean),
-        std=parse_floats(std),
-        decode=decode.value if decode else None,
-    )
-    return {key: value for key, value in overrides.items() if value is not None} or None
 
 
 def _print_summary(summary) -> None:

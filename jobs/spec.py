@@ -14,6 +14,7 @@ nvjpeg) and resumed on a CPU (fp32, Pillow) cannot mix shards.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -287,3 +288,45 @@ def differences(old: dict, new: dict, keys=None) -> list[str]:
 def _short(value) -> str:
     text = str(value)
     return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
+
+
+PREPROCESSING_OPTIONS = ("resize", "crop", "interpolation", "mean", "std", "decode")
+COLUMN_OPTIONS = {"image_column": "image", "key_column": "key", "label_column": "label"}
+
+
+def index_request(source: str, out: str, layers: str | Sequence[str], **options) -> IndexRequest:
+    """An IndexRequest from the options of `actindex index`, named as the CLI names them (underscores for
+    dashes): --resize/--crop/--interpolation/--mean/--std/--decode replace parts of the model's own
+    preprocessing, --image-column/--key-column/--label-column pick Parquet columns, and every other option
+    is the IndexRequest field of the same name. `layers` is a comma-separated string or a list."""
+    if isinstance(layers, str):
+        layers = [part.strip() for part in layers.split(",")]
+    fields = {f.name for f in dataclasses.fields(IndexRequest)} - {"source", "out", "layers"}
+    unknown = sorted(set(options) - fields - set(PREPROCESSING_OPTIONS) - set(COLUMN_OPTIONS))
+    if unknown:
+        known = ", ".join(sorted(fields | set(PREPROCESSING_OPTIONS) | set(COLUMN_OPTIONS)))
+        raise InvalidInputError(f"unknown index option(s) {', '.join(unknown)}; options: {known}")
+    overrides = {name: options.pop(name) for name in PREPROCESSING_OPTIONS if options.get(name) is not None}
+    options = {name: value for name, value in options.items() if name not in PREPROCESSING_OPTIONS}
+    if overrides and options.get("preprocessing") is not None:
+        raise InvalidInputError(f"give preprocessing or {', '.join(overrides)}, not both")
+    columns = {key: options.pop(name, None) for name, key in COLUMN_OPTIONS.items()}
+    return IndexRequest(
+        source=str(source),
+        out=str(out),
+        layers=tuple(name for name in layers if name),
+        preprocessing=options.pop("preprocessing", None) or _overrides(overrides),
+        columns=options.pop("columns", None) or Columns(**columns),
+        **options,
+    )
+
+
+def _overrides(values: dict) -> dict | None:
+    """Preprocessing replacements in run.json's form: enum values as text, mean/std as three floats
+    (given as a sequence or as 'r,g,b')."""
+    for name in ("mean", "std"):
+        if isinstance(values.get(name), str):
+            values[name] = tuple(float(v) for v in values[name].split(","))
+        if name in values and len(values[name]) != 3:
+            raise InvalidInputError(f"{name} needs three numbers, e.g. 0.5,0.5,0.5 (got {values[name]})")
+    return {key: getattr(value, "value", value) for key, value in values.items()} or None

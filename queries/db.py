@@ -119,7 +119,7 @@ _SQL_TYPES = {
 
 
 def sql_text(name: str) -> str:
-    return resources.files("queries").joinpath(f"{name}.sql").read_text()
+    return resources.files("actindex.queries").joinpath(f"{name}.sql").read_text()
 
 
 def run_sql_file(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table:

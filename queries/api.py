@@ -1,0 +1,146 @@
+"""The Python API: an index opened from a notebook or a script (`actindex.open`).
+
+    import actindex
+    idx = actindex.open("idx/")                      # a directory, or s3://bucket/idx/
+    idx.layers().df()                                # pandas; .pl() gives polars
+    idx.sql("SELECT unit, max(act) AS peak FROM activations WHERE layer = $layer GROUP BY unit",
+            layer="layer4")                          # bound parameters, never formatted in
+    idx.top("layer4", 7, k=9)                        # rank, act, label, file and box of each image
+    idx.grid("layer4", [7, 8], k=9)                  # a PIL image: shows inline in Jupyter
+
+Queries answer from the shards that were complete when the index was opened; `refresh()` sees a running
+job's newer shards. Errors are the CLI's: `LookupError` subclasses for unknown layers and units,
+`actindex.pipeline.errors.UserError` for everything a user can fix.
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from actindex.queries.db import arrow_table, connect, index_preprocessing, run_sql_file, unit_tops
+
+if TYPE_CHECKING:
+    import duckdb
+    from PIL import Image
+
+PREVIEW_ROWS = 20  # rows a notebook shows of a Result
+
+
+class Result:
+    """A query's answer: the Arrow table is `.arrow`; `.df()` gives pandas and `.pl()` polars. Every Arrow
+    Table attribute works on it too (`num_rows`, `column("act")`, `to_pylist()`), and any Arrow consumer
+    takes it as it is (`pa.table(result)`, `polars.DataFrame(result)`, DuckDB): it exports the Arrow
+    C stream."""
+
+    def __init__(self, table: pa.Table, notes: Sequence[str] = ()):
+        self.arrow = table
+        self.notes = list(notes)  # what the reader should know about the answer (as `actindex top` prints)
+
+    def df(self):
+        return self.arrow.to_pandas()
+
+    def pl(self):
+        try:
+            import polars
+        except ImportError:
+            raise ImportError("Result.pl() needs polars: pip install polars") from None
+        return polars.from_arrow(self.arrow)
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        return self.arrow.__arrow_c_stream__(requested_schema)
+
+    def __getattr__(self, name: str):
+        return getattr(self.arrow, name)
+
+    def __getitem__(self, key):
+        return self.arrow[key]
+
+    def __len__(self) -> int:
+        return self.arrow.num_rows
+
+    def __eq__(self, other) -> bool:
+        other = other.arrow if isinstance(other, Result) else other
+        return isinstance(other, pa.Table) and self.arrow.equals(other)
+
+    __hash__ = None  # mutable-looking and compared by value, like pa.Table
+
+    def __repr__(self) -> str:
+        return f"Result: {self.arrow.num_rows} rows\n{self.arrow.slice(0, PREVIEW_ROWS)}"
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(name)}</th>" for name in self.arrow.column_names)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row.values()) + "</tr>"
+            for row in self.arrow.slice(0, PREVIEW_ROWS).to_pylist()
+        )
+        more = f" (first {PREVIEW_ROWS} shown)" if self.arrow.num_rows > PREVIEW_ROWS else ""
+        caption = f"<caption>{self.arrow.num_rows} rows{more}</caption>"
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+class Index:
+    """An opened index: its DuckDB views (images, layers, activations, topk) and the questions the CLI
+    answers, as methods. Opening reads the manifest and the shard markers; it fails at once
+    (NotAnIndexError) where there is no index."""
+
+    def __init__(self, location: str | Path):
+        self.location = str(location)
+        self.con: duckdb.DuckDBPyConnection = connect(self.location)
+
+    def refresh(self) -> Index:
+        """See the shards completed since the index was opened (a job may be writing it)."""
+        self.con.close()
+        self.con = connect(self.location)
+        return self
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        layers = self.layers().column("layer").to_pylist()
+        return f"<actindex index {self.location}: layers {', '.join(layers)}>"
+
+    def sql(self, query: str, **params) -> Result:
+        """Run SQL over the index's views; `$name` placeholders are bound from `params`."""
+        return Result(arrow_table(self.con.sql(query, params=params or None)))
+
+    def layers(self) -> Result:
+        """The layers table: type, channels, feature-map size, receptive field, preprocessing."""
+        return Result(run_sql_file(self.con, "layers"))
+
+    def top(self, layer: str, unit: int, k: int = 9) -> Result:
+        """The unit's top-k images (the columns of queries/top_images.sql), exact beyond the topk table's
+        k; `.notes` says where the answer came from when it is not the topk table."""
+        tops = unit_tops(self.location, layer, [int(unit)], k)
+        return Result(tops.rows, tops.notes)
+
+    def grid(
+        self, layer: str, units: int | Sequence[int], k: int = 9, tile: int = 96, layout: str = "row"
+    ) -> Image.Image:
+        """The "top images" sheet of `actindex grid`: each unit's top-k receptive-field crops."""
+        from actindex.queries.grid import render_grid
+
+        units = [int(units)] if isinstance(units, int) else [int(u) for u in units]
+        tops = unit_tops(self.location, layer, units, k)
+        for note in tops.notes:
+            warnings.warn(note, stacklevel=2)
+        decode = index_preprocessing(self.location).decode
+        return render_grid(tops.rows, tile=tile, layout=layout, decode=decode)

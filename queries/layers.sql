@@ -1,0 +1,2 @@
+-- The layers table, every column, in index order.
+SELECT * FROM layers;

@@ -1,0 +1,90 @@
+"""The Python API (`import actindex`): indexing with the CLI's options, and an opened index's answers."""
+
+from __future__ import annotations
+
+import click
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+import typer
+
+import actindex
+from actindex.jobs.cli import app
+from actindex.jobs.spec import COLUMN_OPTIONS, PREPROCESSING_OPTIONS, IndexRequest, index_request
+from actindex.pipeline.errors import InvalidInputError, UnknownNameError
+from actindex.queries.api import Result
+from actindex.queries.db import NotAnIndexError
+from tests.jobs.test_cli import PLANTED
+from tests.tables import assert_same_tables
+
+# the options of tests/jobs/conftest.py's planted_cli_index, as a notebook passes them
+PLANTED_OPTIONS = dict(
+    model=PLANTED, k=3, executor="local", trust_code=True, resize=64, crop=64, interpolation="nearest",
+    mean=(0, 0, 0), std="1,1,1", progress=False, shard_size=4,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def api_index(planted_dataset, tmp_path_factory):
+    folder, _ = planted_dataset
+    out = tmp_path_factory.mktemp("api") / "idx"
+    summary = actindex.index(folder, out, "relu*,head", **PLANTED_OPTIONS)
+    assert (summary.indexed, summary.failed) == (9, 0)
+    return out
+
+
+def test_index_with_the_clis_options_writes_the_clis_index(api_index, planted_cli_index):
+    cli_out, _ = planted_cli_index
+    assert_same_tables(api_index, cli_out)
+
+
+def test_every_option_of_the_index_command_is_an_option_of_actindex_index():
+    command = typer.main.get_command(app).commands["index"]
+    cli = {p.name for p in command.params if isinstance(p, click.Option)} - {"strict"}  # an exit code
+    fields = {f for f in IndexRequest.__dataclass_fields__}
+    assert cli <= fields | set(PREPROCESSING_OPTIONS) | set(COLUMN_OPTIONS), cli - fields
+    request = index_request("photos/", "idx/", ["layer4"], mean="0.5,0.5,0.5", label_column="caption", k=5)
+    assert request.preprocessing == {"mean": (0.5, 0.5, 0.5)} and request.columns.label == "caption"
+    with pytest.raises(InvalidInputError, match="unknown index option.*bogus"):
+        index_request("photos/", "idx/", "layer4", bogus=1)
+    with pytest.raises(InvalidInputError, match="mean needs three numbers"):
+        index_request("photos/", "idx/", "layer4", mean=(0.5, 0.5))
+
+
+def test_sql_binds_parameters_and_gives_arrow_pandas_and_polars(api_index):
+    idx = actindex.open(api_index)
+    query = "SELECT unit, max(act) AS peak FROM activations WHERE layer = $layer GROUP BY unit ORDER BY unit"
+    result = idx.sql(query, layer="relu1")
+    assert isinstance(result, Result) and isinstance(result.arrow, pa.Table)
+    assert result.num_rows == 2 and result.column_names == ["unit", "peak"]
+    assert isinstance(result.df(), pd.DataFrame) and result.df()["unit"].tolist() == [0, 1]
+    assert isinstance(result.pl(), pl.DataFrame) and result.pl()["unit"].to_list() == [0, 1]
+    assert pa.table(result).equals(result.arrow) and result == result.arrow  # the Arrow C stream
+    assert "<th>peak</th>" in result._repr_html_() and "2 rows" in repr(result)
+    assert idx.layers().column("layer").to_pylist() == ["relu1", "relu2", "head"]
+    assert "relu1, relu2, head" in repr(idx)
+
+
+def test_top_and_grid_answer_like_the_cli(api_index):
+    with actindex.open(str(api_index)) as idx:
+        top = idx.top("relu1", 0, k=3)  # the planted red detector
+        assert [p.rsplit("/", 1)[-1] for p in top.column("relpath").to_pylist()] == [
+            "red0.png",
+            "red1.png",
+            "red2.png",
+        ]
+        assert top.notes == [] and top.column("rank").to_pylist() == [1, 2, 3]
+        assert idx.top("relu1", 0, k=5).notes  # beyond the topk table's k: from activations, and says so
+        sheet = idx.grid("relu2", [0, 1], k=3, tile=64)
+        label_w, tile = 64 + 16, 64
+        r, g, b = sheet.convert("RGB").getpixel((label_w + tile // 2, 2 + tile // 2))
+        assert r > 150 and g < 60 and b < 60  # the red unit's best crop is centred on the red square
+        assert hasattr(sheet, "_repr_png_")  # Jupyter shows it inline
+        with pytest.raises(UnknownNameError, match="out of range"):
+            idx.top("relu1", 7)
+
+
+def test_open_refuses_what_is_not_an_index(tmp_path):
+    with pytest.raises(NotAnIndexError):
+        actindex.open(tmp_path)
