@@ -67,8 +67,8 @@ def init_ray(address: str | None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
     options = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-    if not address:
-        ray.init(**options)
+    if not address:  # "local": a new Ray of its own, even where a `ray start` cluster runs on this machine
+        ray.init(address="local", **options)
         return
     # Joining a cluster: Ray's C++ client logs each refused attempt (a wrong token: one line a second for
     # 20 s) to fd 2. Kept aside while connecting, and written out unless the failure is explained below.

@@ -138,7 +138,7 @@ def ray_local():
     if not ray.is_initialized():
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token written by the tests
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     init_ray(None)
     yield
     ray.shutdown()
