@@ -23,6 +23,7 @@ from actindex.pipeline.decode import DEFAULT_MAX_PIXELS
 from actindex.pipeline.errors import UserError
 from actindex.pipeline.preprocess import Decode, Interpolation
 from actindex.queries.grid import Layout
+from actindex.queries.masks import DEFAULT_THRESHOLD, MaskMode
 
 app = typer.Typer(
     help="actindex: which images most excite unit k in layer L? Index a dataset, query it with SQL, draw grids.",  # noqa: E501
@@ -361,17 +362,39 @@ def grid(
     layout: Annotated[
         Layout, typer.Option(help="row: one row per unit; block: a square block per unit.")
     ] = Layout.row,
+    mask: Annotated[
+        MaskMode | None,
+        typer.Option(
+            help="Draw each unit's activation mask over its crops: highlight (outside dimmed, border "
+            "outlined) or heat (colour map). Runs the index's model on the images shown. Default: no mask."
+        ),
+    ] = None,
+    mask_threshold: Annotated[
+        float,
+        typer.Option(help="With --mask: the mask's level, a fraction (0-1] of the unit's top-1 activation."),
+    ] = DEFAULT_THRESHOLD,
+    trust_code: Annotated[
+        bool, typer.Option(help="With --mask: allow loading an index's TorchScript or python: model.")
+    ] = False,
 ) -> None:
     """Draw the receptive-field crops of each unit's top-k images into one PNG sheet.
 
-    Each tile shows rank, activation, file name and label; '=N' marks an act that N images share."""
+    Each tile shows rank, activation, file name and label; '=N' marks an act that N images share.
+    With --mask, each crop shows the unit's map on it (recomputed; class activation maps for logits)."""
     from actindex.queries.db import index_preprocessing
     from actindex.queries.grid import render_grid
 
+    if not 0 < mask_threshold <= 1:
+        raise typer.BadParameter(f"{mask_threshold} is not in (0, 1]", param_hint="--mask-threshold")
     tops = _unit_tops(index_dir, layer, parse_units(units), k)
+    notes = list(tops.notes)
     try:
         decode = index_preprocessing(index_dir).decode  # crops are cut from the pixels the index decoded
-        sheet = render_grid(tops.rows, tile=tile, layout=layout.value, decode=decode)
+        crops = None
+        if mask is not None:
+            crops, mask_notes = _masked(index_dir, tops.rows, tile, mask.value, mask_threshold, trust_code)
+            notes += mask_notes
+        sheet = render_grid(tops.rows, tile=tile, layout=layout.value, decode=decode, crops=crops)
     except UserError as exc:
         raise _fail(exc) from None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -379,8 +402,16 @@ def grid(
     typer.echo(
         f"wrote {out} ({sheet.width}x{sheet.height}, {len(set(tops.rows.column('unit').to_pylist()))} units)"
     )
-    for note in tops.notes:
+    for note in notes:
         typer.echo(f"note: {note}")
+
+
+def _masked(index_dir: str, rows, tile: int, mode: str, threshold: float, trust_code: bool):
+    """(masked tiles per (layer, unit), notes about them)."""
+    from actindex.queries.masks import mask_notes, tiles_from_maps, unit_mask_maps
+
+    maps = unit_mask_maps(index_dir, rows, threshold, trust_code)
+    return tiles_from_maps(maps, tile, mode), mask_notes(maps)
 
 
 @app.command()

@@ -7,7 +7,9 @@
 
 Modules: `sources` (image lists), `decode` (bytes to pixels), `preprocess` (geometry), `models`,
 `layers` (names and globs), `receptive_field`, `recorder` (forward + per-unit max/argmax), `topk`,
-`schema` (one pyarrow schema per table) and `writer` (atomic shard output). Nothing here imports ray.
+`schema` (one pyarrow schema per table), `writer` (atomic shard output), and for masks `unit_maps` (whole
+maps of units, class activation maps) and `upsample` (a map over the original's pixels). Nothing here
+imports ray.
 """
 
 __version__ = "0.1.0"

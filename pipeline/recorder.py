@@ -20,29 +20,39 @@ from actindex.pipeline.layers import describe_layers
 from actindex.pipeline.preprocess import Preprocessing
 
 
-class _StopForward(Exception):
-    """Raised by the last hook so layers after the last chosen one never run."""
+class StopForward(Exception):
+    """Raised by a hook once it has what it needs, so the layers after it never run."""
 
 
-class LayerTrace:
-    """Context manager: reduce chosen modules' outputs to per-unit (max, argmax); hooks always detach."""
+class ForwardHooks:
+    """Context manager base: the hooks `_attach` registers on entry are removed on exit, even when the
+    forward fails; a StopForward raised by one of them ends the forward quietly."""
 
-    def __init__(self, model: torch.nn.Module, layers: Sequence[str]):
-        modules = dict(model.named_modules())
-        self.targets = {name: modules[name] for name in layers}
-        self.reduced: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._handles: list = []
+    def _attach(self) -> list:
+        """The handles of the hooks registered."""
+        raise NotImplementedError
 
-    def __enter__(self) -> LayerTrace:
-        for name, module in self.targets.items():
-            self._handles.append(module.register_forward_hook(self._hook(name)))
+    def __enter__(self):
+        self._handles = self._attach()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        return exc_type is _StopForward
+        return exc_type is StopForward
+
+
+class LayerTrace(ForwardHooks):
+    """Context manager: reduce chosen modules' outputs to per-unit (max, argmax); hooks always detach."""
+
+    def __init__(self, model: torch.nn.Module, layers: Sequence[str]):
+        modules = dict(model.named_modules())
+        self.targets = {name: modules[name] for name in layers}
+        self.reduced: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _attach(self) -> list:
+        return [module.register_forward_hook(self._hook(name)) for name, module in self.targets.items()]
 
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
@@ -52,7 +62,7 @@ class LayerTrace:
                 return
             self.reduced[name] = reduce_units(output)
             if len(self.reduced) == len(self.targets):
-                raise _StopForward
+                raise StopForward
 
         return hook
 

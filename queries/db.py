@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from actindex.pipeline import schema
 from actindex.pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError, UserError
+from actindex.pipeline.geometry import LayerInfo, ReceptiveField, boxes, from_layers_row
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.storage import user_errors
 from actindex.pipeline.writer import IndexLayout
@@ -69,12 +70,24 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
 def index_preprocessing(index_dir: str | Path) -> Preprocessing:
     """The preprocessing an index was built with (run.json's params): how its boxes map to the originals,
     and how to open an original so that its pixels are the ones the boxes refer to (`decode`)."""
+    return Preprocessing.from_dict(index_params(index_dir)["preprocessing"])
+
+
+def index_params(index_dir: str | Path) -> dict:
+    """run.json's params: what the index was computed with (jobs.spec.RunSpec.params)."""
     layout = IndexLayout(index_dir)
     with user_errors(layout.url):
         manifest = layout.read_manifest()
     if manifest is None:
         raise _not_an_index(index_dir)
-    return Preprocessing.from_dict(manifest["params"]["preprocessing"])
+    return manifest["params"]
+
+
+def layer_geometry(con: duckdb.DuckDBPyConnection, layer: str) -> tuple[LayerInfo, ReceptiveField]:
+    """The layers table's record of `layer`: output shape and receptive field (as the boxes use it)."""
+    layer_channels(con, layer)  # names the indexed layers when `layer` is not one
+    info = arrow_table(con.sql("SELECT * FROM layers WHERE layer = $layer", params={"layer": layer}))
+    return from_layers_row(info.to_pylist()[0])
 
 
 def _not_an_index(index_dir: str | Path) -> NotAnIndexError:
@@ -214,10 +227,7 @@ def _locked(layout: IndexLayout) -> bool:
 
 def _with_boxes(con: duckdb.DuckDBPyConnection, layer: str, rows: pa.Table, prep: Preprocessing) -> pa.Table:
     """Add x0, y0, x1, y1: the peaks' receptive-field boxes in original pixels, as the workers map them."""
-    from actindex.pipeline.geometry import boxes, from_layers_row
-
-    info = arrow_table(con.sql("SELECT * FROM layers WHERE layer = $layer", params={"layer": layer}))
-    _, rf = from_layers_row(info.to_pylist()[0])
+    _, rf = layer_geometry(con, layer)
     column = lambda name: rows.column(name).to_numpy()  # noqa: E731
     model_boxes = boxes(rf, column("y"), column("x"))
     original = prep.to_original(model_boxes, column("width"), column("height"))

@@ -13,6 +13,9 @@ file opened the way the index decoded it (`decode`, the index's Preprocessing.de
 the stored pixels, EXIF ignored, for "torchvision"; `queries.db.index_preprocessing` reads it) and fitted
 into the tile, with its rank and activation underneath ('=N' when N images of the index share that
 activation), then the label and file name.
+
+With `crops` the tiles show other pictures of the same crops: `actindex grid --mask highlight|heat` passes
+queries.masks.masked_tiles, each crop with its unit's activation mask drawn over it.
 """
 
 from __future__ import annotations
@@ -47,9 +50,16 @@ class Layout(str, Enum):
 LAYOUTS = tuple(item.value for item in Layout)
 
 
-def render_grid(rows: pa.Table, tile: int = 96, layout: str = "row", decode: str = "fast") -> Image.Image:
+def render_grid(
+    rows: pa.Table,
+    tile: int = 96,
+    layout: str = "row",
+    decode: str = "fast",
+    crops: dict[tuple[str, int], list[Image.Image]] | None = None,
+) -> Image.Image:
     """One sheet for the units in `rows` (the columns of queries/top_images.sql) of an index whose
-    preprocessing decoded images the `decode` way (its boxes are in that frame)."""
+    preprocessing decoded images the `decode` way (its boxes are in that frame). `crops`: tile x tile
+    pictures to show instead of the plain crops, per (layer, unit) in rank order (masks.masked_tiles)."""
     if layout not in LAYOUTS:
         raise InvalidInputError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if rows.num_rows == 0:
@@ -60,15 +70,16 @@ def render_grid(rows: pa.Table, tile: int = 96, layout: str = "row", decode: str
     k = max(len(v) for v in by_unit.values())
     font = _font(max(10, tile // 8))
     panels = [
-        _panel(key, sorted(v, key=lambda r: r["rank"]), k, tile, layout, font, decode)
+        _panel(key, sorted(v, key=lambda r: r["rank"]), k, tile, layout, font, decode, (crops or {}).get(key))
         for key, v in by_unit.items()
     ]
     return _stack(panels, layout)
 
 
-def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font, decode: str) -> Image.Image:
+def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font, decode: str, crops) -> Image.Image:
     caption_h = font.size + 6
-    tiles = [_tile(row, tile, font, decode) for row in rows]
+    pictures = crops or [crop_tile(row, tile, decode) for row in rows]
+    tiles = [_tile(row, picture, tile, font) for row, picture in zip(rows, pictures, strict=True)]
     tile_h = tiles[0].height
     if layout == "row":
         label_w = tile + 16
@@ -85,11 +96,12 @@ def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font, decode: 
     return panel
 
 
-def _tile(row: dict, tile: int, font, decode: str) -> Image.Image:
-    """The crop, then two caption lines: rank, act ('=N' when N images share it); file name and label."""
+def _tile(row: dict, picture: Image.Image, tile: int, font) -> Image.Image:
+    """The picture (the crop), then two caption lines: rank, act ('=N' when N images share it); file name
+    and label."""
     line_h = font.size + 3
     out = Image.new("RGB", (tile, tile + 2 * line_h + 4), BACKGROUND)
-    out.paste(crop_tile(row, tile, decode), (0, 0))
+    out.paste(picture, (0, 0))
     ties = row.get("ties") or 1
     _text(
         out,
@@ -116,15 +128,31 @@ def _fit(text: str, width: int, font) -> str:
 
 def crop_tile(row: dict, tile: int, decode: str = "fast") -> Image.Image:
     """The receptive-field crop of a top-k row, fitted (aspect kept) into a tile; grey if the file is gone."""
+    crop = open_crop(row, decode)
+    if crop is None:
+        return Image.new("RGB", (tile, tile), MISSING)
+    return place_in_tile(fit_crop(crop, tile), tile)
+
+
+def open_crop(row: dict, decode: str = "fast") -> Image.Image | None:
+    """The row's box (x0, y0, x1, y1) cut from its original, decoded the index's way; None if the file,
+    object, tar member or Parquet row is gone or broken since indexing."""
     try:
         with Image.open(image_source(path_from_display(row["uri"]))) as img:
-            decoded = as_decoded(img, decode)
-            crop = decoded.crop((row["x0"], row["y0"], row["x1"], row["y1"]))
-    except Exception:  # noqa: BLE001 - a file, object or member gone or broken since indexing: a grey tile
-        return Image.new("RGB", (tile, tile), MISSING)
-    crop = ImageOps.contain(crop, (tile, tile), Image.Resampling.LANCZOS)
+            return as_decoded(img, decode).crop((row["x0"], row["y0"], row["x1"], row["y1"]))
+    except Exception:  # noqa: BLE001 - gone or broken since indexing: the caller draws a grey tile
+        return None
+
+
+def fit_crop(crop: Image.Image, tile: int) -> Image.Image:
+    """The crop scaled (aspect kept) to fit a tile: what a tile shows (masks are drawn at this size)."""
+    return ImageOps.contain(crop, (tile, tile), Image.Resampling.LANCZOS)
+
+
+def place_in_tile(image: Image.Image, tile: int) -> Image.Image:
+    """`image` (at most tile x tile) centred on a tile of the sheet's background."""
     canvas = Image.new("RGB", (tile, tile), BACKGROUND)
-    canvas.paste(crop, ((tile - crop.width) // 2, (tile - crop.height) // 2))
+    canvas.paste(image, ((tile - image.width) // 2, (tile - image.height) // 2))
     return canvas
 
 
