@@ -5,6 +5,7 @@
     actindex index PHOTOS/ --model resnet50 --weights DEFAULT --layers 'layer*' --k 100 --out idx/
     actindex top idx/ --layer layer4 --unit 17 --k 9
     actindex grid idx/ --layer layer4 --units 0-15 --k 9 --out layer4.png
+    actindex report idx/ --out site/            # a static site: a page per layer, a card per unit
     actindex sql idx/ "SELECT layer, count(*) FROM activations GROUP BY 1"
 
 Heavy modules (torch, ray, duckdb) are imported inside the commands so `--help` stays fast.
@@ -12,6 +13,7 @@ Heavy modules (torch, ray, duckdb) are imported inside the commands so `--help` 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +26,7 @@ from actindex.pipeline.errors import UserError
 from actindex.pipeline.preprocess import Decode, Interpolation
 from actindex.queries.grid import Layout
 from actindex.queries.masks import DEFAULT_THRESHOLD, MaskMode
+from actindex.queries.report import Mask
 
 app = typer.Typer(
     help="actindex: which images most excite unit k in layer L? Index a dataset, query it with SQL, draw grids.",  # noqa: E501
@@ -412,6 +415,100 @@ def _masked(index_dir: str, rows, tile: int, mode: str, threshold: float, trust_
 
     maps = unit_mask_maps(index_dir, rows, threshold, trust_code)
     return tiles_from_maps(maps, tile, mode), mask_notes(maps)
+
+
+@app.command()
+def report(
+    index_dir: IndexDir,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder for the site (created; a previous report there is replaced)."
+        ),
+    ],
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated layer names or globs, e.g. 'layer4,fc' (default: every indexed layer)."
+        ),
+    ] = None,
+    units: Annotated[
+        str | None,
+        typer.Option(
+            "--units",
+            "-u",
+            help="Units to draw, e.g. 0-99 or 282,967 (default: all); each layer draws those it has.",
+        ),
+    ] = None,
+    k: KOpt = 9,
+    tile: Annotated[int, typer.Option(min=16, help="Side in pixels of each crop's image file.")] = 128,
+    mask: Annotated[
+        Mask,
+        typer.Option(
+            help="highlight: outside the unit's activation mask dimmed; heat: its map as a heat map; none: "
+            "plain crops (no model run). Masks run the index's model on the images shown."
+        ),
+    ] = Mask.highlight,
+    mask_threshold: Annotated[
+        float,
+        typer.Option(help="The mask's level, a fraction (0-1] of the unit's top-1 activation."),
+    ] = DEFAULT_THRESHOLD,
+    trust_code: Annotated[
+        bool, typer.Option(help="Masks: allow loading an index's TorchScript or python: model.")
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Threads drawing crops (default: one per CPU).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar while crops are drawn.")] = True,
+) -> None:
+    """Write a static site of the index: run facts, one page per layer with a card per unit (top-k crops,
+    histogram of its maxima, label purity), sortable; opens from disk with no server or network."""
+    from actindex.queries.db import IncompleteIndexError
+    from actindex.queries.report import ReportConfig, plan_report, write_report
+
+    try:
+        config = ReportConfig(
+            index=index_dir,
+            out=out,
+            layers=tuple(p.strip() for p in layers.split(",") if p.strip()) if layers else None,
+            units=tuple(parse_units(units)) if units else None,
+            k=k,
+            tile=tile,
+            mask=mask,
+            threshold=mask_threshold,
+            trust_code=trust_code,
+            workers=workers,
+        )
+        plan = plan_report(config)
+        with _units_progress(progress, plan.units) as advance:
+            summary = write_report(plan, advance)
+    except IncompleteIndexError as exc:
+        raise _fail(exc, code=1) from None
+    except UserError as exc:
+        raise _fail(exc) from None
+    drawn = ", ".join(f"{layer} {n:,} units" for layer, n in summary.units.items())
+    typer.echo(f"wrote {out / 'index.html'}: {drawn}; {summary.crops:,} crops in {summary.seconds:.1f} s")
+    for note in summary.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"open: {(out / 'index.html').resolve().as_uri()}")
+
+
+@contextlib.contextmanager
+def _units_progress(enabled: bool, total: int):
+    """A rich bar on stderr counting units drawn (nothing with --no-progress); yields its advance(n)."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("drawing"), BarColumn(), MofNCompleteColumn(), TextColumn("units"), TimeRemainingColumn(),
+        console=Console(stderr=True), refresh_per_second=4,
+    )  # fmt: skip
+    task = bar.add_task("report", total=total)
+    with bar:
+        yield lambda n: bar.advance(task, n)
 
 
 @app.command()

@@ -36,6 +36,29 @@ def copy_demo_photos(folder: Path) -> list[Path]:
     return copied
 
 
+# label folders for the photos, for reports that show label purity (the other photos stay unlabelled)
+DEMO_LABELS = {
+    "animals": ("chelsea.png", "horse.png"),
+    "people": ("astronaut.png", "camera.png"),
+    "vehicles": ("motorcycle_left.png", "motorcycle_right.png", "rocket.jpg"),
+    "textures": ("brick.png", "grass.png", "gravel.png"),
+    "text": ("page.png", "text.png"),
+    "objects": ("coffee.png", "coins.png"),
+}
+
+
+def copy_labelled_demo_photos(folder: Path) -> list[Path]:
+    """The demo photos sorted into DEMO_LABELS's folders under `folder` (an index labels them by folder)."""
+    folder_of = {name: label for label, names in DEMO_LABELS.items() for name in names}
+    copied = []
+    for photo in copy_demo_photos(folder):
+        if photo.name in folder_of:
+            (folder / folder_of[photo.name]).mkdir(exist_ok=True)
+            photo = photo.rename(folder / folder_of[photo.name] / photo.name)
+        copied.append(photo)
+    return copied
+
+
 def run_demo(out: Path, executor: str = "ray", progress: bool = True, echo: Callable[[str], None] = print):
     from actindex.jobs.index import run_index
     from actindex.jobs.spec import IndexRequest

@@ -205,9 +205,11 @@ def unit_mask_maps(
     threshold: float = DEFAULT_THRESHOLD,
     trust_code: bool = False,
     device: str = "cpu",
+    module: torch.nn.Module | None = None,
 ) -> dict[tuple[str, int], list[MaskMap]]:
     """Per (layer, unit) of `rows` (the top-k rows of unit_tops / queries/top_images.sql), each row's map of
-    the unit, in rank order: the model is loaded once, each image decoded and run once per layer."""
+    the unit, in rank order: the model is loaded once (or `module`, the index_model of an earlier call),
+    each image decoded and run once per layer."""
     from actindex.queries.db import connect, index_params, layer_geometry
 
     if not 0 < threshold <= 1:
@@ -215,7 +217,7 @@ def unit_mask_maps(
     if rows.num_rows == 0:
         raise InvalidInputError("no top-k rows to draw: is the unit indexed and the index complete?")
     params = index_params(index_dir)
-    module = index_model(params, trust_code)
+    module = index_model(params, trust_code) if module is None else module
     con = connect(index_dir)
     by_layer: dict[str, list[dict]] = defaultdict(list)
     for row in rows.to_pylist():
