@@ -22,9 +22,9 @@ import typer
 
 from actindex.jobs.spec import Device, Executor, Precision, Store
 from actindex.pipeline.decode import DEFAULT_MAX_PIXELS
-from actindex.pipeline.errors import UserError
+from actindex.pipeline.errors import InvalidInputError, UserError
 from actindex.pipeline.preprocess import Decode, Interpolation
-from actindex.queries.grid import Layout
+from actindex.queries.grid import Layout, unit_list
 from actindex.queries.masks import DEFAULT_THRESHOLD, MaskMode
 from actindex.queries.report import Mask
 
@@ -64,17 +64,11 @@ def _console():
 
 
 def parse_units(text: str) -> list[int]:
-    """'0-3,7' -> [0, 1, 2, 3, 7]; '285,1,207' keeps its order; a unit given twice counts once."""
-    units: list[int] = []
+    """'0-3,7' -> [0, 1, 2, 3, 7] (actindex.queries.grid.unit_list), a bad list as typer's error."""
     try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            first, _, last = part.partition("-")
-            units.extend(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a unit list like 0-15 or 3,7,9") from None
-    if not units:
-        raise typer.BadParameter("no units given")
-    return list(dict.fromkeys(units))
+        return unit_list(text)
+    except InvalidInputError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def parse_floats(text: str | None) -> tuple[float, float, float] | None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from actindex.queries.db import arrow_table, connect, index_preprocessing, run_sql_file, unit_tops
+from actindex.queries.db import arrow_table, connect, run_sql_file, unit_tops
 
 if TYPE_CHECKING:
     import duckdb
@@ -84,6 +84,15 @@ class Result:
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _units(units: int | str | Sequence[int]) -> list[int]:
+    """A unit, a list of them, or the CLI's text ('0-15', '285,1,207')."""
+    from actindex.queries.grid import unit_list
+
+    if isinstance(units, str):
+        return unit_list(units)
+    return [int(units)] if isinstance(units, int) else [int(unit) for unit in units]
+
+
 def _cell(value) -> str:
     if value is None:
         return ""
@@ -133,14 +142,38 @@ class Index:
         return Result(tops.rows, tops.notes)
 
     def grid(
-        self, layer: str, units: int | Sequence[int], k: int = 9, tile: int = 96, layout: str = "row"
+        self,
+        layer: str,
+        units: int | Sequence[int],
+        k: int = 9,
+        tile: int = 96,
+        layout: str = "row",
+        mask: str | None = None,
+        threshold: float = 0.5,
+        trust_code: bool = False,
     ) -> Image.Image:
-        """The "top images" sheet of `actindex grid`: each unit's top-k receptive-field crops."""
-        from actindex.queries.grid import render_grid
+        """The sheet of `actindex grid`: each unit's top-k receptive-field crops, with its activation mask
+        ("highlight" or "heat", `threshold` x its top-1 activation) drawn over them where `mask` is given.
+        What `actindex grid` prints as notes comes as warnings."""
+        from actindex.queries.grid import unit_sheet
 
-        units = [int(units)] if isinstance(units, int) else [int(u) for u in units]
-        tops = unit_tops(self.location, layer, units, k)
-        for note in tops.notes:
+        units = _units(units)
+        sheet = unit_sheet(self.location, layer, units, k, tile, layout, mask, threshold, trust_code)
+        for note in sheet.notes:
             warnings.warn(note, stacklevel=2)
-        decode = index_preprocessing(self.location).decode
-        return render_grid(tops.rows, tile=tile, layout=layout, decode=decode)
+        return sheet.image
+
+    def report(self, out: str | Path, **options) -> Path:
+        """Write the static site of `actindex report` into `out`; `options` are its options (layers,
+        units, k, tile, mask, threshold, trust_code, workers). Returns the site's index.html."""
+        from actindex.queries.report import ReportConfig, plan_report, write_report
+
+        if isinstance(options.get("layers"), str):
+            options["layers"] = [name.strip() for name in options["layers"].split(",")]
+        if options.get("units") is not None:
+            options["units"] = _units(options["units"])
+        config = ReportConfig(index=self.location, out=Path(out), **options)
+        summary = write_report(plan_report(config))
+        for note in summary.notes:
+            warnings.warn(note, stacklevel=2)
+        return summary.out / "index.html"

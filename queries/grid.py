@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from enum import Enum
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -48,6 +49,20 @@ class Layout(str, Enum):
 
 
 LAYOUTS = tuple(item.value for item in Layout)
+
+
+def unit_list(text: str) -> list[int]:
+    """'0-3,7' -> [0, 1, 2, 3, 7]; '285,1,207' keeps its order; a unit given twice counts once."""
+    units: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            units.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise InvalidInputError(f"{text!r} is not a unit list like 0-15 or 3,7,9") from None
+    if not units:
+        raise InvalidInputError("no units given")
+    return list(dict.fromkeys(units))
 
 
 def render_grid(
@@ -178,3 +193,39 @@ def _font(size: int):
 
 def _text(image: Image.Image, xy: tuple[int, int], text: str, font, fill) -> None:
     ImageDraw.Draw(image).multiline_text(xy, text, font=font, fill=fill, spacing=2)
+
+
+@dataclass
+class Sheet:
+    """What `actindex grid` draws for some units of an index, and what it tells the reader."""
+
+    image: Image.Image
+    units: int  # units drawn (those with at least one ok image)
+    notes: list[str]  # where the answer came from, ties, masks
+
+
+def unit_sheet(
+    index_dir: str | Path,
+    layer: str,
+    units: list[int],
+    k: int = 9,
+    tile: int = 96,
+    layout: str = "row",
+    mask: str | None = None,
+    threshold: float = 0.5,
+    trust_code: bool = False,
+) -> Sheet:
+    """The sheet of `units` of `layer`: their top-k crops (queries.db.unit_tops), with `mask` ("highlight"
+    or "heat", queries.masks) drawn over them, or plain with None."""
+    from actindex.queries.db import index_preprocessing, unit_tops
+
+    tops = unit_tops(index_dir, layer, units, k)
+    notes, crops = list(tops.notes), None
+    if mask is not None:
+        from actindex.queries.masks import mask_notes, tiles_from_maps, unit_mask_maps
+
+        maps = unit_mask_maps(index_dir, tops.rows, threshold, trust_code)
+        crops, notes = tiles_from_maps(maps, tile, mask), notes + mask_notes(maps)
+    decode = index_preprocessing(index_dir).decode  # crops are cut from the pixels the index decoded
+    image = render_grid(tops.rows, tile=tile, layout=layout, decode=decode, crops=crops)
+    return Sheet(image, len(set(tops.rows.column("unit").to_pylist())), notes)

@@ -77,6 +77,8 @@ class ReportConfig:
     def __post_init__(self):
         self.out = Path(self.out)
         self.mask = Mask(self.mask)
+        self.layers = None if self.layers is None else tuple(self.layers)
+        self.units = None if self.units is None else tuple(int(unit) for unit in self.units)
         if self.k < 1:
             raise InvalidInputError(f"--k {self.k}: give at least 1 image per unit")
         if self.tile < 16:
@@ -291,16 +293,23 @@ def draw_crops(
     if plan.config.mask is Mask.none:
         tasks = [pool.submit(_draw_plain, chunk, folder, plan) for chunk in _unit_chunks(rows, CHUNK_UNITS)]
         return _collect(tasks, advance), []
+    from actindex.pipeline.unit_maps import CamMismatchError
     from actindex.queries.masks import index_model, mask_notes, unit_mask_maps
 
     config = plan.config
     module = index_model(plan.manifest["params"], config.trust_code)
     tasks, notes = [], []
     for chunk in _unit_chunks(rows, MASK_CHUNK_UNITS):
-        maps = unit_mask_maps(config.index, chunk, config.threshold, config.trust_code, module=module)
+        try:
+            maps = unit_mask_maps(config.index, chunk, config.threshold, config.trust_code, module=module)
+        except CamMismatchError as exc:  # a layer with no map to draw: its crops plain, and the reason
+            notes.append(f"crops drawn without masks: {exc}")
+            parts = _unit_chunks(chunk, CHUNK_UNITS)
+            tasks += [pool.submit(_draw_plain, part, folder, plan) for part in parts]
+            continue
         notes += mask_notes(maps)
         tasks.append(pool.submit(_draw_masked, maps, folder, plan))
-    return _collect(tasks, advance), notes
+    return _collect(tasks, advance), list(dict.fromkeys(notes))
 
 
 def _collect(tasks: list, advance) -> dict[tuple[int, int], str]:

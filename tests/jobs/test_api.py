@@ -88,3 +88,17 @@ def test_top_and_grid_answer_like_the_cli(api_index):
 def test_open_refuses_what_is_not_an_index(tmp_path):
     with pytest.raises(NotAnIndexError):
         actindex.open(tmp_path)
+
+
+def test_grid_masks_and_the_report_from_python(api_index, tmp_path):
+    idx = actindex.open(api_index)
+    plain = idx.grid("relu2", 0, k=1, tile=64).convert("RGB")
+    masked = idx.grid("relu2", 0, k=1, tile=64, mask="highlight", trust_code=True).convert("RGB")
+    label_w = 64 + 16
+    inside, corner = (label_w + 32, 2 + 32), (label_w + 2, 2 + 2)  # the red square; the crop's corner
+    assert masked.getpixel(inside) == plain.getpixel(inside)  # the square is in the mask: left as it is
+    assert all(m <= p // 3 + 1 for m, p in zip(masked.getpixel(corner), plain.getpixel(corner), strict=True))
+    with pytest.warns(UserWarning, match="class activation map"):  # head max-pools: no CAM, and it says so
+        site = idx.report(tmp_path / "site", layers="relu2,head", units=[0, 1], k=3, trust_code=True)
+    assert site == tmp_path / "site" / "index.html" and site.is_file()
+    assert len(list((tmp_path / "site" / "layers" / "layer=relu2").iterdir())) == 2 * 3
