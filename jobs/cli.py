@@ -6,6 +6,7 @@
     actindex top idx/ --layer layer4 --unit 17 --k 9
     actindex grid idx/ --layer layer4 --units 0-15 --k 9 --out layer4.png
     actindex sql idx/ "SELECT layer, count(*) FROM activations GROUP BY 1"
+    actindex sql idx/ --compare idx_b/ "SELECT * FROM topk_drift('layer4', k := 9)"   # the catalog's macros
 
 Heavy modules (torch, ray, duckdb) are imported inside the commands so `--help` stays fast.
 """
@@ -439,11 +440,14 @@ def sql(
 ) -> None:
     import duckdb
 
+    from actindex.queries.catalog import stopped
     from actindex.queries.db import arrow_table, connect
 
     try:
         result = connect(index_dir, compare=compare).sql(query)
         table = arrow_table(result) if result is not None else None
+    except duckdb.InvalidInputException as exc:  # a catalog check that says what to do
+        raise _fail(stopped(exc)) from None
     except (UserError, duckdb.Error) as exc:
         raise _fail(exc) from None
     if table is None:

@@ -143,4 +143,9 @@ def _call(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table:
     try:
         return arrow_table(con.sql(f"SELECT * FROM {name}({args})", params=params))
     except duckdb.InvalidInputException as exc:
-        raise InvalidInputError(str(exc).removeprefix("Invalid Input Error: ")) from None
+        raise stopped(exc) from None
+
+
+def stopped(exc: Exception) -> InvalidInputError:
+    """A query stopped by error(), as the catalog's checks do, as a one-line InvalidInputError."""
+    return InvalidInputError(str(exc).removeprefix("Invalid Input Error: "))

@@ -66,3 +66,14 @@ CREATE OR REPLACE MACRO image_family(relpath, label, family) AS (
         ELSE error('family ' || coalesce(CAST(family AS VARCHAR), 'NULL') || ' is not one of stem, folder, label')
     END
 );
+
+-- The checked parameters of a table macro over topk: the layer, if indexed, and how many top images per
+-- unit to use (checked_k), as one row (layer_name, top).
+CREATE OR REPLACE MACRO checked_top(layer_name, k) AS TABLE
+SELECT
+    checked_layer(layer_name) AS layer_name,
+    checked_k(
+        k,
+        (SELECT max(t.rank) FROM topk AS t WHERE t.layer = layer_name),
+        (SELECT count(*) FROM images AS i WHERE i.status = 'ok')
+    ) AS top;

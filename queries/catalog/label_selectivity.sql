@@ -9,17 +9,7 @@
 -- images: works on --store topk indexes.
 CREATE OR REPLACE MACRO label_selectivity(layer, k := NULL) AS TABLE
 WITH
-given AS (SELECT layer AS layer_name, k AS k_asked),  -- the parameters, named apart from any column
-args AS (
-    SELECT
-        checked_layer(g.layer_name) AS layer_name,
-        checked_k(
-            g.k_asked,
-            (SELECT max(t.rank) FROM topk AS t WHERE t.layer = g.layer_name),
-            (SELECT count(*) FROM images AS i WHERE i.status = 'ok')
-        ) AS top
-    FROM given AS g
-),
+args AS (SELECT * FROM checked_top(layer, k)),
 counted AS (
     SELECT
         t.unit,

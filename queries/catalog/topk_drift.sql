@@ -11,36 +11,31 @@
 -- 1 - overlap, top and other_top (the unit's best image here and there, as relpaths).
 CREATE OR REPLACE MACRO topk_drift(layer, k := NULL) AS TABLE
 WITH
-given AS (SELECT layer AS layer_name, k AS k_asked),  -- the parameters, named apart from any column
 args AS (
     SELECT
-        checked_layer(g.layer_name) AS layer_name,
+        h.layer_name,
         CASE
-            WHEN NOT EXISTS (SELECT 1 FROM other.layers AS o WHERE o.layer = g.layer_name) THEN error(
-                'layer ' || g.layer_name || ' is not in the second index; its layers: '
+            WHEN NOT EXISTS (SELECT 1 FROM other.layers AS o WHERE o.layer = h.layer_name) THEN error(
+                'layer ' || h.layer_name || ' is not in the second index; its layers: '
                 || coalesce((SELECT string_agg(o.layer, ', ' ORDER BY o.layer) FROM other.layers AS o), 'none')
             )
-            WHEN (SELECT l.channels FROM layers AS l WHERE l.layer = g.layer_name)
-                <> (SELECT o.channels FROM other.layers AS o WHERE o.layer = g.layer_name) THEN error(
-                'layer ' || g.layer_name || ' has '
-                || (SELECT l.channels FROM layers AS l WHERE l.layer = g.layer_name) || ' units here and '
-                || (SELECT o.channels FROM other.layers AS o WHERE o.layer = g.layer_name)
+            WHEN (SELECT l.channels FROM layers AS l WHERE l.layer = h.layer_name)
+                <> (SELECT o.channels FROM other.layers AS o WHERE o.layer = h.layer_name) THEN error(
+                'layer ' || h.layer_name || ' has '
+                || (SELECT l.channels FROM layers AS l WHERE l.layer = h.layer_name) || ' units here and '
+                || (SELECT o.channels FROM other.layers AS o WHERE o.layer = h.layer_name)
                 || ' in the second index: not the same layer'
             )
             ELSE least(
+                h.top,
                 checked_k(
-                    g.k_asked,
-                    (SELECT max(t.rank) FROM topk AS t WHERE t.layer = g.layer_name),
-                    (SELECT count(*) FROM images AS i WHERE i.status = 'ok')
-                ),
-                checked_k(
-                    g.k_asked,
-                    (SELECT max(t.rank) FROM other.topk AS t WHERE t.layer = g.layer_name),
+                    k,
+                    (SELECT max(t.rank) FROM other.topk AS t WHERE t.layer = h.layer_name),
                     (SELECT count(*) FROM other.images AS i WHERE i.status = 'ok')
                 )
             )
         END AS top
-    FROM given AS g
+    FROM checked_top(layer, k) AS h  -- this index's layer and k
 ),
 here AS (
     SELECT t.unit, t.image_id, t.rank

@@ -13,17 +13,7 @@
 -- Reads activations: dense indexes only.
 CREATE OR REPLACE MACRO unit_stats(layer, k := NULL, family := 'stem') AS TABLE
 WITH
-given AS (SELECT layer AS layer_name, k AS k_asked),  -- the parameters, named apart from any column
-args AS (
-    SELECT
-        checked_layer(g.layer_name) AS layer_name,
-        checked_k(
-            g.k_asked,
-            (SELECT max(t.rank) FROM topk AS t WHERE t.layer = g.layer_name),
-            (SELECT count(*) FROM images AS i WHERE i.status = 'ok')
-        ) AS top
-    FROM given AS g
-),
+args AS (SELECT * FROM checked_top(layer, k)),
 distribution AS (
     SELECT
         a.unit,
