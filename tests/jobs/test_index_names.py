@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 
-from actindex.pipeline.writer import IndexLayout
 from actindex.queries.db import connect
 from tests.jobs.test_cli import invoke
 from tests.jobs.test_sources_s3 import PLANTED_ARGS
@@ -114,12 +113,27 @@ def test_names_on_an_s3_index(s3_endpoint, planted_dataset, names_dir):
 
     folder, _ = planted_dataset
     out = f"s3://{BUCKET}/names/idx/"
-    result = invoke("index", folder, "--out", out, *PLANTED_ARGS, "--names", names_dir / "head.txt")
+    names = ("--names", names_dir / "head.txt", "--names", f"relu1={names_dir / 'relu1.txt'}")
+    result = invoke("index", folder, "--out", out, *PLANTED_ARGS, *names)
     assert result.exit_code == 0, result.output
-    assert IndexLayout(out).exists(IndexLayout(out).units)
-    assert names_of(out)[("head", 0)] == "red square"
     result = invoke("index", folder, "--out", out, *PLANTED_ARGS, "--names", names_dir / "other.txt")
     assert result.exit_code == 0 and "0 new this run" in result.output, result.output
-    assert names_of(out)[("head", 0)] == "red thing"
+    named = names_of(out)  # head renamed; relu1's names read back from the store and kept
+    assert (named[("head", 0)], named[("relu1", 0)], named[("relu1", 1)]) == ("red thing", "reddish", None)
     result = invoke("top", out, "--layer", "head", "--unit", "1", "--k", "1")
     assert result.exit_code == 0 and 'head unit 1 "edge thing"' in result.output, result.output
+
+
+def test_names_survive_a_run_that_adds_images(planted_dataset, names_dir, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(planted_dataset[0], folder)
+    (folder / "red" / "red0.png").rename(tmp_path / "red0.png")
+    out = tmp_path / "idx"
+    result = invoke("index", folder, "--out", out, *PLANTED_ARGS, "--names", names_dir / "head.txt")
+    assert result.exit_code == 0 and "8 images: 8 indexed" in result.output, result.output
+    (tmp_path / "red0.png").rename(folder / "red" / "red0.png")
+    result = invoke("index", folder, "--out", out, *PLANTED_ARGS)  # computes the new image, no --names
+    assert result.exit_code == 0 and "1 new this run" in result.output, result.output
+    assert names_of(out)[("head", 0)] == "red square"
+    result = invoke("top", out, "--layer", "head", "--unit", "0", "--k", "1")
+    assert 'head unit 0 "red square"' in result.output and "red0.png" in result.output, result.output
