@@ -7,6 +7,7 @@
     actindex grid idx/ --layer layer4 --units 0-15 --k 9 --out layer4.png
     actindex report idx/ --out site/            # a static site: a page per layer, a card per unit
     actindex sql idx/ "SELECT layer, count(*) FROM activations GROUP BY 1"
+    actindex sql idx/ --compare idx_b/ "SELECT * FROM topk_drift('layer4', k := 9)"   # the catalog's macros
 
 Heavy modules (torch, ray, duckdb) are imported inside the commands so `--help` stays fast.
 """
@@ -176,6 +177,15 @@ def index(
     label_column: Annotated[
         str | None, typer.Option(help="Parquet sources: the column stored as label, e.g. caption.")
     ] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--names",
+            help="Unit names: FILE (UTF-8, one name per line; line i names unit i of the model's output "
+            "layer, a blank line none) or LAYER=FILE for another layer; repeat for several. A rerun takes "
+            "new files without recomputing anything.",
+        ),
+    ] = None,
 ) -> None:
     """Index images: per image and unit, the max activation, where it peaked and its receptive-field box.
 
@@ -217,6 +227,7 @@ def index(
             image_column=image_column,
             key_column=key_column,
             label_column=label_column,
+            names=tuple(names or ()),
         )
         summary = run_index(request)
     except UserError as exc:
@@ -318,7 +329,8 @@ def top(
 
     tops = _unit_tops(index_dir, layer, [unit], k)
     rows = tops.rows.to_pylist()
-    table = Table(title=f"top {len(rows)} images for {layer} unit {unit} (from {tops.source})")
+    name = f' "{rows[0]["name"]}"' if rows and rows[0]["name"] else ""
+    table = Table(title=f"top {len(rows)} images for {layer} unit {unit}{name} (from {tops.source})")
     for column in ("rank", "act", "ties", "label", "file", "box (x0,y0,x1,y1)"):
         table.add_column(column, justify="right" if column in ("rank", "act", "ties") else "left")
     for row in rows:
@@ -505,23 +517,51 @@ def _units_progress(enabled: bool, total: int):
         yield lambda n: bar.advance(task, n)
 
 
-@app.command()
+def _sql_help() -> str:
+    """The sql command's help: what it does, then one line per catalog macro (from queries/catalog/*.sql)."""
+    from actindex.queries.catalog import macros
+
+    lines = [f"- {m.signature}: {m.summary}" for m in macros()]
+    return (
+        "Run any SQL query against the index's views (images, layers, activations, topk, units); print a "
+        "table or write CSV/Parquet.\n\nThe analysis catalog, table macros on every connection (SELECT * "
+        "FROM label_selectivity('layer4', k := 20); parameters and columns: queries/catalog/*.sql):\n\n"
+        + "\n".join(lines)
+    )
+
+
+@app.command(help=_sql_help())
 def sql(
     index_dir: IndexDir,
-    query: Annotated[str, typer.Argument(help="SQL over the views images, layers, activations, topk.")],
+    query: Annotated[
+        str,
+        typer.Argument(
+            help="SQL over the views images, layers, activations, topk, units (and other.* with --compare), "
+            "with the catalog's macros."
+        ),
+    ],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the result to .csv or .parquet.")
     ] = None,
     limit: Annotated[int, typer.Option(help="Rows to print (files get every row).")] = 50,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="A second index (of the same images) whose views are other.topk, other.images, ...: for "
+            "topk_drift."
+        ),
+    ] = None,
 ) -> None:
-    """Run any SQL query against the index's views; print a table or write CSV/Parquet."""
     import duckdb
 
+    from actindex.queries.catalog import stopped
     from actindex.queries.db import arrow_table, connect
 
     try:
-        result = connect(index_dir).sql(query)
+        result = connect(index_dir, compare=compare).sql(query)
         table = arrow_table(result) if result is not None else None
+    except duckdb.InvalidInputException as exc:  # a catalog check that says what to do
+        raise _fail(stopped(exc)) from None
     except (UserError, duckdb.Error) as exc:
         raise _fail(exc) from None
     if table is None:

@@ -84,8 +84,9 @@ def run_demo(out: Path, executor: str = "ray", progress: bool = True, echo: Call
     classes = top_images(con, "classifier", list(CLASS_UNITS), k=4)
     render_grid(classes, tile=128).save(out / "grid_classes.png")
     render_grid(top_images(con, "blocks.3", list(range(8)), k=6), tile=96).save(out / "grid_blocks.png")
-    for unit, name in CLASS_UNITS.items():
+    for unit in CLASS_UNITS:
         best = classes.filter(classes.column("unit").to_numpy() == unit).to_pylist()[0]
+        name = best["name"]  # the unit's class, from the index's units table (CLASS_UNITS says the same)
         echo(f"classifier unit {unit} ({name}): top image {Path(best['uri']).name} (logit {best['act']:.2f})")
     echo(f"grids: {out / 'grid_classes.png'}, {out / 'grid_blocks.png'}; index: {request.out}")
     echo(f'try: actindex sql {request.out} "SELECT layer, count(*) FROM activations GROUP BY 1"')

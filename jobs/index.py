@@ -50,6 +50,7 @@ from actindex.pipeline import schema
 from actindex.pipeline.errors import UserError
 from actindex.pipeline.geometry import LayerInfo, ReceptiveField, from_layers_row
 from actindex.pipeline.listing import Listing
+from actindex.pipeline.names import NamesFile, read_names_options, unit_names
 from actindex.pipeline.sources import dataset_root, display_path
 from actindex.pipeline.topk import RunningTopK
 from actindex.pipeline.writer import (
@@ -99,6 +100,7 @@ def run_index(request: IndexRequest) -> Summary:
     started, cpu = time.time(), own_cpu_seconds()
     layout = IndexLayout(request.out)
     root = dataset_root(request.source)
+    names = read_names_options(request.names)  # a missing or unreadable names file stops the run here
     with index_lock(layout) as lock, ExitStack() as stack:
         _check_directory(layout, request.overwrite)
         _check_pinned(layout, pinned_params(request, root), request.overwrite)
@@ -112,6 +114,8 @@ def run_index(request: IndexRequest) -> Summary:
         else:
             work = plan_work(refs, state, layout, request.shard_size, request.prune)
         if work.idle and existing is not None:
+            infos, _ = read_geometry(layout)
+            _write_names(layout, existing["params"], infos, plan, names)
             return _finish_idle(layout, existing, state, work, started, cpu)
         executor = executor or stack.enter_context(open_executor(request))
         spec = resolve_spec(request, plan, root, executor.gpus())
@@ -120,9 +124,11 @@ def run_index(request: IndexRequest) -> Summary:
             existing, state = None, read_state(layout)
             work = plan_work(refs, state, layout, request.shard_size, request.prune)
         infos, rfs = _geometry(layout, executor, request, plan, existing is not None)
+        units = _names_table(layout, spec.layers, infos, plan, names)  # a names file that does not fit: stop
         manifest = _manifest(request, len(refs), listing_errors, spec, started)
         layout.put_json(layout.manifest, manifest)
         write_parquet(layers_table(spec, infos, rfs), layout.layers, spec.params(), layout)
+        write_parquet(units, layout.units, spec.params(), layout)
         context = WorkContext(spec, layout.url, infos, rfs, request.trust_code, spec.params())
         return _run(layout, lock, executor, context, state, work, manifest, request, (started, cpu))
 
@@ -146,6 +152,22 @@ def _geometry(layout: IndexLayout, executor, request: IndexRequest, plan, reuse:
         return read_geometry(layout)
     plan = executor.plan(request, geometry=True)
     return plan.infos, plan.rfs
+
+
+def _names_table(
+    layout: IndexLayout, layers, infos: dict[str, LayerInfo], plan, names: list[NamesFile]
+) -> pa.Table:
+    """The index's units table after this run: the names files given, over the names the index holds,
+    over the model's classes (pipeline.names.unit_names)."""
+    stored = layout.read_table(layout.units) if layout.exists(layout.units) else None
+    channels = {layer: infos[layer].channels for layer in layers}
+    return unit_names(channels, plan.output_layers, plan.categories, names, stored)
+
+
+def _write_names(layout: IndexLayout, params: dict, infos: dict[str, LayerInfo], plan, names) -> None:
+    """A rerun with nothing to compute still takes its names files (they are not parameters)."""
+    units = _names_table(layout, params["layers"], infos, plan, names)
+    write_parquet(units, layout.units, params, layout)
 
 
 def _list(request: IndexRequest, stack: ExitStack) -> tuple[Listing, list[str]]:

@@ -133,9 +133,13 @@ class IndexRequest:
     progress_every: float = 30.0  # seconds between progress lines when stderr is not a terminal
     extra: dict = field(default_factory=dict)  # free-form notes stored in run.json
     columns: Columns = field(default_factory=Columns)  # Parquet sources: image, key and label columns
+    # unit names (pipeline.names): "FILE" names the output layer's units, "LAYER=FILE" those of LAYER; one
+    # name per line. Not a parameter of the index: a rerun with other files replaces those layers' names
+    names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.layers = tuple(self.layers)
+        self.names = (self.names,) if isinstance(self.names, str) else tuple(self.names)
         for name, kind in (
             ("store", Store),
             ("device", Device),

@@ -75,13 +75,19 @@ class ModelPlan:
     preprocessing: Preprocessing  # the request's, or the model's own
     infos: dict[str, LayerInfo]  # per layer: channels and feature-map size (empty: not traced)
     rfs: dict[str, ReceptiveField]  # per layer: receptive field (empty: not traced)
+    # the layers whose output is the model's (B, C) output (pipeline.layers.output_layers); () when no
+    # class names or --names FILE need them
+    output_layers: tuple[str, ...] = ()
+    categories: tuple[str, ...] | None = None  # the model's class names (pipeline.names.model_categories)
 
 
 def plan_model(request: IndexRequest, geometry: bool = True):
-    """(ModelPlan, the loaded module): load the request's model, resolve its layer patterns and, with
-    `geometry`, trace each layer's output shape and receptive field (seconds on large models)."""
-    from actindex.pipeline.layers import describe_layers, resolve_layers
+    """(ModelPlan, the loaded module): load the request's model, resolve its layer patterns, find its class
+    names and output layer (one forward pass, where names need it) and, with `geometry`, trace each layer's
+    output shape and receptive field (seconds on large models)."""
+    from actindex.pipeline.layers import describe_layers, output_layers, resolve_layers
     from actindex.pipeline.models import load_model
+    from actindex.pipeline.names import model_categories
     from actindex.pipeline.receptive_field import compute_receptive_fields
 
     loaded = load_model(request.model, request.weights, trust_code=request.trust_code)
@@ -94,7 +100,11 @@ def plan_model(request: IndexRequest, geometry: bool = True):
         size = (prep.crop, prep.crop)
         infos = describe_layers(loaded.module, layers, size)
         rfs = compute_receptive_fields(loaded.module, layers, size)
-    plan = ModelPlan(loaded.weights, loaded.weights_sha256, tuple(layers), prep, infos, rfs)
+    categories = model_categories(request.model, loaded.weights, loaded.module)
+    outputs = output_layers(loaded.module, (prep.crop, prep.crop)) if categories or request.names else ()
+    plan = ModelPlan(
+        loaded.weights, loaded.weights_sha256, tuple(layers), prep, infos, rfs, outputs, categories
+    )
     return plan, loaded.module
 
 

@@ -90,6 +90,29 @@ def output_shapes(model: torch.nn.Module, names: Sequence[str], input_size: tupl
     return shapes
 
 
+def output_layers(model: torch.nn.Module, input_size: tuple[int, int]) -> tuple[str, ...]:
+    """The layers whose output is the model's output itself, a (B, C) tensor such as the logits, in module
+    order (a Sequential head and its last Linear both are); () when the model returns anything else."""
+    outputs: dict[str, torch.Tensor] = {}  # (B, C) outputs only: kept alive, so identity is never reused
+
+    def hook(name):
+        def record(_module, _inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 2:
+                outputs.setdefault(name, output)
+
+        return record
+
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(hook(name)) for name in module_names(model)]
+    try:
+        with torch.no_grad():
+            result = model.eval()(torch.zeros(1, 3, *input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tuple(name for name in module_names(model) if outputs.get(name) is result)
+
+
 def describe_all(model: torch.nn.Module, pattern: str, input_size: tuple[int, int]) -> list:
     """[(LayerInfo, ReceptiveField)] for every layer matching `pattern` whose output is 4-D or 2-D."""
     from actindex.pipeline.receptive_field import compute_receptive_fields

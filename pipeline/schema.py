@@ -117,11 +117,34 @@ TOPK = pa.schema(
     ]
 )
 
-TABLES = {"images": IMAGES, "layers": LAYERS, "activations": ACTIVATIONS, "topk": TOPK}
+UNITS = pa.schema(
+    [
+        _field("layer", pa.string(), "layers.layer"),
+        _field("unit", pa.int32(), "channel index within the layer"),
+        _field(
+            "name",
+            pa.string(),
+            "what the unit stands for: its class, for the output layer of a model trained on named classes "
+            "(the built-in efficientnet_lite0, torchvision and timm DEFAULT weights), or a line of a --names "
+            "file; NULL where there is none",
+            nullable=True,
+        ),
+    ]
+)
+
+TABLES = {"images": IMAGES, "layers": LAYERS, "activations": ACTIVATIONS, "topk": TOPK, "units": UNITS}
 
 # activations/ and topk/ hold one directory per layer, `layer=<name>` (hive partitioning): their files
 # have every column but `layer`, which readers take from the directory name.
 PARTITIONED = ("activations", "topk")
+
+
+# what the docs say of a table beyond its columns (besides the partitioned ones)
+NOTES = {
+    "units": "File: `units.parquet`, one row per named unit. The `units` view lists every unit of every "
+    "indexed layer, with a NULL name where the file has none (an index written before names existed has no "
+    "file: every name is NULL).",
+}
 
 
 def in_files(name: str) -> pa.Schema:
@@ -152,6 +175,8 @@ def tables_markdown() -> str:
                 "partitioning), not a column inside the files; every Parquet reader adds it.",
                 "",
             ]
+        if name in NOTES:
+            parts += [NOTES[name], ""]
     return "\n".join(parts)
 
 

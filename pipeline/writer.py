@@ -83,6 +83,7 @@ class IndexLayout:
 
     manifest = property(lambda self: self.root / "run.json")
     layers = property(lambda self: self.root / "layers.parquet")
+    units = property(lambda self: self.root / "units.parquet")  # the named units (pipeline.names)
     done = property(lambda self: self.root / "_done")
     topk_dir = property(lambda self: self.root / "topk")
     topk_base = property(lambda self: self.root / "_topk_base")  # the last topk, aside while a run adds
@@ -241,7 +242,7 @@ class IndexLayout:
         for name in ("images", "activations", "topk", "_topk", "_topk_base", "_done"):
             self.delete_tree(self.root / name)
         shutil.rmtree(self.journal_dir, ignore_errors=True)
-        self.delete([self.manifest, self.layers, self.topk_covers, self.topk_base_covers])
+        self.delete([self.manifest, self.layers, self.units, self.topk_covers, self.topk_base_covers])
 
 
 def marker_id(marker: dict) -> str:

@@ -1,8 +1,12 @@
-"""DuckDB over an index directory: views `images`, `layers`, `activations`, `topk`, and named queries.
+"""DuckDB over an index directory: views `images`, `layers`, `activations`, `topk`, `units`, named queries
+and the analysis catalog's table macros (queries/catalog.py).
 
     con = connect("idx/")
     con.sql("SELECT layer, count(*) FROM activations GROUP BY 1").show()
     rows = run_sql_file(con, "top_images", layer="layer4", units=[17], k=9)
+    con.sql("SELECT * FROM label_selectivity('layer4', k := 20)").show()
+    con = connect("idx/", compare="idx_b/")     # the second index's views are other.topk, other.images, ...
+    con.sql("SELECT * FROM topk_drift('layer4', k := 9)").show()
 
 Views list only the files of completed shards (from their markers), so a query never sees half a shard.
 An index built with `--store topk` has no activations: querying that view fails with one line saying so.
@@ -40,9 +44,38 @@ NO_ACTIVATIONS = (
 )
 
 
-def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the index's views; `index_dir` is a directory or an object-store URL
-    (s3://bkt/idx/, read through fsspec: DuckDB needs no extension)."""
+OTHER = "other"  # the schema of the second index's views (connect's `compare`)
+NO_SECOND_INDEX = (
+    "no second index to compare with: the other.* views (and topk_drift) need one; give it with "
+    "actindex sql IDX --compare OTHER_IDX, or in Python connect(IDX, compare=OTHER_IDX)"
+)
+
+
+def connect(
+    index_dir: str | Path, compare: str | Path | None = None, catalog: bool = True
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the index's views and the catalog's macros; `index_dir` is a directory or an
+    object-store URL (s3://bkt/idx/, read through fsspec: DuckDB needs no extension). With `compare`, a
+    second index's views are in the schema `other` (other.topk, other.images, ...), for topk_drift.
+    `catalog=False` leaves the macros out: defining them reads each view's first file footer again, about
+    a second on an object store, which `top` and `grid` do not need."""
+    from actindex.queries.catalog import define_macros
+
+    con = duckdb.connect()
+    _attach(con, index_dir, "main")
+    con.execute(f"CREATE SCHEMA {OTHER}")
+    if compare is None:
+        for name in schema.TABLES:
+            _failing_view(con, name, NO_SECOND_INDEX, OTHER)
+    else:
+        _attach(con, compare, OTHER)
+    if catalog:
+        define_macros(con)  # after the views: DuckDB binds a macro's tables when it is created
+    return con
+
+
+def _attach(con: duckdb.DuckDBPyConnection, index_dir: str | Path, where: str) -> None:
+    """The views of the index at `index_dir` in the schema `where`."""
     layout = IndexLayout(index_dir)
     with user_errors(layout.url):
         manifest = layout.read_manifest()
@@ -52,19 +85,26 @@ def connect(index_dir: str | Path) -> duckdb.DuckDBPyConnection:
         # a topk without its record is being written, or was left half-written by a killed run: not shown
         topk = layout.topk_files() if layout.exists(layout.topk_covers) else []
         has_layers = layout.exists(layout.layers)
-    con = duckdb.connect()
-    if layout.remote:
+        has_units = layout.exists(layout.units)  # not in an index written before unit names
+    if layout.remote and _protocol(layout.fs) not in con.list_filesystems():
         con.register_filesystem(layout.fs)
     files = [f for marker in markers.values() for f in marker["files"]]
-    _view(con, "images", [layout.location(layout.root / f) for f in files if f.startswith("images/")])
+    _view(con, "images", [layout.location(layout.root / f) for f in files if f.startswith("images/")], where)
     if manifest.get("params", {}).get("store") == "topk":
-        _failing_view(con, "activations", NO_ACTIVATIONS)
+        _failing_view(con, "activations", NO_ACTIVATIONS, where)
     else:
         activations = [layout.location(layout.root / f) for f in files if f.startswith("activations/")]
-        _view(con, "activations", activations)
-    _view(con, "layers", [layout.location(layout.layers)] if has_layers else [])
-    _view(con, "topk", [layout.location(path) for path in topk])
-    return con
+        _view(con, "activations", activations, where)
+    _view(con, "layers", [layout.location(layout.layers)] if has_layers else [], where)
+    _view(con, "topk", [layout.location(path) for path in topk], where)
+    names = _select("units", [layout.location(layout.units)] if has_units else [])
+    # every unit of every layer, named from units.parquet; a view cannot take parameters: the file is a CTE
+    con.execute(f"CREATE VIEW {where}.units AS WITH unit_names AS ({names}) {sql_text('units')}")
+
+
+def _protocol(fs) -> str:
+    """The name DuckDB registers an fsspec filesystem under."""
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
 def index_preprocessing(index_dir: str | Path) -> Preprocessing:
@@ -97,29 +137,38 @@ def _not_an_index(index_dir: str | Path) -> NotAnIndexError:
     )
 
 
-def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[str]) -> None:
+def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], where: str = "main") -> None:
+    con.execute(f"CREATE VIEW {where}.{name} AS {_select(name, files)}")
+
+
+def _select(name: str, files: list[str]) -> str:
+    """A SELECT of table `name`'s columns from its Parquet `files` (no files: no rows, the same columns)."""
     if not files:
-        con.register(name, schema.TABLES[name].empty_table())
-        return
+        return f"SELECT {_typed_nulls(name)} WHERE false"
     listed = "[" + ", ".join(_literal(f) for f in files) + "]"
     options = ""
     if name in schema.PARTITIONED:  # `layer` is the directory's name, always text (never a number)
         options = ", hive_partitioning = true, hive_types = {'layer': VARCHAR}"
-    columns = ", ".join(schema.TABLES[name].names)
-    con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM read_parquet({listed}{options})")
+    # qualified: a view read inside a macro whose parameter has a column's name (layer) still means the column
+    columns = ", ".join(f"t.{column}" for column in schema.TABLES[name].names)
+    return f"SELECT {columns} FROM read_parquet({listed}{options}) AS t"
 
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _failing_view(con: duckdb.DuckDBPyConnection, name: str, message: str) -> None:
+def _failing_view(con: duckdb.DuckDBPyConnection, name: str, message: str, where: str = "main") -> None:
     """A view with the table's columns that raises `message` when it is read."""
-    columns = ", ".join(
+    failing = f"SELECT {_typed_nulls(name)} FROM range(1) WHERE error({_literal(message)})"
+    con.execute(f"CREATE VIEW {where}.{name} AS {failing}")  # views cannot take bound parameters
+
+
+def _typed_nulls(name: str) -> str:
+    """'CAST(NULL AS BIGINT) AS image_id, ...': table `name`'s columns with their types and no value."""
+    return ", ".join(
         f"CAST(NULL AS {_SQL_TYPES[str(field.type)]}) AS {field.name}" for field in schema.TABLES[name]
     )
-    # views cannot take bound parameters
-    con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM range(1) WHERE error({_literal(message)})")
 
 
 _SQL_TYPES = {
@@ -128,11 +177,14 @@ _SQL_TYPES = {
     "int16": "SMALLINT",
     "float": "FLOAT",
     "string": "VARCHAR",
+    "bool": "BOOLEAN",
+    "list<item: float>": "FLOAT[]",
 }
 
 
 def sql_text(name: str) -> str:
-    return resources.files("actindex.queries").joinpath(f"{name}.sql").read_text()
+    """The text of queries/<name>.sql (this package's files, wherever it is installed)."""
+    return resources.files(__package__).joinpath(f"{name}.sql").read_text()
 
 
 def run_sql_file(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table:
@@ -178,7 +230,7 @@ def unit_tops(index_dir: str | Path, layer: str, units: list[int], k: int) -> Un
     from actindex.jobs.finalize import topk_is_current
 
     layout = IndexLayout(index_dir)
-    con = connect(index_dir)
+    con = connect(index_dir, catalog=False)
     check_units(con, layer, units)
     manifest = layout.read_manifest()
     kept, dense = manifest["params"]["k"], manifest["params"].get("store", "dense") == "dense"
@@ -237,7 +289,7 @@ def _with_boxes(con: duckdb.DuckDBPyConnection, layer: str, rows: pa.Table, prep
 
 
 _TOP_COLUMNS = [
-    "layer", "unit", "rank", "act", "image_id", "label", "uri", "relpath", "width", "height",
+    "layer", "unit", "name", "rank", "act", "image_id", "label", "uri", "relpath", "width", "height",
     "y", "x", "x0", "y0", "x1", "y1", "ties",
 ]  # fmt: skip
 

@@ -8,7 +8,8 @@ Tiles are cut from wherever the index's uri points: a file, an object, a tar mem
 (pipeline.storage.image_source).
 
 Layout "row" puts a unit's k crops in one row after a caption; "block" packs them in a square block
-(3x3 for k=9) with the caption above. Each tile is the peak's receptive-field box, cut from the original
+(3x3 for k=9) with the caption above. The caption is the layer, the unit and its name where the index has
+one ("classifier · unit 282 · tiger cat"). Each tile is the peak's receptive-field box, cut from the original
 file opened the way the index decoded it (`decode`, the index's Preprocessing.decode: upright for "fast",
 the stored pixels, EXIF ignored, for "torchvision"; `queries.db.index_preprocessing` reads it) and fitted
 into the tile, with its rank and activation underneath ('=N' when N images of the index share that
@@ -79,13 +80,15 @@ def render_grid(
         raise InvalidInputError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if rows.num_rows == 0:
         raise InvalidInputError("no top-k rows to draw: is the unit indexed and the index complete?")
-    by_unit: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    by_unit: dict[tuple[str, int, str | None], list[dict]] = defaultdict(list)
     for row in rows.to_pylist():
-        by_unit[(row["layer"], row["unit"])].append(row)
+        by_unit[(row["layer"], row["unit"], row.get("name"))].append(row)
     k = max(len(v) for v in by_unit.values())
     font = _font(max(10, tile // 8))
     panels = [
-        _panel(key, sorted(v, key=lambda r: r["rank"]), k, tile, layout, font, decode, (crops or {}).get(key))
+        _panel(
+            key, sorted(v, key=lambda r: r["rank"]), k, tile, layout, font, decode, (crops or {}).get(key[:2])
+        )
         for key, v in by_unit.items()
     ]
     return _stack(panels, layout)
@@ -96,19 +99,26 @@ def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font, decode: 
     pictures = crops or [crop_tile(row, tile, decode) for row in rows]
     tiles = [_tile(row, picture, tile, font) for row, picture in zip(rows, pictures, strict=True)]
     tile_h = tiles[0].height
+    lines = caption_lines(*key)
     if layout == "row":
         label_w = tile + 16
         panel = Image.new("RGB", (label_w + k * (tile + 4), tile_h + 4), BACKGROUND)
-        _text(panel, (6, tile // 2 - font.size), f"{key[0]}\nunit {key[1]}", font, INK)
+        text = "\n".join(_fit(line, label_w - 8, font) for line in lines)
+        _text(panel, (6, tile // 2 - font.size * len(lines) // 2), text, font, INK)
         for i, image in enumerate(tiles):
             panel.paste(image, (label_w + i * (tile + 4), 2))
         return panel
     side = math.ceil(math.sqrt(k))
     panel = Image.new("RGB", (side * (tile + 4) + 4, caption_h + 4 + side * (tile_h + 4)), BACKGROUND)
-    _text(panel, (6, 2), f"{key[0]} · unit {key[1]}", font, INK)
+    _text(panel, (6, 2), _fit(" · ".join(lines), panel.width - 8, font), font, INK)
     for i, image in enumerate(tiles):
         panel.paste(image, (4 + (i % side) * (tile + 4), caption_h + 4 + (i // side) * (tile_h + 4)))
     return panel
+
+
+def caption_lines(layer: str, unit: int, name: str | None = None) -> list[str]:
+    """A unit's caption: its layer, its number, and its name where the index has one."""
+    return [layer, f"unit {unit}"] + ([name] if name else [])
 
 
 def _tile(row: dict, picture: Image.Image, tile: int, font) -> Image.Image:

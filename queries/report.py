@@ -9,9 +9,10 @@ layer. A layer page is a grid of unit cards: the unit's number and name, its top
 top-k. The cards are drawn in the browser from a data file (`layers/<layer>.js`, a script: Chromium does
 not let a page fetch() JSON from file://), in pages of 100, sorted by unit number, purity or peak activation.
 
-Crops are drawn by a thread pool (Pillow releases the GIL while it decodes and resizes), a chunk of units
-at a time. The parts other work delivers (unit names, label purity, masked crops) are read through the
-adapters at the end of this module, one function each.
+Crops carry the unit's activation mask by default (queries.masks: the model runs once per chunk of units
+over their top images, in this thread) and are drawn and saved by a thread pool (Pillow releases the GIL
+while it decodes and resizes). Names come from the `units` view, purity from the catalog's
+label_selectivity: the report shows what `actindex sql` answers.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ def _layer_page(con, plan: ReportPlan, layer: LayerPlan, pool, advance) -> tuple
         tops.rows,
         layer.units,
         names=unit_names(con, layer.name),
-        purity=label_purity(con, layer.name, config.k),
+        purity=label_purity(con, layer.name, min(config.k, plan.manifest["params"]["k"])),
         histograms=_histograms(con, plan, layer),
     )
     notes = tops.notes + mask_notes + _purity_notes(plan, records)
@@ -632,27 +633,21 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-# ------------------------------------------------------------------------------------------ adapters
-# What the report reads from other work, one function each: unit names (the `units` view), label purity
-# (queries.catalog.label_selectivity) and masked crops (queries.masks.masked_tiles). Each says the line that
-# replaces it once that work is merged.
+# ------------------------------------------------------------------------------------------ unit facts
 
 
 def unit_names(con: duckdb.DuckDBPyConnection, layer: str) -> dict[int, str]:
-    """{unit: name} of the named units of `layer`: from the `units` view where connect() makes one (an
-    index without names, or an actindex from before names, has none)."""
+    """{unit: name} of the named units of `layer` (the `units` view: none in an index without names)."""
     from actindex.queries.db import run_sql_file
 
-    if not run_sql_file(con, "report_has_view", view="units").column("present")[0].as_py():
-        return {}
     return {
         row["unit"]: row["name"] for row in run_sql_file(con, "report_unit_names", layer=layer).to_pylist()
     }
 
 
 def label_purity(con: duckdb.DuckDBPyConnection, layer: str, k: int) -> pa.Table:
-    """Columns unit, purity, dominant_label: how much of each unit's top-k shares one label (NULL where
-    none of it has a label). Once queries.catalog lands: `return label_selectivity(con, layer, k)`."""
-    from actindex.queries.db import run_sql_file
+    """Columns unit, purity, dominant_label (and the rest of the catalog's label_selectivity): how much of
+    each unit's top-k shares one label, NULL where none of it has a label."""
+    from actindex.queries.catalog import label_selectivity
 
-    return run_sql_file(con, "report_label_purity", layer=layer, k=k)
+    return label_selectivity(con, layer, k)

@@ -1,5 +1,6 @@
 -- Top images for units straight from the activations table: exact for any k, best first (NaN last, ties
--- to the smaller image_id), with `ties`: how many images of the index share the row's act for the unit.
+-- to the smaller image_id), with the unit's name and `ties`: how many images of the index share the row's act
+-- for the unit.
 -- Parameters: $layer (text), $units (list of integers), $k (integer).
 WITH ranked AS (
     SELECT
@@ -16,6 +17,7 @@ WITH ranked AS (
 SELECT
     $layer AS layer,
     r.unit,
+    n.name,
     CAST(r.rank AS INTEGER) AS rank,
     r.act,
     r.image_id,
@@ -29,5 +31,6 @@ SELECT
     r.ties
 FROM ranked AS r
 JOIN images AS i USING (image_id)
+LEFT JOIN units AS n ON n.layer = $layer AND n.unit = r.unit
 WHERE r.rank <= $k
 ORDER BY r.unit, r.rank;

@@ -350,3 +350,31 @@ def test_a_mismatch_is_refused_before_the_images_are_listed_or_the_model_loaded(
     assert (
         result.exit_code == 2 and "layers: ['head', 'relu1', 'relu2'] -> ['head', 'relu1']" in result.output
     )
+
+
+def test_sql_help_lists_every_catalog_macro_with_its_line():
+    from actindex.queries.catalog import macros
+
+    result = invoke("sql", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for macro in macros():
+        assert f"{macro.signature}: {macro.summary}" in text, macro.name
+
+
+def test_sql_runs_the_catalog_and_compares_two_indexes(planted_cli_index):
+    out, _ = planted_cli_index
+    query = "SELECT unit, dominant_label, purity FROM label_selectivity('relu2', k := 3) ORDER BY unit"
+    result = invoke("sql", out, query)
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[1:4] for line in result.output.splitlines() if line.count("│") >= 4]
+    assert [[cell.strip() for cell in row] for row in rows] == [["0", "red", "1"], ["1", "edge", "1"]]
+    drift = "SELECT unit, drift FROM topk_drift('head') ORDER BY unit"
+    result = invoke("sql", out, "--compare", out, drift)
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[1:3] for line in result.output.splitlines() if line.count("│") >= 3]
+    assert [[cell.strip() for cell in row] for row in rows] == [["0", "0"], ["1", "0"]]  # itself: no drift
+    result = invoke("sql", out, drift)
+    assert result.exit_code == 2 and "no second index to compare with" in result.output
+    result = invoke("sql", out, "SELECT * FROM image_units('relu1', 'red/nope.png')")
+    assert result.exit_code == 2 and "red/nope.png is not in this index" in result.output

@@ -95,3 +95,14 @@ def test_a_topk_only_index_has_the_same_topk_and_no_activations(photo_index, ski
         and NO_ACTIVATIONS in failed.output
         and len(failed.output.strip().splitlines()) == 1
     )
+
+
+def test_classifier_units_are_named_by_their_class_and_no_other_unit_is(photo_index):
+    from actindex.jobs.demo import CLASS_UNITS
+
+    _, con = photo_index
+    named = dict(con.sql("SELECT unit, name FROM units WHERE layer = 'classifier'").fetchall())
+    assert len(named) == 1000 and {unit: named[unit] for unit in CLASS_UNITS} == CLASS_UNITS
+    assert con.sql("SELECT count(*), count(name) FROM units WHERE layer = 'blocks.3'").fetchall() == [(80, 0)]
+    best = top_images(con, "classifier", [967], 1).to_pylist()[0]
+    assert (best["name"], Path(best["uri"]).name) == ("espresso", "coffee.png")

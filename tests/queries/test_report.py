@@ -18,7 +18,7 @@ import pytest
 from actindex.jobs.demo import DEMO_LABELS, copy_labelled_demo_photos
 from actindex.jobs.index import run_index
 from actindex.jobs.spec import IndexRequest
-from actindex.queries.db import connect, run_sql_file, top_images
+from actindex.queries.db import connect, top_images
 from actindex.queries.report import BINS, PAGE_SIZE, label_purity, unit_names
 from tests.jobs.test_cli import invoke
 
@@ -171,14 +171,11 @@ def test_histograms_count_every_image_in_the_right_bin(site, labelled_index):
         assert hist["lo"] == pytest.approx(values.min(), rel=1e-5)
 
 
-def test_names_come_from_the_units_view_where_connect_makes_one(labelled_index):
+def test_names_come_from_the_units_view(labelled_index):
     con = connect(labelled_index)
-    assert unit_names(con, "classifier") == {}  # an index without names (no view)
-    con.execute(
-        "CREATE VIEW units AS SELECT * FROM (VALUES ('classifier', 282, 'tiger cat'), "
-        "('classifier', 1, NULL), ('blocks.3', 282, 'other')) AS t(layer, unit, name)"
-    )
-    assert unit_names(con, "classifier") == {282: "tiger cat"}
+    names = unit_names(con, "classifier")
+    assert len(names) == 1000 and names[282] == "tiger cat" and names[967] == "espresso"
+    assert unit_names(con, "blocks.3") == {}
 
 
 def test_purity_is_the_share_of_the_commonest_label_in_the_top_k(labelled_index):
@@ -238,15 +235,17 @@ def site_index(out: Path) -> str:
     return json.loads((out / "report.json").read_text())["index"]
 
 
-def test_unit_282_is_named_tiger_cat_where_the_index_has_names(site, page):
+def test_named_units_show_their_names_and_others_none(site, page):
     out, _ = site
-    con = connect(site_index(out))
-    has_units = run_sql_file(con, "report_has_view", view="units").column("present")[0].as_py()
-    if not has_units:
-        pytest.skip("this branch has no `units` view (unit names) yet; the assertion below waits for it")
-    page.goto(layer_url(out, "classifier") + "#find=282")
-    assert page.inner_text("#unit-282 .unit-name") == "tiger cat"
+    page.goto(layer_url(out, "classifier"))
+    assert page.inner_text("#unit-0 .unit-name") == "tench"  # every classifier unit has its class
+    page.goto(layer_url(out, "classifier") + "#find=tiger cat")
+    assert card_units(page) == [282] and page.inner_text("#unit-282 .unit-name") == "tiger cat"
+    page.goto(layer_url(out, "classifier") + "#find=967")
     assert page.inner_text("#unit-967 .unit-name") == "espresso"
+    page.goto(layer_url(out, "blocks.3"))
+    names = page.locator(".card .unit-name").all_inner_texts()
+    assert len(card_units(page)) == 80 and not any(name.strip() for name in names)  # a conv layer: no names
 
 
 def test_sorting_by_purity_and_by_peak_activation(site, labelled_index, page):
