@@ -390,37 +390,25 @@ def grid(
 
     Each tile shows rank, activation, file name and label; '=N' marks an act that N images share.
     With --mask, each crop shows the unit's map on it (recomputed; class activation maps for logits)."""
-    from actindex.queries.db import index_preprocessing
-    from actindex.queries.grid import render_grid
+    from actindex.queries.db import IncompleteIndexError
+    from actindex.queries.grid import unit_sheet
 
     if not 0 < mask_threshold <= 1:
         raise typer.BadParameter(f"{mask_threshold} is not in (0, 1]", param_hint="--mask-threshold")
-    tops = _unit_tops(index_dir, layer, parse_units(units), k)
-    notes = list(tops.notes)
+    mode = mask.value if mask is not None else None
     try:
-        decode = index_preprocessing(index_dir).decode  # crops are cut from the pixels the index decoded
-        crops = None
-        if mask is not None:
-            crops, mask_notes = _masked(index_dir, tops.rows, tile, mask.value, mask_threshold, trust_code)
-            notes += mask_notes
-        sheet = render_grid(tops.rows, tile=tile, layout=layout.value, decode=decode, crops=crops)
+        sheet = unit_sheet(
+            index_dir, layer, parse_units(units), k, tile, layout.value, mode, mask_threshold, trust_code
+        )
+    except IncompleteIndexError as exc:
+        raise _fail(exc, code=1) from None
     except UserError as exc:
         raise _fail(exc) from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    typer.echo(
-        f"wrote {out} ({sheet.width}x{sheet.height}, {len(set(tops.rows.column('unit').to_pylist()))} units)"
-    )
-    for note in notes:
+    sheet.image.save(out)
+    typer.echo(f"wrote {out} ({sheet.image.width}x{sheet.image.height}, {sheet.units} units)")
+    for note in sheet.notes:
         typer.echo(f"note: {note}")
-
-
-def _masked(index_dir: str, rows, tile: int, mode: str, threshold: float, trust_code: bool):
-    """(masked tiles per (layer, unit), notes about them)."""
-    from actindex.queries.masks import mask_notes, tiles_from_maps, unit_mask_maps
-
-    maps = unit_mask_maps(index_dir, rows, threshold, trust_code)
-    return tiles_from_maps(maps, tile, mode), mask_notes(maps)
 
 
 @app.command()

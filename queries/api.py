@@ -6,7 +6,9 @@
     idx.sql("SELECT unit, max(act) AS peak FROM activations WHERE layer = $layer GROUP BY unit",
             layer="layer4")                          # bound parameters, never formatted in
     idx.top("layer4", 7, k=9)                        # rank, act, label, file and box of each image
-    idx.grid("layer4", [7, 8], k=9)                  # a PIL image: shows inline in Jupyter
+    idx.grid("layer4", [7, 8], k=9, mask="highlight")  # a PIL image: shows inline in Jupyter
+    idx.label_selectivity("fc", k=20).df()           # the analysis catalog, one method per query
+    idx.report("site/", layers="layer4", units="0-99")
 
 Queries answer from the shards that were complete when the index was opened; `refresh()` sees a running
 job's newer shards. Errors are the CLI's: `LookupError` subclasses for unknown layers and units,
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from actindex.queries import catalog
 from actindex.queries.db import arrow_table, connect, run_sql_file, unit_tops
 
 if TYPE_CHECKING:
@@ -134,6 +137,33 @@ class Index:
     def layers(self) -> Result:
         """The layers table: type, channels, feature-map size, receptive field, preprocessing."""
         return Result(run_sql_file(self.con, "layers"))
+
+    def units(self, layer: str | None = None) -> Result:
+        """The units view: every unit of `layer` (or of every layer) and its name, NULL where it has none."""
+        where = "" if layer is None else " WHERE layer = $layer"
+        params = {} if layer is None else {"layer": layer}
+        return self.sql(f"SELECT * FROM units{where} ORDER BY layer, unit", **params)
+
+    # the analysis catalog (queries/catalog/*.sql; in SQL: SELECT * FROM label_selectivity('layer4'))
+
+    def label_selectivity(self, layer: str, k: int | None = None) -> Result:
+        """Per unit: the share of each label among its top-k images, its dominant label and purity."""
+        return Result(catalog.label_selectivity(self.con, layer, k))
+
+    def image_units(self, layer: str, image: str | int, n: int = 10) -> Result:
+        """The n units that `image` (relpath, uri or image_id) excites most, relative to each unit's p99."""
+        return Result(catalog.image_units(self.con, layer, image, n))
+
+    def unit_stats(self, layer: str, k: int | None = None, family: str = "stem") -> Result:
+        """Per unit: quantiles of its per-image maxima, dead or not, and how many image families its top-k
+        holds ('stem', 'folder' or 'label')."""
+        return Result(catalog.unit_stats(self.con, layer, k, family))
+
+    def topk_drift(self, other: str | Path | Index, layer: str, k: int | None = None) -> Result:
+        """Per unit: how its top-k moved between this index and `other` (of the same images: another
+        checkpoint or seed), most changed first."""
+        other = other.location if isinstance(other, Index) else str(other)
+        return Result(catalog.compare_topk(self.location, other, layer, k))
 
     def top(self, layer: str, unit: int, k: int = 9) -> Result:
         """The unit's top-k images (the columns of queries/top_images.sql), exact beyond the topk table's

@@ -102,3 +102,20 @@ def test_grid_masks_and_the_report_from_python(api_index, tmp_path):
         site = idx.report(tmp_path / "site", layers="relu2,head", units=[0, 1], k=3, trust_code=True)
     assert site == tmp_path / "site" / "index.html" and site.is_file()
     assert len(list((tmp_path / "site" / "layers" / "layer=relu2").iterdir())) == 2 * 3
+
+
+def test_the_catalog_and_the_units_as_methods(api_index, planted_cli_index):
+    idx = actindex.open(api_index)
+    pure = {r["unit"]: r for r in idx.label_selectivity("relu1", k=3).to_pylist()}
+    assert (pure[0]["dominant_label"], pure[0]["purity"]) == ("red", 1.0)  # the planted red detector
+    assert idx.image_units("relu1", "red/red0.png", n=1).column("unit").to_pylist() == [0]
+    stats = idx.unit_stats("relu1").to_pylist()
+    peaks = idx.sql("SELECT unit, max(act) AS m FROM activations WHERE layer = 'relu1' GROUP BY unit")
+    assert {r["unit"]: r["max"] for r in stats} == {r["unit"]: r["m"] for r in peaks.to_pylist()}
+    cli_out, _ = planted_cli_index  # the same images and model: nothing moved
+    drift = idx.topk_drift(cli_out, "relu2").to_pylist()
+    assert len(drift) == 2 and all(r["overlap"] == 1.0 and r["drift"] == 0 for r in drift)
+    assert idx.topk_drift(actindex.open(cli_out), "relu2") == idx.topk_drift(str(cli_out), "relu2")
+    units = idx.units("head")
+    assert units.column("unit").to_pylist() == [0, 1] and units.column("name").to_pylist() == [None, None]
+    assert idx.units().num_rows == 2 + 2 + 2
