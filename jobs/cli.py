@@ -42,6 +42,12 @@ IndexDir = Annotated[
 ]
 LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer name as indexed (see the layers table).")]
 KOpt = Annotated[int, typer.Option("--k", "-k", min=1, help="How many top images per unit.")]
+MaskThresholdOpt = Annotated[
+    float, typer.Option(help="Masks: their level, a fraction (0-1] of the unit's top-1 activation.")
+]
+MaskTrustOpt = Annotated[
+    bool, typer.Option(help="Masks: allow loading an index's TorchScript or python: model (runs its code).")
+]
 DecodeOpt = Annotated[
     Decode | None,
     typer.Option(
@@ -378,13 +384,8 @@ def grid(
             "outlined) or heat (colour map). Runs the index's model on the images shown. Default: no mask."
         ),
     ] = None,
-    mask_threshold: Annotated[
-        float,
-        typer.Option(help="With --mask: the mask's level, a fraction (0-1] of the unit's top-1 activation."),
-    ] = DEFAULT_THRESHOLD,
-    trust_code: Annotated[
-        bool, typer.Option(help="With --mask: allow loading an index's TorchScript or python: model.")
-    ] = False,
+    mask_threshold: MaskThresholdOpt = DEFAULT_THRESHOLD,
+    trust_code: MaskTrustOpt = False,
 ) -> None:
     """Draw the receptive-field crops of each unit's top-k images into one PNG sheet.
 
@@ -443,13 +444,8 @@ def report(
             "plain crops (no model run). Masks run the index's model on the images shown."
         ),
     ] = Mask.highlight,
-    mask_threshold: Annotated[
-        float,
-        typer.Option(help="The mask's level, a fraction (0-1] of the unit's top-1 activation."),
-    ] = DEFAULT_THRESHOLD,
-    trust_code: Annotated[
-        bool, typer.Option(help="Masks: allow loading an index's TorchScript or python: model.")
-    ] = False,
+    mask_threshold: MaskThresholdOpt = DEFAULT_THRESHOLD,
+    trust_code: MaskTrustOpt = False,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Threads drawing crops (default: one per CPU).")
     ] = None,

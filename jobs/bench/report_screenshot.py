@@ -3,7 +3,8 @@
     python -m actindex.jobs.bench.report_screenshot --out docs/images/report_layer.png
 
 Indexes scikit-image's photos (in jobs/demo.py's label folders) with the built-in efficientnet_lite0 (one
-process, no Ray), writes `actindex report` of layer blocks.3 (k=9), opens its page in Debian's headless
+process, no Ray), writes `actindex report` of one layer (k=9, activation masks highlighted; `--layer`, by
+default the classifier, whose units are named by their ImageNet classes), opens its page in Debian's headless
 chromium through Playwright (the dev extra), sorted by peak activation, waits for the crops and saves the
 window, reduced to 256 colours to keep the file small. `--work` keeps the index and the site.
 """
@@ -18,8 +19,8 @@ from pathlib import Path
 WINDOW = {"width": 1280, "height": 980}
 
 
-def build_site(work: Path) -> Path:
-    """Index the labelled demo photos into `work`/index and write the report to `work`/site."""
+def build_site(work: Path, layer: str) -> Path:
+    """Index the labelled demo photos into `work`/index and write the report of `layer` to `work`/site."""
     from actindex.jobs.demo import copy_labelled_demo_photos
     from actindex.jobs.index import run_index
     from actindex.jobs.spec import IndexRequest
@@ -31,7 +32,7 @@ def build_site(work: Path) -> Path:
         layers=("blocks.3", "classifier"), k=9, batch_size=8, executor="local", progress=False,
     )  # fmt: skip
     run_index(request)
-    config = ReportConfig(index=request.out, out=work / "site", layers=("blocks.3",), k=9)
+    config = ReportConfig(index=request.out, out=work / "site", layers=(layer,), k=9)  # masks: highlight
     write_report(plan_report(config))
     return work / "site"
 
@@ -61,11 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--work", type=Path, default=None, help="keep the photos, index and site here")
+    parser.add_argument("--layer", default="classifier", help="the layer page: classifier, blocks.3")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temporary:
-        site = build_site(args.work or Path(temporary))
+        site = build_site(args.work or Path(temporary), args.layer)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        screenshot(site / "layers" / "layer=blocks.3.html", args.out)
+        screenshot(site / "layers" / f"layer={args.layer}.html", args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} KB)")
 
 

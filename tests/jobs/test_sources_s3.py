@@ -84,15 +84,18 @@ def grid_tile_is_red(out, tmp_path) -> None:
 
 
 def test_a_report_of_an_s3_index_cuts_its_crops_from_the_objects(s3, tmp_path):
-    """`actindex report` reads an index on S3 through the same connect(), and its crops from S3 objects."""
+    """`actindex report` reads an index on S3 through the same connect(), and its crops (masked: the
+    model reads the images again) from S3 objects."""
     out = f"s3://{BUCKET}/indexes/report/"
     index(f"s3://{BUCKET}/folder/", out)
     site = tmp_path / "site"
-    args = ("--layers", "relu2", "--units", "0", "--k", "3", "--tile", "64", "--no-progress")
+    args = ("--layers", "relu2", "--units", "0", "--k", "3", "--tile", "64", "--no-progress", "--trust-code")
     result = invoke("report", out, "--out", site, *args)
     assert result.exit_code == 0, result.output
     r, g, b = Image.open(site / "layers" / "layer=relu2" / "u00000-1.webp").convert("RGB").getpixel((32, 32))
-    assert r > 150 and g < 60 and b < 60  # the planted red square, as in grid_tile_is_red
+    assert r > 150 and g < 60 and b < 60  # the planted red square, as in grid_tile_is_red: in the mask
+    corner = Image.open(site / "layers" / "layer=relu2" / "u00000-1.webp").convert("L").getpixel((1, 1))
+    assert corner < 128 * 0.5  # the gray background around it (128), outside the mask: dimmed to a third
 
 
 def test_objects_deleted_after_listing_are_error_rows(s3, planted_dataset, monkeypatch, tmp_path):
