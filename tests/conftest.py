@@ -123,8 +123,9 @@ def skimage_photos(tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(items):
-    """The tests on a Ray cluster of several nodes (fixture ray_cluster) run after all others: connecting
-    this process to that cluster ends its local Ray (ray_local), and starting that again costs seconds."""
+    """The tests on a Ray cluster of several nodes (fixture ray_cluster) run after all others (of their
+    worker, under pytest-xdist): connecting this process to that cluster ends its local Ray (ray_local), and
+    starting that again costs seconds."""
     items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))  # stable: else as found
 
 
