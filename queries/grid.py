@@ -21,6 +21,7 @@ queries.masks.masked_tiles, each crop with its unit's activation mask drawn over
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class Layout(str, Enum):
 
 
 LAYOUTS = tuple(item.value for item in Layout)
+DECODED_KEPT = 16  # decoded originals kept for their other crops (a 12-megapixel photo: 36 MB)
 
 
 def unit_list(text: str) -> list[int]:
@@ -163,10 +165,19 @@ def open_crop(row: dict, decode: str = "fast") -> Image.Image | None:
     """The row's box (x0, y0, x1, y1) cut from its original, decoded the index's way; None if the file,
     object, tar member or Parquet row is gone or broken since indexing."""
     try:
-        with Image.open(image_source(path_from_display(row["uri"]))) as img:
-            return as_decoded(img, decode).crop((row["x0"], row["y0"], row["x1"], row["y1"]))
+        return decoded_original(row["uri"], decode).crop((row["x0"], row["y0"], row["x1"], row["y1"]))
     except Exception:  # noqa: BLE001 - gone or broken since indexing: the caller draws a grey tile
         return None
+
+
+@functools.lru_cache(maxsize=DECODED_KEPT)
+def decoded_original(uri: str, decode: str) -> Image.Image:
+    """The original behind `uri`, decoded the index's way and loaded. The last DECODED_KEPT are kept: an
+    image in the top-k of several units of a sheet or a report is decoded once for all of its crops (a
+    sheet and a report clear them first, so that a file changed since is read again)."""
+    with Image.open(image_source(path_from_display(uri))) as img:
+        decoded = as_decoded(img, decode)
+        return decoded.copy() if decoded is img else decoded  # loaded, and alive after the file is closed
 
 
 def fit_crop(crop: Image.Image, tile: int) -> Image.Image:
@@ -229,6 +240,7 @@ def unit_sheet(
     or "heat", queries.masks) drawn over them, or plain with None."""
     from actindex.queries.db import index_preprocessing, unit_tops
 
+    decoded_original.cache_clear()
     tops = unit_tops(index_dir, layer, units, k)
     notes, crops = list(tops.notes), None
     if mask is not None:

@@ -55,7 +55,7 @@ from actindex.pipeline.geometry import ReceptiveField
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.sources import path_from_display
 from actindex.pipeline.upsample import to_original
-from actindex.queries.grid import MISSING, fit_crop, open_crop, place_in_tile
+from actindex.queries.grid import MISSING, decoded_original, fit_crop, open_crop, place_in_tile
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -126,6 +126,7 @@ def masked_tiles(
     """Per (layer, unit) of `rows`, its crops (tile x tile, as queries.grid.crop_tile draws them) with the
     unit's mask drawn over each, in rank order; `mode` is "highlight" or "heat"."""
     _check_mode(mode)  # before the model is loaded
+    decoded_original.cache_clear()  # originals changed since an earlier call are read again
     return tiles_from_maps(unit_mask_maps(index_dir, rows, threshold, trust_code, device), tile, mode)
 
 

@@ -203,9 +203,11 @@ def _check_k(manifest: dict, k: int) -> None:
 def write_report(plan: ReportPlan, advance: Callable[[int], None] = lambda units: None) -> ReportSummary:
     """Draw the crops and write the site; `advance(n)` is called as each n units are drawn."""
     from actindex.queries.db import connect
+    from actindex.queries.grid import decoded_original
 
     started = time.time()
     config = plan.config
+    decoded_original.cache_clear()  # originals changed since an earlier report are read again
     _prepare_folder(config.out)
     con = connect(config.index)
     notes, crops, pages = list(plan.notes), 0, []
