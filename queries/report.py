@@ -118,6 +118,7 @@ class ReportPlan:
     images: tuple[int, int]  # (images, ok images) of the completed shards
     indexed_layers: int  # layers in the index (the report may draw fewer)
     notes: list[str] = field(default_factory=list)  # what was left out and why
+    model: object = None  # with masks: the index's model (queries.masks.index_model), loaded by plan_report
 
     @property
     def units(self) -> int:
@@ -152,7 +153,12 @@ def plan_report(config: ReportConfig) -> ReportPlan:
     _check_k(manifest, config.k)
     images, ok, _ = marker_totals(layout.completed_shards())
     decode = Preprocessing.from_dict(manifest["params"]["preprocessing"]).decode
-    return ReportPlan(config, manifest, layers, decode, (images, ok), len(infos), notes)
+    plan = ReportPlan(config, manifest, layers, decode, (images, ok), len(infos), notes)
+    if config.mask is not Mask.none:  # a model needing --trust-code, weights gone: refused before drawing
+        from actindex.queries.masks import index_model
+
+        plan.model = index_model(manifest["params"], config.trust_code)
+    return plan
 
 
 def select_layers(indexed: list[str], patterns: Sequence[str] | None) -> list[str]:
@@ -297,14 +303,13 @@ def draw_crops(
         tasks = [pool.submit(_draw_plain, chunk, folder, plan) for chunk in _unit_chunks(rows, CHUNK_UNITS)]
         return _collect(tasks, advance), []
     from actindex.pipeline.unit_maps import CamMismatchError
-    from actindex.queries.masks import index_model, mask_notes, unit_mask_maps
+    from actindex.queries.masks import mask_notes, unit_mask_maps
 
     config = plan.config
-    module = index_model(plan.manifest["params"], config.trust_code)
     tasks, notes = [], []
     for chunk in _unit_chunks(rows, MASK_CHUNK_UNITS):
         try:
-            maps = unit_mask_maps(config.index, chunk, config.threshold, config.trust_code, module=module)
+            maps = unit_mask_maps(config.index, chunk, config.threshold, config.trust_code, module=plan.model)
         except CamMismatchError as exc:  # a layer with no map to draw: its crops plain, and the reason
             notes.append(f"crops drawn without masks: {exc}")
             parts = _unit_chunks(chunk, CHUNK_UNITS)

@@ -68,3 +68,15 @@ def test_mask_errors_are_one_line(planted_cli_index, tmp_path):
     assert (
         result.exit_code == 2 and "without --mask" in result.output and len(result.output.splitlines()) == 1
     )
+
+
+def test_a_report_whose_masks_need_trust_is_refused_before_touching_the_last(planted_cli_index, tmp_path):
+    out, _ = planted_cli_index
+    site = tmp_path / "site"
+    args = ("report", out, "--out", site, "--layers", "relu2", "--units", "0", "--k", "1", "--no-progress")
+    assert invoke(*args, "--trust-code").exit_code == 0
+    before = sorted(p.relative_to(site) for p in site.rglob("*"))
+    result = invoke(*args)  # masks load the index's python: model, which runs its code
+    assert result.exit_code == 2 and "--trust-code" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.relative_to(site) for p in site.rglob("*")) == before  # the last report, whole
