@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import actindex
 from actindex.jobs.index import run_index
 from actindex.jobs.lock import (
     LEASE_SECONDS,
@@ -238,6 +239,9 @@ def test_added_and_removed_images_and_the_cli_on_an_s3_index(s3_endpoint, plante
     assert_top_lists_the_red_images_in_order(out)
     sql = invoke("sql", out, "SELECT count(*) AS n, min(uri) AS first FROM images")
     assert sql.exit_code == 0 and "8" in sql.output and f"s3://{BUCKET}/grow/images/" in sql.output
+    idx = actindex.open(out)  # the notebook API reads the store in place too
+    assert idx.top("relu1", 0, k=3).column("relpath").to_pylist() == [f"red/red{i}.png" for i in range(3)]
+    assert idx.label_selectivity("relu1", k=3).to_pylist()[0]["dominant_label"] == "red"
 
 
 @pytest.mark.slow
