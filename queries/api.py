@@ -130,9 +130,11 @@ class Index:
         layers = self.layers().column("layer").to_pylist()
         return f"<actindex index {self.location}: layers {', '.join(layers)}>"
 
-    def sql(self, query: str, **params) -> Result:
-        """Run SQL over the index's views; `$name` placeholders are bound from `params`."""
-        return Result(arrow_table(self.con.sql(query, params=params or None)))
+    def sql(self, query: str, **params) -> Result | None:
+        """Run SQL over the index's views; `$name` placeholders are bound from `params`. A statement DuckDB
+        answers with nothing returns None."""
+        result = self.con.sql(query, params=params or None)
+        return None if result is None else Result(arrow_table(result))
 
     def layers(self) -> Result:
         """The layers table: type, channels, feature-map size, receptive field, preprocessing."""

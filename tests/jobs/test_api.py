@@ -63,6 +63,8 @@ def test_sql_binds_parameters_and_gives_arrow_pandas_and_polars(api_index):
     assert pa.table(result).equals(result.arrow) and result == result.arrow  # the Arrow C stream
     assert "<th>peak</th>" in result._repr_html_() and "2 rows" in repr(result)
     assert idx.layers().column("layer").to_pylist() == ["relu1", "relu2", "head"]
+    idx.sql("CREATE VIEW reds AS SELECT * FROM images WHERE label = 'red'")  # statements run too
+    assert idx.sql("SELECT count(*) AS n FROM reds").to_pylist() == [{"n": 3}]
     assert "relu1, relu2, head" in repr(idx)
 
 
