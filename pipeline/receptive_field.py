@@ -29,6 +29,13 @@ Per spatial axis an annotation is ``(jump, start, end)``: feature position ``i``
 ``start + i * jump ... end + i * jump`` (inclusive); ``start`` may be negative and ``end`` may exceed the
 image where padding is read.
 
+Multi-branch nets (Inception, GoogLeNet, DenseNet, ResNet-D shortcuts): a concatenation or sum takes the
+union of its branches per axis, so height and width may differ (a 1x7 branch next to a 3x1 one). Inception's
+``transform_input`` (a per-channel affine of the image) keeps positions. The boxes match a gradient probe
+exactly for torchvision densenet121, googlenet and inception_v3 and timm's resnet50d, except at the bottom
+and right edge when a valid strided convolution drops the last pixels (inception_v3 on even input sizes):
+padding read further on extends the edge box over pixels nothing reads, a superset like those below.
+
 "Global" layers: when every position depends on the whole image (outputs that are not feature maps such
 as ``(B, C)`` from flatten/linear/global pooling, spatial reductions, squeeze-excitation products) the
 layer is reported with ``is_global=True``, ``size = input size``, ``jump = input size``, ``start = 0``,

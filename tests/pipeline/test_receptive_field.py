@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import doctest
 import functools
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from actindex.pipeline import receptive_field
 from actindex.pipeline.receptive_field import ReceptiveField, boxes, compute_receptive_fields
@@ -81,6 +83,13 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "vgg16": lambda: torchvision.models.vgg16(weights=None),
     "resnet18": lambda: torchvision.models.resnet18(weights=None),
     "resnet50": lambda: torchvision.models.resnet50(weights=None),
+    # multi-branch nets; transform_input as with the pretrained weights (an affine per-channel input map)
+    "densenet121": lambda: torchvision.models.densenet121(weights=None),
+    "googlenet": lambda: torchvision.models.googlenet(weights=None, init_weights=False, transform_input=True),
+    "inception_v3": lambda: torchvision.models.inception_v3(
+        weights=None, init_weights=False, aux_logits=False, transform_input=True
+    ),
+    "resnet50d": lambda: timm.create_model("resnet50d", pretrained=False),
     "tf_efficientnet_lite0": lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
     "dilated_pad_concat": DilatedPadConcat,
 }
@@ -131,6 +140,19 @@ def as_avg_pool(pool: nn.MaxPool2d) -> nn.AvgPool2d:
     return nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
 
 
+class MaxPoolAsAvgPool(TorchFunctionMode):
+    """Functional max pools (inception_v3's Mixed_6a/7a) pass a gradient to one pixel: average instead."""
+
+    def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None):
+        kwargs = kwargs or {}
+        if func is F.max_pool2d:
+            params = inspect.signature(F._max_pool2d).bind(*args, **kwargs).arguments
+            assert params.get("dilation", 1) in (1, (1, 1)) and not params.get("return_indices")
+            kept = {k: v for k, v in params.items() if k in ("kernel_size", "stride", "padding", "ceil_mode")}
+            return F.avg_pool2d(params["input"], **kept)
+        return func(*args, **kwargs)
+
+
 def make_positive(module: nn.Module) -> None:
     # Positive weights on a positive image keep every value positive: functional ReLUs pass gradients,
     # and no gradient cancels to zero. Normalising to averages keeps float64 far from overflow.
@@ -162,7 +184,8 @@ def probe_outputs(probe: nn.Module, layers: Sequence[str], image: torch.Tensor) 
 
     handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
     try:
-        probe(image)
+        with MaxPoolAsAvgPool():
+            probe(image)
     except _Captured:
         pass
     finally:
@@ -206,6 +229,26 @@ PROBE_CASES = [
     ("resnet18", (224, 224), ["relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "fc"], ["layer3"]),
     ("resnet50", (224, 224), ["layer1", "layer3"], ["layer1"]),
     ("resnet50", (448, 448), ["layer2", "layer4"], ["layer4"]),  # 448 px: layer4's 427 px fit in
+    (
+        "densenet121",
+        (64, 64),
+        ["features.pool0", "features.transition2", "features.norm5"],
+        ["features.pool0"],
+    ),
+    (
+        "densenet121",
+        (96, 80),
+        ["features.pool0", "features.transition1", "features.denseblock4"],
+        ["features.pool0"],
+    ),
+    ("googlenet", (64, 64), ["maxpool1", "inception3a", "inception4e", "inception5b"], ["inception3a"]),
+    ("googlenet", (96, 80), ["conv1", "inception4a", "inception5b"], ["conv1"]),
+    # odd sizes: with an even one, Conv2d_1a's valid stride-2 3x3 never reads the last row (see
+    # test_pixels_a_stride_drops_stay_in_edge_boxes)
+    ("inception_v3", (75, 75), ["Conv2d_2b_3x3", "Mixed_5b", "Mixed_6a", "Mixed_7c"], ["Mixed_5b"]),
+    ("inception_v3", (107, 91), ["Conv2d_4a_3x3", "Mixed_6b", "Mixed_7a", "Mixed_7c"], ["Conv2d_4a_3x3"]),
+    ("resnet50d", (64, 64), ["conv1", "layer1", "layer2", "layer4"], ["layer1"]),
+    ("resnet50d", (96, 80), ["maxpool", "layer3", "layer4"], ["maxpool"]),
     ("tf_efficientnet_lite0", (224, 224), ["conv_stem", *EFFICIENTNET_BLOCKS, "classifier"], ["blocks.3"]),
     ("tf_efficientnet_lite0", (231, 231), ["conv_stem", *EFFICIENTNET_BLOCKS, "classifier"], ["blocks.3"]),
     ("dilated_pad_concat", (29, 35), ["dilated", "narrow", "wide", "merge", "pool", "crop"], ["merge"]),
@@ -294,6 +337,46 @@ def test_positions_reading_only_padding_keep_the_extrapolated_box() -> None:
     last = out.shape[-2] - 1
     (grad,) = torch.autograd.grad(out[0, :, last, 0].sum(), image)
     assert not grad.any() and rf.clipped_box(last, 0, *size) == (0, 27, 3, 29)
+
+
+class AsymmetricBranches(nn.Module):
+    """Inception-style block: 1x7 and 3x1 convolutions, a count_include_pad=False average pool, a concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(3, 4, (1, 7), padding=(0, 3))
+        self.tall = nn.Conv2d(3, 4, (3, 1), padding=(1, 0))
+        self.pool = nn.AvgPool2d((3, 1), stride=1, padding=(1, 0), count_include_pad=False)
+        self.low = nn.Conv2d(3, 4, (3, 1))  # unpadded, then padded at the bottom: reaches down only
+        self.block = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = F.pad(self.low(x), (0, 0, 0, 2))
+        return self.block(torch.cat([self.wide(x), self.tall(x), self.pool(x), low], dim=1))
+
+
+def test_concatenated_branches_take_the_union_per_axis() -> None:
+    model = AsymmetricBranches().eval()
+    rfs = strict_receptive_fields(model, ["wide", "tall", "low", "block"], (11, 13))
+    assert rfs["wide"] == ReceptiveField(1, 7, 1, 1, 0, -3, False)
+    assert rfs["tall"] == ReceptiveField(3, 1, 1, 1, -1, 0, False)
+    assert rfs["low"] == ReceptiveField(3, 1, 1, 1, 0, 0, False)
+    # top from the 3x1 branch, bottom from the low one, width from the 1x7 one: not square
+    assert rfs["block"] == ReceptiveField(4, 7, 1, 1, -1, -3, False)
+    probed = probed_boxes(model, ["block"], (11, 13))
+    assert probed == {key: rfs["block"].clipped_box(*key[1:], 11, 13) for key in probed}
+
+
+def test_pixels_a_stride_drops_stay_in_edge_boxes() -> None:
+    # A valid stride-2 3x3 conv on 8 rows reads rows 0-6 only; a padded 3x3 conv after it extrapolates the
+    # last position's box over row 7, which nothing reads (inception_v3 on even sizes: Conv2d_1a_3x3). Boxes
+    # are affine in the position, so this edge box stays a superset; size, jump and start are exact.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.Conv2d(4, 4, 3, padding=1)).eval()
+    rf = strict_receptive_fields(model, ["1"], (8, 8))["1"]
+    assert rf == ReceptiveField(7, 7, 2, 2, -2, -2, False)
+    probed = probed_boxes(model, ["1"], (8, 8))
+    assert probed["1", 1, 1] == rf.clipped_box(1, 1, 8, 8) == (0, 0, 7, 7)  # the centre: exact
+    assert probed["1", 2, 2] == (2, 2, 7, 7) and rf.clipped_box(2, 2, 8, 8) == (2, 2, 8, 8)
 
 
 @pytest.mark.parametrize(
