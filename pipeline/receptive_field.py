@@ -33,8 +33,9 @@ Multi-branch nets (Inception, GoogLeNet, DenseNet, ResNet-D shortcuts): a concat
 union of its branches per axis, so height and width may differ (a 1x7 branch next to a 3x1 one). Inception's
 ``transform_input`` (a per-channel affine of the image) keeps positions. The boxes match a gradient probe
 exactly for torchvision densenet121, googlenet and inception_v3 and timm's resnet50d, except at the bottom
-and right edge when a valid strided convolution drops the last pixels (inception_v3 on even input sizes):
-padding read further on extends the edge box over pixels nothing reads, a superset like those below.
+and right edge when a valid strided convolution or pool drops the last pixels (inception_v3's stem at
+e.g. 76, 78-81 px; 75, 77, 83 and 85 are exact): padding read further on extends the edge box over pixels
+nothing reads, a superset like those below.
 
 "Global" layers: when every position depends on the whole image (outputs that are not feature maps such
 as ``(B, C)`` from flatten/linear/global pooling, spatial reductions, squeeze-excitation products) the

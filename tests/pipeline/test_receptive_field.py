@@ -243,8 +243,8 @@ PROBE_CASES = [
     ),
     ("googlenet", (64, 64), ["maxpool1", "inception3a", "inception4e", "inception5b"], ["inception3a"]),
     ("googlenet", (96, 80), ["conv1", "inception4a", "inception5b"], ["conv1"]),
-    # odd sizes: with an even one, Conv2d_1a's valid stride-2 3x3 never reads the last row (see
-    # test_pixels_a_stride_drops_stay_in_edge_boxes)
+    # sizes at which every valid stride-2 stage reads the last row and column: at e.g. 76 or 79 the stem
+    # drops some, which edge boxes still cover (see test_pixels_a_stride_drops_stay_in_edge_boxes)
     ("inception_v3", (75, 75), ["Conv2d_2b_3x3", "Mixed_5b", "Mixed_6a", "Mixed_7c"], ["Mixed_5b"]),
     ("inception_v3", (107, 91), ["Conv2d_4a_3x3", "Mixed_6b", "Mixed_7a", "Mixed_7c"], ["Conv2d_4a_3x3"]),
     ("resnet50d", (64, 64), ["conv1", "layer1", "layer2", "layer4"], ["layer1"]),
