@@ -723,7 +723,7 @@ def demo(
     ] = Executor.ray,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Index scikit-image's photos with the built-in EfficientNet-Lite0 and draw top-image grids."""
+    """Index scikit-image's photos with the built-in EfficientNet-Lite0; draw top-image grids and a report."""
     from actindex.jobs.demo import run_demo
 
     try:

@@ -1,6 +1,6 @@
 """`actindex demo`: the built-in EfficientNet-Lite0 over scikit-image's photos, then grids.
 
-    run_demo(Path("actindex-demo"))   # photos/, index/, grid_classes.png, grid_blocks.png
+    run_demo(Path("actindex-demo"))   # photos/, index/, grid_classes.png, grid_blocks.png, report/
 
 The classifier's logits are a layer like any other: unit 967 is "espresso", 282 "tiger cat",
 872 "tripod"; their top images should be coffee.png, chelsea.png and camera.png.
@@ -59,6 +59,15 @@ def copy_labelled_demo_photos(folder: Path) -> list[Path]:
     return copied
 
 
+def _report(index: str, out: Path) -> Path:
+    """The report of the class units and of blocks.3's first 8 units, masks highlighted: its index.html."""
+    from actindex.queries.report import ReportConfig, plan_report, write_report
+
+    units = (*CLASS_UNITS, *range(8))  # blocks.3 has 80 units: it draws 0-7
+    summary = write_report(plan_report(ReportConfig(index=index, out=out, units=units, k=9)))
+    return summary.out / "index.html"
+
+
 def run_demo(out: Path, executor: str = "ray", progress: bool = True, echo: Callable[[str], None] = print):
     from actindex.jobs.index import run_index
     from actindex.jobs.spec import IndexRequest
@@ -88,6 +97,8 @@ def run_demo(out: Path, executor: str = "ray", progress: bool = True, echo: Call
         best = classes.filter(classes.column("unit").to_numpy() == unit).to_pylist()[0]
         name = best["name"]  # the unit's class, from the index's units table (CLASS_UNITS says the same)
         echo(f"classifier unit {unit} ({name}): top image {Path(best['uri']).name} (logit {best['act']:.2f})")
+    site = _report(request.out, out / "report")
     echo(f"grids: {out / 'grid_classes.png'}, {out / 'grid_blocks.png'}; index: {request.out}")
+    echo(f"report: {site.resolve().as_uri()} (open it in a browser)")
     echo(f'try: actindex sql {request.out} "SELECT layer, count(*) FROM activations GROUP BY 1"')
     return summary

@@ -140,6 +140,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     assert "classifier unit 967 (espresso): top image coffee.png" in result.output
     assert Image.open(tmp_path / "demo" / "grid_classes.png").width > 400
+    data = (tmp_path / "demo" / "report" / "layers" / "layer=classifier.js").read_text()
+    assert '"unit":967,"name":"espresso"' in data and "report/index.html" in result.output
 
 
 def test_help_is_fast_and_imports_no_torch_or_ray():
