@@ -364,8 +364,16 @@ def test_restores_training_flags_and_removes_hooks_when_the_trace_fails() -> Non
     assert not any(module._forward_hooks for module in model.modules())
 
 
-def test_squeeze_excitation_makes_positions_global_without_warning() -> None:
+def test_squeeze_excitation_gate_is_a_constant_marked_as_global_context() -> None:
     rfs = strict_receptive_fields(SqueezeExcite(), ["conv", "gate", "scaled"], (16, 16))
+    assert rfs["gate"].is_global and not rfs["conv"].global_context
+    assert rfs["scaled"] == ReceptiveField(3, 3, 1, 1, -1, -1, False, global_context=True)
+
+
+def test_strict_gates_make_positions_global_without_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rfs = compute_receptive_fields(SqueezeExcite(), ["conv", "gate", "scaled"], (16, 16), gates="strict")
     assert not rfs["conv"].is_global and rfs["gate"].is_global and rfs["scaled"].is_global
 
 
