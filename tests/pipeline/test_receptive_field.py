@@ -83,6 +83,14 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: torchvision.models.resnet50(weights=None),
     "tf_efficientnet_lite0": lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
     "dilated_pad_concat": DilatedPadConcat,
+    # squeeze-excitation gates (torchvision SqueezeExcitation)
+    "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(weights=None),
+    "mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(weights=None),
+    "regnet_y_400mf": lambda: torchvision.models.regnet_y_400mf(weights=None),
+    # channels-last LayerNorm and Linear between permutes; timm's atto with 1x1 convs, then with Linear layers
+    "convnext_tiny": lambda: torchvision.models.convnext_tiny(weights=None),
+    "convnext_atto": lambda: timm.create_model("convnext_atto", pretrained=False),
+    "convnext_atto_linear": lambda: timm.create_model("convnext_atto", pretrained=False, conv_mlp=False),
 }
 
 
@@ -110,8 +118,9 @@ ACTIVATIONS = tuple(
 )
 
 
-def linearised(model: nn.Module) -> nn.Module:
-    """Copy in which every feature position's gradient support is its exact dependency set."""
+def linearised(model: nn.Module, detach_gates: bool = True) -> nn.Module:
+    """Copy in which every feature position's gradient support is its exact dependency set; with
+    `detach_gates`, squeeze-excitation gates are constants (the tracer's gates="constant")."""
     probe = copy.deepcopy(model).eval().double().requires_grad_(False)
     for parent in list(probe.modules()):
         for name, child in parent.named_children():
@@ -119,11 +128,33 @@ def linearised(model: nn.Module) -> nn.Module:
                 setattr(parent, name, nn.Identity())
             elif isinstance(child, nn.MaxPool2d):
                 setattr(parent, name, as_avg_pool(child))
+            elif isinstance(child, nn.LayerNorm):  # normalises over channels only (LayerNorm2d included)
+                setattr(parent, name, ChannelsFirstIdentity(child))
+        if isinstance(parent, torchvision.ops.SqueezeExcitation):  # forward: `self._scale(input) * input`
+            parent._scale = functools.partial(bounded_gate, parent._scale, detach_gates)
     for module in probe.modules():
         # Lazily, on each call (repeats keep weights positive): the probe stops after the last probed layer,
         # and making VGG's unused 120M-weight head positive would cost seconds.
         module.register_forward_pre_hook(lambda module, args: make_positive(module))
     return probe
+
+
+def bounded_gate(scale: Callable, detach: bool, x: torch.Tensor) -> torch.Tensor:
+    # Linearised, a gate grows like its input and their product squares: divided by its (constant) maximum
+    # it stays in (0, 1] and float64 does not overflow after a dozen gates.
+    gate = scale(x)
+    gate = gate / gate.detach().amax()
+    return gate.detach() if detach else gate
+
+
+class ChannelsFirstIdentity(nn.Module):
+    """Identity standing in for a LayerNorm: the dependency set of each position is unchanged."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 def as_avg_pool(pool: nn.MaxPool2d) -> nn.AvgPool2d:
@@ -185,9 +216,11 @@ def probe_positions(output: torch.Tensor) -> list[tuple[int, int]]:
     return list(dict.fromkeys(candidates))  # corners check offsets, centre the size, the last asymmetry
 
 
-def probed_boxes(model: nn.Module, layers: Sequence[str], size: tuple[int, int]) -> dict[tuple, tuple]:
+def probed_boxes(
+    model: nn.Module, layers: Sequence[str], size: tuple[int, int], detach_gates: bool = True
+) -> dict[tuple, tuple]:
     image = torch.ones(1, 3, *size, dtype=torch.float64, requires_grad=True)
-    outputs = probe_outputs(linearised(model), layers, image)
+    outputs = probe_outputs(linearised(model, detach_gates), layers, image)
     found = {}
     for layer in layers:
         for y, x in probe_positions(outputs[layer]):
@@ -209,6 +242,25 @@ PROBE_CASES = [
     ("tf_efficientnet_lite0", (224, 224), ["conv_stem", *EFFICIENTNET_BLOCKS, "classifier"], ["blocks.3"]),
     ("tf_efficientnet_lite0", (231, 231), ["conv_stem", *EFFICIENTNET_BLOCKS, "classifier"], ["blocks.3"]),
     ("dilated_pad_concat", (29, 35), ["dilated", "narrow", "wide", "merge", "pool", "crop"], ["merge"]),
+    # squeeze-excitation nets: gates are constants (probe: gates detached)
+    ("efficientnet_b0", (64, 64), ["features.2", "features.4", "features.8"], ["features.2"]),
+    ("efficientnet_b0", (96, 77), ["features.1", "features.3", "features.8"], ["features.1"]),
+    ("mobilenet_v3_large", (64, 64), ["features.2", "features.7", "features.16"], ["features.2"]),
+    ("mobilenet_v3_large", (96, 77), ["features.4", "features.12", "features.16"], ["features.4"]),
+    ("regnet_y_400mf", (64, 64), ["stem", "trunk_output.block1", "trunk_output.block4"], ["stem"]),
+    (
+        "regnet_y_400mf",
+        (96, 77),
+        ["trunk_output.block1", "trunk_output.block2", "trunk_output.block4"],
+        ["trunk_output.block1"],
+    ),
+    # ConvNeXt: NHWC permutes, channels-last LayerNorm, Linear on NHWC maps
+    ("convnext_tiny", (64, 64), ["features.0", "features.1", "features.3", "features.7"], ["features.0"]),
+    ("convnext_tiny", (96, 128), ["features.1.0.block", "features.2", "features.7"], ["features.2"]),
+    ("convnext_atto", (64, 64), ["stem", "stages.0", "stages.1", "stages.3"], ["stem"]),
+    ("convnext_atto", (96, 128), ["stages.0.blocks.1", "stages.1", "stages.3"], ["stages.0.blocks.1"]),
+    ("convnext_atto_linear", (64, 64), ["stages.0.blocks.1", "stages.1", "stages.3"], ["stages.0.blocks.1"]),
+    ("convnext_atto_linear", (96, 128), ["stem", "stages.0.blocks.0", "stages.2", "stages.3"], ["stem"]),
 ]
 
 
@@ -239,6 +291,30 @@ def test_boxes_match_gradient_probe(
     assert probed == expected
     for layer in unclipped:  # some position must see its whole field, so the size itself is probed
         assert any(rfs[layer].box(y, x) == box for (name, y, x), box in probed.items() if name == layer)
+
+
+GATED_CASES = [
+    # model, input (H, W), layers (the first after a gate, the deepest spatial one), a layer before any gate
+    ("efficientnet_b0", (64, 64), ["features.1", "features.8"], "features.0"),
+    ("mobilenet_v3_large", (64, 64), ["features.4", "features.16"], "features.3"),
+    ("regnet_y_400mf", (64, 64), ["trunk_output.block1", "trunk_output.block4"], "stem"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name, size, layers, before", GATED_CASES, ids=[c[0] for c in GATED_CASES])
+def test_strict_gates_match_gradient_probe(model_name: str, size: tuple, layers: list, before: str) -> None:
+    # Through live gates every position depends on every pixel: strict boxes are the whole image.
+    model = get_model(model_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        strict = compute_receptive_fields(model, [before, *layers], size, gates="strict")
+    constant = strict_receptive_fields(model, [before, *layers], size)
+    probed = probed_boxes(model, layers, size, detach_gates=False)
+    assert probed == {(layer, y, x): strict[layer].clipped_box(y, x, *size) for layer, y, x in probed}
+    assert all(strict[layer].is_global and not strict[layer].global_context for layer in layers)
+    assert all(constant[layer].global_context and not constant[layer].is_global for layer in layers)
+    assert strict[before] == constant[before] and not constant[before].global_context
 
 
 # --- analytic values ------------------------------------------------------------------------------
