@@ -522,11 +522,9 @@ def _reshape(call: _Call) -> _Annotation:
     found_y = [d for d in _same_dims(shape_in, shape_out, y) if found_x and d < found_x[-1]]
     if found_y:
         return dataclasses.replace(rf, dims=(found_y[-1], found_x[-1]))
-    if x == y + 1:  # rows, columns (and batch before them) folded into one dim: the rows of a matmul
-        inner = _prod(shape_in[x + 1 :])
-        for d, size in enumerate(shape_out):
-            if _prod(shape_out[d + 1 :]) == inner and size % (shape_in[y] * shape_in[x]) == 0:
-                return dataclasses.replace(rf, dims=(d, d), merged=(shape_in[y], shape_in[x]))
+    # (B, H, W, C) -> (B*H*W, C): positions folded with the batch into the rows of a matmul (a Linear)
+    if x == y + 1 and len(shape_out) == 2 and shape_out[1] == _prod(shape_in[x + 1 :]):
+        return dataclasses.replace(rf, dims=(0, 0), merged=(shape_in[y], shape_in[x]))
     return _unknown(call)
 
 

@@ -144,6 +144,8 @@ TABLES = {"images": IMAGES, "layers": LAYERS, "activations": ACTIVATIONS, "topk"
 # activations/ and topk/ hold one directory per layer, `layer=<name>` (hive partitioning): their files
 # have every column but `layer`, which readers take from the directory name.
 PARTITIONED = ("activations", "topk")
+# columns added after the first indexes: the files of an older index lack them, and readers see this value
+ADDED_COLUMNS = {"layers": {"rf_global_context": False}}
 
 
 # what the docs say of a table beyond its columns (besides the partitioned ones)

@@ -165,6 +165,7 @@ def probed_field(layer: str, size: int) -> tuple[int, int, int]:
     return fields[0]
 
 
+@pytest.mark.slow
 def test_squeeze_excite_boxes_are_the_probed_field_in_original_pixels(se_photo_index):
     con = se_photo_index
     size, jump, start = probed_field("features.6", 448)

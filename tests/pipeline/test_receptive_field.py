@@ -492,3 +492,33 @@ def test_transposed_convolution_raises_only_for_layers_after_it() -> None:
 def test_module_docstring_example_runs() -> None:
     result = doctest.testmod(receptive_field, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+class ChannelsLast(nn.Module):
+    """A ConvNeXt-style block tail: NHWC permute, LayerNorm, Linear, permute back; then `tail`."""
+
+    def __init__(self, tail: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.norm, self.linear = nn.LayerNorm(4), nn.Linear(4, 6)
+        self.mixed, self.tail = nn.Identity(), tail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(self.norm(self.conv(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2).contiguous()
+        return self.mixed(self.tail(x))
+
+
+def test_channels_last_layer_norm_and_linear_keep_positions() -> None:
+    rfs = strict_receptive_fields(ChannelsLast(), ["conv", "mixed"], (17, 13))
+    assert rfs["mixed"] == rfs["conv"] == ReceptiveField(3, 3, 2, 2, -1, -1, False)
+
+
+@pytest.mark.parametrize(
+    "tail, op",
+    [(lambda x: x.transpose(2, 3), "transpose"), (lambda x: x.flatten(2).unsqueeze(-1), "view")],
+    ids=["rows-and-columns-swapped", "positions-flattened"],
+)
+def test_layout_ops_that_mix_spatial_axes_are_global_with_warning(tail: Callable, op: str) -> None:
+    with pytest.warns(RuntimeWarning, match=op):
+        rfs = compute_receptive_fields(ChannelsLast(tail), ["conv", "mixed"], (16, 16))
+    assert not rfs["conv"].is_global and rfs["mixed"].is_global
