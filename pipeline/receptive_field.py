@@ -29,8 +29,26 @@ Per spatial axis an annotation is ``(jump, start, end)``: feature position ``i``
 ``start + i * jump ... end + i * jump`` (inclusive); ``start`` may be negative and ``end`` may exceed the
 image where padding is read.
 
+Each annotation also records which tensor dims hold the image's rows and columns, so layout ops keep the
+mapping: permute/transpose moving channels (NHWC), reshapes moving or merging channels, batch and positions
+folded into the rows of a matmul and back (a Linear on an NHWC map), channels-last LayerNorm, contiguous.
+
+Gates: a squeeze-excitation gate, a (B, C, 1, 1) tensor from a global reduction over the spatial axes
+(mean, sum, adaptive pooling), possibly through 1x1 convs and activations, multiplied into a feature map,
+is recognised by that shape and origin (not by module names). With ``gates="constant"`` (the default) the
+product keeps the feature map's receptive field and the layer gets ``global_context=True``: the gate scales
+channels but moves no spatial evidence, so boxes follow the spatial path, as effective-receptive-field
+analyses do. ``gates="strict"`` makes such products global::
+
+    >>> m = torchvision.models.efficientnet_b0(weights=None)
+    >>> [(rf.size_y, rf.is_global, rf.global_context)
+    ...  for rf in compute_receptive_fields(m, ["features.3"], (224, 224)).values()]
+    [(67, False, True)]
+    >>> compute_receptive_fields(m, ["features.3"], (224, 224), gates="strict")["features.3"].is_global
+    True
+
 "Global" layers: when every position depends on the whole image (outputs that are not feature maps such
-as ``(B, C)`` from flatten/linear/global pooling, spatial reductions, squeeze-excitation products) the
+as ``(B, C)`` from flatten/linear/global pooling, spatial reductions, strict gate products) the
 layer is reported with ``is_global=True``, ``size = input size``, ``jump = input size``, ``start = 0``,
 and ``box`` / ``boxes`` return the whole image for every position.
 
@@ -39,8 +57,9 @@ extrapolations, so a position whose window reads only padding (e.g. the last row
 a large bottom pad) still gets a box that may overlap the image although it depends on no pixel, and with
 dilation a border position may skip the image pixels nearest the border (a dilation hole) although its
 clipped box includes them. Transposed convolutions raise ``NotImplementedError`` (only when a requested
-layer depends on one); ops the tracer does not understand (interpolation, group norm, NHWC permutes, ...)
-make their output global and a ``RuntimeWarning`` names the op. A module called several times reports
+layer depends on one); ops the tracer does not understand (interpolation, group norm, a permute swapping
+rows and columns, positions flattened into one dim outside a matmul, ...) make their output global and a
+``RuntimeWarning`` names the op. A module called several times reports
 its first call, like the recorder (whose forward stops once every chosen layer has been seen).
 """
 
