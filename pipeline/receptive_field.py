@@ -372,7 +372,7 @@ def _propagate(
     return _merge_nonlocal(nonlocal_inputs, gate)
 
 
-_GATE_OPS = (aten.mul,)
+_GATE_OPS = (aten.mul, aten.mul_)
 
 
 def _gated(call: _Call) -> _Annotation | None:

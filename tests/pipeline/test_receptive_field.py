@@ -87,6 +87,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(weights=None),
     "mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(weights=None),
     "regnet_y_400mf": lambda: torchvision.models.regnet_y_400mf(weights=None),
+    "timm_mobilenetv3_small_050": lambda: timm.create_model("mobilenetv3_small_050", pretrained=False),
     # channels-last LayerNorm and Linear between permutes; timm's atto with 1x1 convs, then with Linear layers
     "convnext_tiny": lambda: torchvision.models.convnext_tiny(weights=None),
     "convnext_atto": lambda: timm.create_model("convnext_atto", pretrained=False),
@@ -132,6 +133,8 @@ def linearised(model: nn.Module, detach_gates: bool = True) -> nn.Module:
                 setattr(parent, name, ChannelsFirstIdentity(child))
         if isinstance(parent, torchvision.ops.SqueezeExcitation):  # forward: `self._scale(input) * input`
             parent._scale = functools.partial(bounded_gate, parent._scale, detach_gates)
+        elif isinstance(parent, timm.models._efficientnet_blocks.SqueezeExcite):  # `x * self.gate(x_se)`
+            parent.gate = BoundedGate(parent.gate, detach_gates)
     for module in probe.modules():
         # Lazily, on each call (repeats keep weights positive): the probe stops after the last probed layer,
         # and making VGG's unused 120M-weight head positive would cost seconds.
@@ -145,6 +148,15 @@ def bounded_gate(scale: Callable, detach: bool, x: torch.Tensor) -> torch.Tensor
     gate = scale(x)
     gate = gate / gate.detach().amax()
     return gate.detach() if detach else gate
+
+
+class BoundedGate(nn.Module):
+    def __init__(self, gate: nn.Module, detach: bool) -> None:
+        super().__init__()
+        self.gate, self.detach = gate, detach
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bounded_gate(self.gate, self.detach, x)
 
 
 class ChannelsFirstIdentity(nn.Module):
@@ -254,6 +266,8 @@ PROBE_CASES = [
         ["trunk_output.block1", "trunk_output.block2", "trunk_output.block4"],
         ["trunk_output.block1"],
     ),
+    ("timm_mobilenetv3_small_050", (64, 64), ["blocks.0", "blocks.2", "blocks.5"], ["blocks.0"]),
+    ("timm_mobilenetv3_small_050", (96, 77), ["blocks.1", "blocks.3", "blocks.5"], ["blocks.1"]),
     # ConvNeXt: NHWC permutes, channels-last LayerNorm, Linear on NHWC maps
     ("convnext_tiny", (64, 64), ["features.0", "features.1", "features.3", "features.7"], ["features.0"]),
     ("convnext_tiny", (96, 128), ["features.1.0.block", "features.2", "features.7"], ["features.2"]),
@@ -298,6 +312,7 @@ GATED_CASES = [
     ("efficientnet_b0", (64, 64), ["features.1", "features.8"], "features.0"),
     ("mobilenet_v3_large", (64, 64), ["features.4", "features.16"], "features.3"),
     ("regnet_y_400mf", (64, 64), ["trunk_output.block1", "trunk_output.block4"], "stem"),
+    ("timm_mobilenetv3_small_050", (64, 64), ["blocks.0", "blocks.5"], "conv_stem"),
 ]
 
 
