@@ -308,6 +308,8 @@ def _to_receptive_field(
             stacklevel=3,
         )
     annotation = calls[0]
+    if isinstance(annotation, _Local) and annotation.merged:  # (B*H*W, C) rows: no (y, x) to give boxes for
+        annotation = _Global("its output holds the positions folded into one dim (the rows of a matmul)")
     if annotation is None:
         raise ValueError(f"output of layer {name!r} does not depend on the model input")
     if isinstance(annotation, _Unsupported):
@@ -320,8 +322,6 @@ def _to_receptive_field(
                 stacklevel=3,
             )
         return ReceptiveField(height, width, height, width, 0, 0, is_global=True)
-    if annotation.merged:
-        raise NotImplementedError(f"layer {name!r} returns its positions folded into one dim (matmul rows)")
     y, x = annotation.y, annotation.x
     size_y, size_x = y.end - y.start + 1, x.end - x.start + 1
     return ReceptiveField(size_y, size_x, y.jump, x.jump, y.start, x.start, False, annotation.context)
@@ -607,7 +607,7 @@ def _transpose(call: _Call) -> _Annotation:
 def _along_dim(call: _Call) -> _Annotation:
     # split / unbind / select along channels or batch leave positions untouched.
     rf, dim = call.main(), call.params["dim"] % call.params["self"].dim()
-    if not isinstance(rf, _Local) or rf.merged or call.spatial_axis(dim) is not None:
+    if not isinstance(rf, _Local) or call.spatial_axis(dim) is not None:  # matmul rows: dim 0 is spatial
         return _unknown(call)
     if call.func.overloadpacket in (aten.select, aten.unbind):  # the dim is dropped
         return _without_dims(rf, [dim])

@@ -537,3 +537,25 @@ def test_layout_ops_that_mix_spatial_axes_are_global_with_warning(tail: Callable
     with pytest.warns(RuntimeWarning, match=op):
         rfs = compute_receptive_fields(ChannelsLast(tail), ["conv", "mixed"], (16, 16))
     assert not rfs["conv"].is_global and rfs["mixed"].is_global
+
+
+class LinearOnRows(nn.Module):
+    """An explicit (B*H*W, C) Linear, split in two along channels, folded back to (B, C, H, W)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.linear, self.rows = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 8), nn.Identity()
+        self.unfolded = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        rows = self.rows(self.linear(self.conv(x).permute(0, 2, 3, 1).reshape(b * h * w, 4)))
+        gated = rows[:, :4] * torch.sigmoid(rows[:, 4:])
+        return self.unfolded(gated.view(b, h, w, 4).permute(0, 3, 1, 2))
+
+
+def test_positions_folded_into_matmul_rows_are_followed_back() -> None:
+    with pytest.warns(RuntimeWarning, match="rows of a matmul"):
+        rfs = compute_receptive_fields(LinearOnRows(), ["rows", "unfolded"], (9, 11))
+    assert rfs["rows"].is_global  # (B*H*W, C): no feature map to give boxes for
+    assert rfs["unfolded"] == ReceptiveField(3, 3, 1, 1, -1, -1, False)
