@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from actindex.jobs.spec import Device, Executor, Precision, Store
+from actindex.jobs.spec import Device, Executor, Precision, RfGates, Store
 from actindex.pipeline.decode import DEFAULT_MAX_PIXELS
 from actindex.pipeline.errors import InvalidInputError, UserError
 from actindex.pipeline.preprocess import Decode, Interpolation
@@ -53,6 +53,15 @@ DecodeOpt = Annotated[
     typer.Option(
         help="fast (default): EXIF orientation applied, large JPEGs decoded at reduced scale; torchvision: "
         "exactly torchvision's pixels (full decode, EXIF ignored; CPU decoding only)."
+    ),
+]
+
+RfGatesOpt = Annotated[
+    RfGates,
+    typer.Option(
+        help="Receptive fields through squeeze-excitation gates: constant (default) treats the gates as "
+        "constants, so boxes follow the spatial path (rf_global_context marks those layers); strict makes "
+        "every position after a gate see the whole image."
     ),
 ]
 
@@ -163,6 +172,7 @@ def index(
     store: Annotated[
         Store, typer.Option(help="dense: every image x unit in activations; topk: only the top-k table.")
     ] = Store.dense,
+    rf_gates: RfGatesOpt = RfGates.constant,
     progress: Annotated[
         bool, typer.Option(help="Show a progress bar; with no terminal (batch logs), progress lines.")
     ] = True,
@@ -222,6 +232,7 @@ def index(
             compile=compile,
             device_decode=device_decode,
             store=store,
+            rf_gates=rf_gates,
             progress=progress,
             progress_every=progress_every,
             resize=resize,
@@ -293,8 +304,10 @@ def layers(
         int | None, typer.Option(help="Model input side in pixels (default: the model's crop).")
     ] = None,
     trust_code: Annotated[bool, typer.Option(help="Allow TorchScript files and python: specs.")] = False,
+    rf_gates: RfGatesOpt = RfGates.constant,
 ) -> None:
-    """List every named layer: type, channels, output size, receptive field size and stride."""
+    """List every named layer: type, channels, output size, receptive field size and stride; "context"
+    marks layers scaled by squeeze-excitation gates (their boxes treat the gates as constants)."""
     from rich.table import Table
 
     from actindex.pipeline.layers import describe_all
@@ -303,20 +316,21 @@ def layers(
     try:
         loaded = load_model(model, weights, trust_code)
         size = input_size or loaded.preprocessing.crop
-        rows = describe_all(loaded.module, pattern, (size, size))
+        rows = describe_all(loaded.module, pattern, (size, size), rf_gates.value)
     except UserError as exc:
         raise _fail(exc) from None
     table = Table(title=f"{model}: layers at input {size}x{size}")
-    for column in ("layer", "type", "channels", "output", "rf size", "rf jump", "rf start"):
+    for column in ("layer", "type", "channels", "output", "rf size", "rf jump", "rf start", "context"):
         table.add_column(column, justify="left" if column in ("layer", "type") else "right")
     for info, rf in rows:
         output = f"{info.height}x{info.width}" if rf is None or not rf.is_global else "global"
         if rf is None:
-            table.add_row(info.name, info.type, str(info.channels), output, "-", "-", "-")
+            table.add_row(info.name, info.type, str(info.channels), output, "-", "-", "-", "-")
         else:
             table.add_row(
                 info.name, info.type, str(info.channels), output,
                 f"{rf.size_y}x{rf.size_x}", f"{rf.jump_y}x{rf.jump_x}", f"{rf.start_y},{rf.start_x}",
+                "global" if rf.global_context else "-",
             )  # fmt: skip
     _console().print(table)
 

@@ -39,6 +39,7 @@ from actindex.jobs.spec import (
     EXECUTION_PARAMS,
     Device,
     IndexRequest,
+    RfGates,
     RunSpec,
     differences,
     pinned_differences,
@@ -228,7 +229,7 @@ def _check_pinned(layout: IndexLayout, pinned: dict, overwrite: bool) -> None:
     existing = layout.read_manifest()
     if existing is None or overwrite:
         return
-    changed = pinned_differences(existing["params"], pinned)
+    changed = pinned_differences(_with_defaults(existing)["params"], pinned)
     if changed:
         raise _mismatch(layout, changed)
 
@@ -250,10 +251,12 @@ def _check_index(layout: IndexLayout, params: dict, overwrite: bool) -> dict | N
 
 def _with_defaults(manifest: dict) -> dict:
     """The manifest with the params an index written before they existed implied: such an index decoded
-    the "fast" way (its preprocessing has no "decode")."""
+    the "fast" way (its preprocessing has no "decode"), and resumes with the default --rf-gates (it keeps
+    the boxes its layers table holds: geometry is read back, not traced again)."""
     params = manifest["params"]
     preprocessing = {"decode": "fast", **params["preprocessing"]}
-    return {**manifest, "params": {**params, "preprocessing": preprocessing}}
+    params = {"rf_gates": RfGates.constant.value, **params, "preprocessing": preprocessing}
+    return {**manifest, "params": params}
 
 
 def _refuse_or_clear(layout: IndexLayout, old: dict, new: dict, overwrite: bool, keys=None) -> None:
@@ -400,6 +403,7 @@ def layers_table(spec: RunSpec, infos: dict[str, LayerInfo], rfs: dict[str, Rece
                 "rf_start_y": rf.start_y,
                 "rf_start_x": rf.start_x,
                 "rf_global": rf.is_global,
+                "rf_global_context": rf.global_context,
                 **spec.preprocessing.to_dict(),
             }
         )

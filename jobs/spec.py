@@ -45,6 +45,13 @@ class Precision(str, Enum):
     fp32 = "fp32"
 
 
+class RfGates(str, Enum):
+    """How receptive fields treat channel gates computed from a global pool (squeeze-excitation)."""
+
+    constant = "constant"  # gates are constants: boxes follow the spatial path (rf_global_context marks them)
+    strict = "strict"  # every position after a gate sees the whole image
+
+
 class Store(str, Enum):
     """What the index keeps."""
 
@@ -76,6 +83,7 @@ class RunSpec:
     batch_size: int  # images per forward pass; batches never cross a shard
     compile: bool  # torch.compile the forward and reductions
     columns: dict | None = None  # Parquet columns chosen (pipeline.containers.Columns); None: defaults
+    rf_gates: str = "constant"  # "constant" or "strict" (RfGates): receptive fields through SE gates
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -93,8 +101,9 @@ class RunSpec:
 
     @classmethod
     def from_params(cls, params: dict) -> RunSpec:
-        values = {f.name: params[f.name] for f in dataclasses.fields(cls) if f.name != "columns"}
-        values["columns"] = params.get("columns")
+        optional = {"columns": None, "rf_gates": RfGates.constant.value}  # added after the first indexes
+        values = {f.name: params[f.name] for f in dataclasses.fields(cls) if f.name not in optional}
+        values.update({name: params.get(name, default) for name, default in optional.items()})
         values["preprocessing"] = Preprocessing.from_dict(params["preprocessing"])
         return cls(**values)
 
@@ -118,6 +127,7 @@ class IndexRequest:
     preprocessing: Preprocessing | dict | None = None  # None: the model's own; a dict: some of it replaced
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are recorded as errors ("too large")
     store: Store = Store.dense  # dense, or topk (no activations table)
+    rf_gates: RfGates = RfGates.constant  # squeeze-excitation gates: constants for boxes, or strict (global)
     device: Device = Device.auto  # auto = cuda where the workers have GPUs
     precision: Precision = Precision.auto  # auto = bf16 on GPUs, fp32 on CPUs
     device_decode: bool | None = None  # JPEGs decoded on the model's device; None = on GPUs, if decode "fast"
@@ -142,6 +152,7 @@ class IndexRequest:
         self.names = (self.names,) if isinstance(self.names, str) else tuple(self.names)
         for name, kind in (
             ("store", Store),
+            ("rf_gates", RfGates),
             ("device", Device),
             ("precision", Precision),
             ("executor", Executor),
@@ -214,6 +225,7 @@ def resolve_spec(request: IndexRequest, plan, dataset_root: str, gpus: bool) -> 
         batch_size=request.batch_size or (GPU_BATCH if device == "cuda" else CPU_BATCH),
         compile=request.compile,
         columns=request.columns.to_dict(),
+        rf_gates=request.rf_gates.value,
     )
 
 
@@ -238,6 +250,7 @@ def pinned_params(request: IndexRequest, dataset_root: str) -> dict:
         "dataset_root": dataset_root,
         "store": request.store.value,
         "compile": request.compile,
+        "rf_gates": request.rf_gates.value,
     }
     if request.weights is not None:
         pinned["weights"] = request.weights

@@ -99,7 +99,7 @@ def plan_model(request: IndexRequest, geometry: bool = True):
     if geometry:
         size = (prep.crop, prep.crop)
         infos = describe_layers(loaded.module, layers, size)
-        rfs = compute_receptive_fields(loaded.module, layers, size)
+        rfs = compute_receptive_fields(loaded.module, layers, size, gates=request.rf_gates.value)
     categories = model_categories(request.model, loaded.weights, loaded.module)
     outputs = output_layers(loaded.module, (prep.crop, prep.crop)) if categories or request.names else ()
     plan = ModelPlan(

@@ -35,6 +35,8 @@ class ReceptiveField:
     start_y: int  # first input pixel covered by feature position 0 (may be < 0: padding)
     start_x: int
     is_global: bool  # every position sees the whole input (e.g. (B, C) outputs)
+    # scaled by a gate computed from the whole image (squeeze-excitation), treated as a constant for boxes
+    global_context: bool = False
 
     def box(self, y: int, x: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) in model-input pixels, x1/y1 exclusive, NOT clipped."""
@@ -71,5 +73,6 @@ def from_layers_row(row: dict) -> tuple[LayerInfo, ReceptiveField]:
     rf = ReceptiveField(
         row["rf_size_y"], row["rf_size_x"], row["rf_jump_y"], row["rf_jump_x"],
         row["rf_start_y"], row["rf_start_x"], row["rf_global"],
+        bool(row.get("rf_global_context")),  # indexes made before the column existed: no gates seen
     )  # fmt: skip
     return info, rf

@@ -113,8 +113,11 @@ def output_layers(model: torch.nn.Module, input_size: tuple[int, int]) -> tuple[
     return tuple(name for name in module_names(model) if outputs.get(name) is result)
 
 
-def describe_all(model: torch.nn.Module, pattern: str, input_size: tuple[int, int]) -> list:
-    """[(LayerInfo, ReceptiveField)] for every layer matching `pattern` whose output is 4-D or 2-D."""
+def describe_all(
+    model: torch.nn.Module, pattern: str, input_size: tuple[int, int], rf_gates: str = "constant"
+) -> list:
+    """[(LayerInfo, ReceptiveField)] for every layer matching `pattern` whose output is 4-D or 2-D;
+    `rf_gates` as compute_receptive_fields' gates."""
     from actindex.pipeline.receptive_field import compute_receptive_fields
 
     regex = pattern_regex(pattern)
@@ -122,5 +125,5 @@ def describe_all(model: torch.nn.Module, pattern: str, input_size: tuple[int, in
     names = [name for name in module_names(model) if regex.match(name)]
     shapes = output_shapes(model, names, input_size)
     usable = [name for name in names if len(shapes.get(name, ())) in (2, 4)]
-    rfs = compute_receptive_fields(model, usable, input_size) if usable else {}
+    rfs = compute_receptive_fields(model, usable, input_size, gates=rf_gates) if usable else {}
     return [(_info(name, type(modules[name]).__name__, shapes[name]), rfs[name]) for name in usable]

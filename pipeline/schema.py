@@ -70,6 +70,13 @@ LAYERS = pa.schema(
         _field("rf_start_y", pa.int32(), "first model-input row seen by feature row 0 (negative: padding)"),
         _field("rf_start_x", pa.int32(), "first model-input column seen by feature column 0"),
         _field("rf_global", pa.bool_(), "every unit sees the whole input (e.g. (B, C) outputs)"),
+        _field(
+            "rf_global_context",
+            pa.bool_(),
+            "the box follows the spatial path, but units are also scaled by gates computed from the whole "
+            "image (squeeze-excitation, treated as constants: index --rf-gates constant); missing in "
+            "indexes made before it: false",
+        ),
         _field("resize", pa.int32(), "preprocessing: shorter side resized to this many pixels"),
         _field("crop", pa.int32(), "preprocessing: side of the square center crop (the model input)"),
         _field("interpolation", pa.string(), "preprocessing: resize filter"),
@@ -137,6 +144,8 @@ TABLES = {"images": IMAGES, "layers": LAYERS, "activations": ACTIVATIONS, "topk"
 # activations/ and topk/ hold one directory per layer, `layer=<name>` (hive partitioning): their files
 # have every column but `layer`, which readers take from the directory name.
 PARTITIONED = ("activations", "topk")
+# columns added after the first indexes: the files of an older index lack them, and readers see this value
+ADDED_COLUMNS = {"layers": {"rf_global_context": False}}
 
 
 # what the docs say of a table beyond its columns (besides the partitioned ones)

@@ -138,10 +138,10 @@ def _not_an_index(index_dir: str | Path) -> NotAnIndexError:
 
 
 def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], where: str = "main") -> None:
-    con.execute(f"CREATE VIEW {where}.{name} AS {_select(name, files)}")
+    con.execute(f"CREATE VIEW {where}.{name} AS {_select(name, files, con)}")
 
 
-def _select(name: str, files: list[str]) -> str:
+def _select(name: str, files: list[str], con: duckdb.DuckDBPyConnection | None = None) -> str:
     """A SELECT of table `name`'s columns from its Parquet `files` (no files: no rows, the same columns)."""
     if not files:
         return f"SELECT {_typed_nulls(name)} WHERE false"
@@ -150,8 +150,18 @@ def _select(name: str, files: list[str]) -> str:
     if name in schema.PARTITIONED:  # `layer` is the directory's name, always text (never a number)
         options = ", hive_partitioning = true, hive_types = {'layer': VARCHAR}"
     # qualified: a view read inside a macro whose parameter has a column's name (layer) still means the column
+    source = f"read_parquet({listed}{options})"
     columns = ", ".join(f"t.{column}" for column in schema.TABLES[name].names)
-    return f"SELECT {columns} FROM read_parquet({listed}{options}) AS t"
+    if con is not None and name in schema.ADDED_COLUMNS:  # an older index's files may lack some columns
+        present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        added = {
+            column: value for column, value in schema.ADDED_COLUMNS[name].items() if column not in present
+        }
+        columns = ", ".join(
+            f"{str(added[column]).lower()} AS {column}" if column in added else f"t.{column}"
+            for column in schema.TABLES[name].names
+        )
+    return f"SELECT {columns} FROM {source} AS t"
 
 
 def _literal(text: str) -> str:

@@ -487,10 +487,12 @@ def _write_layer_html(plan: ReportPlan, layer: LayerPlan) -> None:
 
 
 def rf_text(info: dict) -> str:
-    """The receptive field as the pages show it: '147×147 px', or 'whole image' for a global one."""
+    """The receptive field as the pages show it: '147×147 px', '147×147 px + gates' where squeeze-excite
+    gates computed from the whole image scale it (rf_global_context), or 'whole image' for a global one."""
     if info["rf_global"]:
         return "whole image"
-    return f"{info['rf_size_y']}×{info['rf_size_x']} px"
+    gates = " + gates" if info.get("rf_global_context") else ""
+    return f"{info['rf_size_y']}×{info['rf_size_x']} px{gates}"
 
 
 # ------------------------------------------------------------------------------------------ index page

@@ -298,3 +298,29 @@ def test_an_index_from_before_decode_existed_resumes_and_refuses_another_decode(
         UserError, match=r"different parameters \(preprocessing.decode: fast -> torchvision\)"
     ):
         run_index(index_config(natural_dataset, index, preprocessing=prep, executor="local"))
+
+
+def test_an_index_from_before_rf_gates_existed_resumes_and_refuses_strict_gates(
+    local_index_dir, natural_dataset, tmp_path
+):
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from actindex.pipeline.errors import UserError
+    from actindex.queries.db import connect, layer_geometry
+
+    index = tmp_path / "old"
+    shutil.copytree(local_index_dir, index)
+    manifest = json.loads((index / "run.json").read_text())
+    assert manifest["params"].pop("rf_gates") == "constant"  # as written before --rf-gates existed
+    (index / "run.json").write_text(json.dumps(manifest))
+    layers = pq.read_table(index / "layers.parquet")
+    pq.write_table(layers.drop_columns(["rf_global_context"]), index / "layers.parquet")
+    _, rf = layer_geometry(connect(index), "layer3")
+    assert not rf.global_context and not rf.is_global  # a missing column reads as false
+    summary = run_index(index_config(natural_dataset, index, executor="local"))
+    assert summary.new_images == 0 and summary.shards_done_before == 3  # nothing recomputed
+    with pytest.raises(UserError, match=r"different parameters \(rf_gates: constant -> strict\)"):
+        run_index(index_config(natural_dataset, index, rf_gates="strict", executor="local"))

@@ -92,6 +92,15 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "resnet50d": lambda: timm.create_model("resnet50d", pretrained=False),
     "tf_efficientnet_lite0": lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
     "dilated_pad_concat": DilatedPadConcat,
+    # squeeze-excitation gates (torchvision SqueezeExcitation)
+    "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(weights=None),
+    "mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(weights=None),
+    "regnet_y_400mf": lambda: torchvision.models.regnet_y_400mf(weights=None),
+    "timm_mobilenetv3_small_050": lambda: timm.create_model("mobilenetv3_small_050", pretrained=False),
+    # channels-last LayerNorm and Linear between permutes; timm's atto with 1x1 convs, then with Linear layers
+    "convnext_tiny": lambda: torchvision.models.convnext_tiny(weights=None),
+    "convnext_atto": lambda: timm.create_model("convnext_atto", pretrained=False),
+    "convnext_atto_linear": lambda: timm.create_model("convnext_atto", pretrained=False, conv_mlp=False),
 }
 
 
@@ -119,8 +128,9 @@ ACTIVATIONS = tuple(
 )
 
 
-def linearised(model: nn.Module) -> nn.Module:
-    """Copy in which every feature position's gradient support is its exact dependency set."""
+def linearised(model: nn.Module, detach_gates: bool = True) -> nn.Module:
+    """Copy in which every feature position's gradient support is its exact dependency set; with
+    `detach_gates`, squeeze-excitation gates are constants (the tracer's gates="constant")."""
     probe = copy.deepcopy(model).eval().double().requires_grad_(False)
     for parent in list(probe.modules()):
         for name, child in parent.named_children():
@@ -128,11 +138,44 @@ def linearised(model: nn.Module) -> nn.Module:
                 setattr(parent, name, nn.Identity())
             elif isinstance(child, nn.MaxPool2d):
                 setattr(parent, name, as_avg_pool(child))
+            elif isinstance(child, nn.LayerNorm):  # normalises over channels only (LayerNorm2d included)
+                setattr(parent, name, ChannelsFirstIdentity(child))
+        if isinstance(parent, torchvision.ops.SqueezeExcitation):  # forward: `self._scale(input) * input`
+            parent._scale = functools.partial(bounded_gate, parent._scale, detach_gates)
+        elif isinstance(parent, timm.models._efficientnet_blocks.SqueezeExcite):  # `x * self.gate(x_se)`
+            parent.gate = BoundedGate(parent.gate, detach_gates)
     for module in probe.modules():
         # Lazily, on each call (repeats keep weights positive): the probe stops after the last probed layer,
         # and making VGG's unused 120M-weight head positive would cost seconds.
         module.register_forward_pre_hook(lambda module, args: make_positive(module))
     return probe
+
+
+def bounded_gate(scale: Callable, detach: bool, x: torch.Tensor) -> torch.Tensor:
+    # Linearised, a gate grows like its input and their product squares: divided by its (constant) maximum
+    # it stays in (0, 1] and float64 does not overflow after a dozen gates.
+    gate = scale(x)
+    gate = gate / gate.detach().amax()
+    return gate.detach() if detach else gate
+
+
+class BoundedGate(nn.Module):
+    def __init__(self, gate: nn.Module, detach: bool) -> None:
+        super().__init__()
+        self.gate, self.detach = gate, detach
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bounded_gate(self.gate, self.detach, x)
+
+
+class ChannelsFirstIdentity(nn.Module):
+    """Identity standing in for a LayerNorm: the dependency set of each position is unchanged."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 def as_avg_pool(pool: nn.MaxPool2d) -> nn.AvgPool2d:
@@ -208,9 +251,11 @@ def probe_positions(output: torch.Tensor) -> list[tuple[int, int]]:
     return list(dict.fromkeys(candidates))  # corners check offsets, centre the size, the last asymmetry
 
 
-def probed_boxes(model: nn.Module, layers: Sequence[str], size: tuple[int, int]) -> dict[tuple, tuple]:
+def probed_boxes(
+    model: nn.Module, layers: Sequence[str], size: tuple[int, int], detach_gates: bool = True
+) -> dict[tuple, tuple]:
     image = torch.ones(1, 3, *size, dtype=torch.float64, requires_grad=True)
-    outputs = probe_outputs(linearised(model), layers, image)
+    outputs = probe_outputs(linearised(model, detach_gates), layers, image)
     found = {}
     for layer in layers:
         for y, x in probe_positions(outputs[layer]):
@@ -252,6 +297,27 @@ PROBE_CASES = [
     ("tf_efficientnet_lite0", (224, 224), ["conv_stem", *EFFICIENTNET_BLOCKS, "classifier"], ["blocks.3"]),
     ("tf_efficientnet_lite0", (231, 231), ["conv_stem", *EFFICIENTNET_BLOCKS, "classifier"], ["blocks.3"]),
     ("dilated_pad_concat", (29, 35), ["dilated", "narrow", "wide", "merge", "pool", "crop"], ["merge"]),
+    # squeeze-excitation nets: gates are constants (probe: gates detached)
+    ("efficientnet_b0", (64, 64), ["features.2", "features.4", "features.8"], ["features.2"]),
+    ("efficientnet_b0", (96, 77), ["features.1", "features.3", "features.8"], ["features.1"]),
+    ("mobilenet_v3_large", (64, 64), ["features.2", "features.7", "features.16"], ["features.2"]),
+    ("mobilenet_v3_large", (96, 77), ["features.4", "features.12", "features.16"], ["features.4"]),
+    ("regnet_y_400mf", (64, 64), ["stem", "trunk_output.block1", "trunk_output.block4"], ["stem"]),
+    (
+        "regnet_y_400mf",
+        (96, 77),
+        ["trunk_output.block1", "trunk_output.block2", "trunk_output.block4"],
+        ["trunk_output.block1"],
+    ),
+    ("timm_mobilenetv3_small_050", (64, 64), ["blocks.0", "blocks.2", "blocks.5"], ["blocks.0"]),
+    ("timm_mobilenetv3_small_050", (96, 77), ["blocks.1", "blocks.3", "blocks.5"], ["blocks.1"]),
+    # ConvNeXt: NHWC permutes, channels-last LayerNorm, Linear on NHWC maps
+    ("convnext_tiny", (64, 64), ["features.0", "features.1", "features.3", "features.7"], ["features.0"]),
+    ("convnext_tiny", (96, 128), ["features.1.0.block", "features.2", "features.7"], ["features.2"]),
+    ("convnext_atto", (64, 64), ["stem", "stages.0", "stages.1", "stages.3"], ["stem"]),
+    ("convnext_atto", (96, 128), ["stages.0.blocks.1", "stages.1", "stages.3"], ["stages.0.blocks.1"]),
+    ("convnext_atto_linear", (64, 64), ["stages.0.blocks.1", "stages.1", "stages.3"], ["stages.0.blocks.1"]),
+    ("convnext_atto_linear", (96, 128), ["stem", "stages.0.blocks.0", "stages.2", "stages.3"], ["stem"]),
 ]
 
 
@@ -282,6 +348,31 @@ def test_boxes_match_gradient_probe(
     assert probed == expected
     for layer in unclipped:  # some position must see its whole field, so the size itself is probed
         assert any(rfs[layer].box(y, x) == box for (name, y, x), box in probed.items() if name == layer)
+
+
+GATED_CASES = [
+    # model, input (H, W), layers (the first after a gate, the deepest spatial one), a layer before any gate
+    ("efficientnet_b0", (64, 64), ["features.1", "features.8"], "features.0"),
+    ("mobilenet_v3_large", (64, 64), ["features.4", "features.16"], "features.3"),
+    ("regnet_y_400mf", (64, 64), ["trunk_output.block1", "trunk_output.block4"], "stem"),
+    ("timm_mobilenetv3_small_050", (64, 64), ["blocks.0", "blocks.5"], "conv_stem"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name, size, layers, before", GATED_CASES, ids=[c[0] for c in GATED_CASES])
+def test_strict_gates_match_gradient_probe(model_name: str, size: tuple, layers: list, before: str) -> None:
+    # Through live gates every position depends on every pixel: strict boxes are the whole image.
+    model = get_model(model_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        strict = compute_receptive_fields(model, [before, *layers], size, gates="strict")
+    constant = strict_receptive_fields(model, [before, *layers], size)
+    probed = probed_boxes(model, layers, size, detach_gates=False)
+    assert probed == {(layer, y, x): strict[layer].clipped_box(y, x, *size) for layer, y, x in probed}
+    assert all(strict[layer].is_global and not strict[layer].global_context for layer in layers)
+    assert all(constant[layer].global_context and not constant[layer].is_global for layer in layers)
+    assert strict[before] == constant[before] and not constant[before].global_context
 
 
 # --- analytic values ------------------------------------------------------------------------------
@@ -447,8 +538,16 @@ def test_restores_training_flags_and_removes_hooks_when_the_trace_fails() -> Non
     assert not any(module._forward_hooks for module in model.modules())
 
 
-def test_squeeze_excitation_makes_positions_global_without_warning() -> None:
+def test_squeeze_excitation_gate_is_a_constant_marked_as_global_context() -> None:
     rfs = strict_receptive_fields(SqueezeExcite(), ["conv", "gate", "scaled"], (16, 16))
+    assert rfs["gate"].is_global and not rfs["conv"].global_context
+    assert rfs["scaled"] == ReceptiveField(3, 3, 1, 1, -1, -1, False, global_context=True)
+
+
+def test_strict_gates_make_positions_global_without_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rfs = compute_receptive_fields(SqueezeExcite(), ["conv", "gate", "scaled"], (16, 16), gates="strict")
     assert not rfs["conv"].is_global and rfs["gate"].is_global and rfs["scaled"].is_global
 
 
@@ -491,3 +590,55 @@ def test_transposed_convolution_raises_only_for_layers_after_it() -> None:
 def test_module_docstring_example_runs() -> None:
     result = doctest.testmod(receptive_field, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+class ChannelsLast(nn.Module):
+    """A ConvNeXt-style block tail: NHWC permute, LayerNorm, Linear, permute back; then `tail`."""
+
+    def __init__(self, tail: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.norm, self.linear = nn.LayerNorm(4), nn.Linear(4, 6)
+        self.mixed, self.tail = nn.Identity(), tail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(self.norm(self.conv(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2).contiguous()
+        return self.mixed(self.tail(x))
+
+
+def test_channels_last_layer_norm_and_linear_keep_positions() -> None:
+    rfs = strict_receptive_fields(ChannelsLast(), ["conv", "mixed"], (17, 13))
+    assert rfs["mixed"] == rfs["conv"] == ReceptiveField(3, 3, 2, 2, -1, -1, False)
+
+
+@pytest.mark.parametrize(
+    "tail, op",
+    [(lambda x: x.transpose(2, 3), "transpose"), (lambda x: x.flatten(2).unsqueeze(-1), "view")],
+    ids=["rows-and-columns-swapped", "positions-flattened"],
+)
+def test_layout_ops_that_mix_spatial_axes_are_global_with_warning(tail: Callable, op: str) -> None:
+    with pytest.warns(RuntimeWarning, match=op):
+        rfs = compute_receptive_fields(ChannelsLast(tail), ["conv", "mixed"], (16, 16))
+    assert not rfs["conv"].is_global and rfs["mixed"].is_global
+
+
+class LinearOnRows(nn.Module):
+    """An explicit (B*H*W, C) Linear, split in two along channels, folded back to (B, C, H, W)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.linear, self.rows = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 8), nn.Identity()
+        self.unfolded = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        rows = self.rows(self.linear(self.conv(x).permute(0, 2, 3, 1).reshape(b * h * w, 4)))
+        gated = rows[:, :4] * torch.sigmoid(rows[:, 4:])
+        return self.unfolded(gated.view(b, h, w, 4).permute(0, 3, 1, 2))
+
+
+def test_positions_folded_into_matmul_rows_are_followed_back() -> None:
+    with pytest.warns(RuntimeWarning, match="rows of a matmul"):
+        rfs = compute_receptive_fields(LinearOnRows(), ["rows", "unfolded"], (9, 11))
+    assert rfs["rows"].is_global  # (B*H*W, C): no feature map to give boxes for
+    assert rfs["unfolded"] == ReceptiveField(3, 3, 1, 1, -1, -1, False)

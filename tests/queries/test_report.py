@@ -19,7 +19,7 @@ from actindex.jobs.demo import DEMO_LABELS, copy_labelled_demo_photos
 from actindex.jobs.index import run_index
 from actindex.jobs.spec import IndexRequest
 from actindex.queries.db import connect, top_images
-from actindex.queries.report import BINS, PAGE_SIZE, label_purity, unit_names
+from actindex.queries.report import BINS, PAGE_SIZE, label_purity, rf_text, unit_names
 from tests.jobs.test_cli import invoke
 
 K = 3
@@ -301,3 +301,10 @@ def test_no_request_leaves_the_sites_files(site, page):
     load_every_crop(page)
     assert len(page.requests) > 80 * K  # pages, stylesheet, scripts, data and crops
     assert [url for url in page.requests if not url.startswith("file://")] == []
+
+
+def test_a_receptive_field_scaled_by_gates_says_so():
+    field = {"rf_global": False, "rf_size_y": 67, "rf_size_x": 51, "rf_global_context": False}
+    assert rf_text(field) == "67×51 px"
+    assert rf_text({**field, "rf_global_context": True}) == "67×51 px + gates"  # squeeze-excite
+    assert rf_text({**field, "rf_global": True}) == "whole image"
