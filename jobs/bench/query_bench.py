@@ -105,7 +105,8 @@ def _activations(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.n
 def _layers_table() -> pa.Table:
     row = {"layer": LAYER, "type": "Sequential", "channels": UNITS, "height": 7, "width": 7}
     row |= {"rf_size_y": 427, "rf_size_x": 427, "rf_jump_y": 32, "rf_jump_x": 32}
-    row |= {"rf_start_y": -213, "rf_start_x": -213, "rf_global": False, **IMAGENET.to_dict()}
+    row |= {"rf_start_y": -213, "rf_start_x": -213, "rf_global": False, "rf_global_context": False}
+    row |= IMAGENET.to_dict()
     return pa.Table.from_pylist([row], schema=schema.LAYERS)
 
 
