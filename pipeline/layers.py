@@ -10,24 +10,18 @@ and `**` matches across dots (`features.**`).
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Sequence
 
 import torch
 
 from actindex.pipeline.errors import InvalidInputError, UnknownNameError
 from actindex.pipeline.geometry import LayerInfo
+from actindex.pipeline.patterns import pattern_regex
 
 
 def module_names(model: torch.nn.Module) -> list[str]:
     """Hookable module names: TorchScript submodules cannot carry forward hooks, so they are left out."""
     return [name for name, m in model.named_modules() if name and not isinstance(m, torch.jit.ScriptModule)]
-
-
-def pattern_regex(pattern: str) -> re.Pattern:
-    parts = re.split(r"(\*\*|\*|\?)", pattern)
-    wildcard = {"**": ".*", "*": "[^.]*", "?": "[^.]"}
-    return re.compile("".join(wildcard.get(part, re.escape(part)) for part in parts) + r"\Z")
 
 
 def resolve_layers(model: torch.nn.Module, patterns: Sequence[str], model_name: str = "MODEL") -> list[str]:

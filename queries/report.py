@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -162,16 +161,19 @@ def plan_report(config: ReportConfig) -> ReportPlan:
 
 
 def select_layers(indexed: list[str], patterns: Sequence[str] | None) -> list[str]:
-    """The indexed layers that `patterns` (names or globs) name, in index order; a pattern that names none
-    raises an error listing the indexed layers."""
+    """The indexed layers that `patterns` (names or globs, as `actindex index --layers` takes them) name, in
+    index order; a pattern that names none raises an error listing the indexed layers."""
+    from actindex.pipeline.patterns import pattern_regex
+
     if not patterns:
         return list(indexed)
-    for pattern in patterns:
-        if not any(fnmatchcase(name, pattern) for name in indexed):
+    regexes = [pattern_regex(pattern) for pattern in patterns]
+    for pattern, regex in zip(patterns, regexes, strict=True):
+        if not any(regex.match(name) for name in indexed):
             raise UnknownNameError(
                 f"layer {pattern!r} is not in this index; indexed layers: {', '.join(indexed)}"
             )
-    return [name for name in indexed if any(fnmatchcase(name, p) for p in patterns)]
+    return [name for name in indexed if any(regex.match(name) for regex in regexes)]
 
 
 def _plan_units(infos: list[dict], units: Sequence[int] | None) -> tuple[list[LayerPlan], list[str]]:

@@ -19,7 +19,7 @@ from actindex.jobs.demo import DEMO_LABELS, copy_labelled_demo_photos
 from actindex.jobs.index import run_index
 from actindex.jobs.spec import IndexRequest
 from actindex.queries.db import connect, top_images
-from actindex.queries.report import BINS, PAGE_SIZE, label_purity, rf_text, unit_names
+from actindex.queries.report import BINS, PAGE_SIZE, label_purity, rf_text, select_layers, unit_names
 from tests.jobs.test_cli import invoke
 
 K = 3
@@ -308,3 +308,13 @@ def test_a_receptive_field_scaled_by_gates_says_so():
     assert rf_text(field) == "67×51 px"
     assert rf_text({**field, "rf_global_context": True}) == "67×51 px + gates"  # squeeze-excite
     assert rf_text({**field, "rf_global": True}) == "whole image"
+
+
+def test_layer_globs_mean_what_they_mean_to_actindex_index():
+    indexed = ["conv1", "layer1", "layer1.0", "layer1.0.conv1", "fc"]
+    assert select_layers(indexed, ["layer*"]) == ["layer1"]  # '*' stays within one dotted name
+    assert select_layers(indexed, ["layer1.**"]) == ["layer1.0", "layer1.0.conv1"]  # '**' crosses dots
+    assert select_layers(indexed, ["fc", "conv?"]) == ["conv1", "fc"]  # in index order
+    assert select_layers(indexed, None) == indexed
+    with pytest.raises(LookupError, match="'layer9' is not in this index; indexed layers: conv1, layer1"):
+        select_layers(indexed, ["layer9"])
