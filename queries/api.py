@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from actindex.queries import catalog
 from actindex.queries.db import arrow_table, connect, run_sql_file, unit_tops
+from actindex.queries.grid import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     import duckdb
@@ -181,7 +182,7 @@ class Index:
         tile: int = 96,
         layout: str = "row",
         mask: str | None = None,
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
         trust_code: bool = False,
     ) -> Image.Image:
         """The sheet of `actindex grid`: each unit's top-k receptive-field crops, with its activation mask

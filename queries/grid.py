@@ -51,6 +51,7 @@ class Layout(str, Enum):
 
 
 LAYOUTS = tuple(item.value for item in Layout)
+DEFAULT_THRESHOLD = 0.5  # a mask's level, times the unit's top-1 activation (queries.masks explains why)
 DECODED_KEPT = 16  # decoded originals kept for their other crops (a 12-megapixel photo: 36 MB)
 
 
@@ -233,7 +234,7 @@ def unit_sheet(
     tile: int = 96,
     layout: str = "row",
     mask: str | None = None,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     trust_code: bool = False,
 ) -> Sheet:
     """The sheet of `units` of `layer`: their top-k crops (queries.db.unit_tops), with `mask` ("highlight"

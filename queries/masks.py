@@ -55,7 +55,14 @@ from actindex.pipeline.geometry import ReceptiveField
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.sources import path_from_display
 from actindex.pipeline.upsample import to_original
-from actindex.queries.grid import MISSING, decoded_original, fit_crop, open_crop, place_in_tile
+from actindex.queries.grid import (  # DEFAULT_THRESHOLD: of the unit's top-1 activation (module docstring)
+    DEFAULT_THRESHOLD,
+    MISSING,
+    decoded_original,
+    fit_crop,
+    open_crop,
+    place_in_tile,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -68,7 +75,6 @@ class MaskMode(str, Enum):
 
 
 MODES = tuple(item.value for item in MaskMode)
-DEFAULT_THRESHOLD = 0.5  # of the unit's reference (its top-1 activation): see the module docstring
 BATCH = 16  # images per forward pass
 DIM = 1 / 3  # brightness kept outside a highlight mask
 OUTLINE = (255, 214, 0)  # a highlight mask's border

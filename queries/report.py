@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 from actindex import __version__
 from actindex.pipeline.errors import InvalidInputError, UnknownNameError
+from actindex.queries.grid import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     import duckdb
@@ -70,7 +71,7 @@ class ReportConfig:
     k: int = 9  # top images per unit
     tile: int = 128  # side in pixels of a crop's image file
     mask: Mask = Mask.highlight  # how a crop shows where the unit fired
-    threshold: float = 0.5  # the mask's level: a fraction of the unit's top-1 activation (queries.masks)
+    threshold: float = DEFAULT_THRESHOLD  # the mask's level: a fraction of the unit's top-1 activation
     trust_code: bool = False  # masks: allow loading an index's TorchScript or python: model
     workers: int | None = None  # drawing threads; None: one per CPU
 
@@ -118,6 +119,7 @@ class ReportPlan:
     indexed_layers: int  # layers in the index (the report may draw fewer)
     notes: list[str] = field(default_factory=list)  # what was left out and why
     model: object = None  # with masks: the index's model (queries.masks.index_model), loaded by plan_report
+    con: object = None  # the index's DuckDB views (queries.db.connect), opened by plan_report
 
     @property
     def units(self) -> int:
@@ -152,7 +154,7 @@ def plan_report(config: ReportConfig) -> ReportPlan:
     _check_k(manifest, config.k)
     images, ok, _ = marker_totals(layout.completed_shards())
     decode = Preprocessing.from_dict(manifest["params"]["preprocessing"]).decode
-    plan = ReportPlan(config, manifest, layers, decode, (images, ok), len(infos), notes)
+    plan = ReportPlan(config, manifest, layers, decode, (images, ok), len(infos), notes, con=con)
     if config.mask is not Mask.none:  # a model needing --trust-code, weights gone: refused before drawing
         from actindex.queries.masks import index_model
 
@@ -210,14 +212,12 @@ def _check_k(manifest: dict, k: int) -> None:
 
 def write_report(plan: ReportPlan, advance: Callable[[int], None] = lambda units: None) -> ReportSummary:
     """Draw the crops and write the site; `advance(n)` is called as each n units are drawn."""
-    from actindex.queries.db import connect
     from actindex.queries.grid import decoded_original
 
     started = time.time()
-    config = plan.config
+    config, con = plan.config, plan.con
     decoded_original.cache_clear()  # originals changed since an earlier report are read again
     _prepare_folder(config.out)
-    con = connect(config.index)
     notes, crops, pages = list(plan.notes), 0, []
     workers = config.workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actindex-report") as pool:
