@@ -25,6 +25,7 @@ from actindex.jobs.spec import Device, Executor, Precision, RfGates, Store
 from actindex.pipeline.decode import DEFAULT_MAX_PIXELS
 from actindex.pipeline.errors import InvalidInputError, UserError
 from actindex.pipeline.preprocess import Decode, Interpolation
+from actindex.pipeline.retry import DEFAULT_BUDGET_S
 from actindex.queries.grid import Layout, unit_list
 from actindex.queries.masks import DEFAULT_THRESHOLD, MaskMode
 from actindex.queries.report import Mask
@@ -202,6 +203,27 @@ def index(
             "new files without recomputing anything.",
         ),
     ] = None,
+    retry_budget: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a request that fails transiently (HTTP 5xx/429, S3 SlowDown, timeouts, resets, "
+            "EIO) is retried for, with backoff; a shard whose reads still fail runs again, up to 4 times.",
+        ),
+    ] = DEFAULT_BUDGET_S,
+    record_failed_reads: Annotated[
+        bool,
+        typer.Option(
+            help="Record images whose reads still fail after the retry budget as error rows "
+            "('unreadable after retries') and finish, instead of stopping; --retry-errors retries them.",
+        ),
+    ] = False,
+    retry_errors: Annotated[
+        bool,
+        typer.Option(
+            help="Index again every shard holding an error row (files fixed since, a codec installed since)."
+        ),
+    ] = False,
 ) -> None:
     """Index images: per image and unit, the max activation, where it peaked and its receptive-field box.
 
@@ -245,6 +267,9 @@ def index(
             key_column=key_column,
             label_column=label_column,
             names=tuple(names or ()),
+            retry_budget=retry_budget,
+            record_failed_reads=record_failed_reads,
+            retry_errors=retry_errors,
         )
         summary = run_index(request)
     except UserError as exc:
@@ -279,6 +304,16 @@ def _print_summary(summary) -> None:
         typer.echo(
             f"{summary.listing_errors} folders could not be listed; their images are missing (see run.json)"
         )
+    if summary.retried_errors:
+        typer.echo(
+            f"retried {summary.retried_errors} error rows of earlier runs (their shards were indexed again)"
+        )
+    if summary.retried_requests or summary.failed_shard_attempts or summary.recorded_after_retries:
+        typer.echo(
+            retry_line(
+                summary.retried_requests, summary.failed_shard_attempts, summary.recorded_after_retries
+            )
+        )
     typer.echo(
         f"{summary.activation_rows:,} activation rows, {summary.topk_rows:,} top-k rows; "
         f"{summary.bytes_on_disk / 1e6:.1f} MB in {summary.out}; {summary.seconds:.1f} s "
@@ -289,6 +324,14 @@ def _print_summary(summary) -> None:
             else ""
         )
     )
+
+
+def retry_line(retried: int, failed: int, recorded: int) -> str:
+    """What transient failures cost a run (pipeline.retry), for the summary and `actindex status`."""
+    text = f"transient failures: {retried:,} requests retried, {failed} shard attempts failed and ran again"
+    if recorded:
+        text += f", {recorded} images recorded 'unreadable after retries' (--retry-errors retries them)"
+    return text
 
 
 @app.command()
@@ -614,6 +657,8 @@ def status(index_dir: IndexDir) -> None:
     state = manifest["status"]
     if state == "running" and not st.locked_by:
         state = "interrupted (the job stopped before its end)"
+    elif state == "stopped":
+        state = f"stopped: {manifest.get('stopped', '?')}"
     if st.topk_current:
         topk = f"{st.topk_rows:,} rows, k={params['k']}"
     elif st.locked_by:
@@ -631,6 +676,13 @@ def status(index_dir: IndexDir) -> None:
         f"images      {st.images_ok} ok, {st.images_error} error; {st.activation_rows:,} activation rows",
         f"topk        {topk}",
     ]
+    retried = [
+        manifest.get(key, 0)
+        for key in ("retried_requests", "failed_shard_attempts", "recorded_after_retries")
+    ]
+    lines.append(f"retries     {retry_line(*retried).split(': ', 1)[1]} (last run)")
+    if st.retry_errors:
+        lines.append(f"errors      {st.retry_errors} error rows are transient failures: a rerun retries them")
     if st.dataset_error:
         lines.append(f"dataset     cannot be listed: {st.dataset_error}")
     else:

@@ -5,21 +5,50 @@ Ray cluster (a local Ray by default). Ray is imported only by jobs.ray_executor.
         plan = executor.plan(request)               # the model loaded where it runs: layers, weights, ...
         gpus = executor.gpus()                      # what "auto" resolves against
         for event in executor.run(context, tasks):  # ShardTasks, made as they are handed out
-            ...   # int: images done (negative when a lost attempt's count is taken back); ShardResult
+            ...   # int: images done (negative when a failed attempt's count is taken back); ShardResult;
+                  # ShardFailure: an attempt failed, and the shard runs again
 
 Both run the same jobs.worker.ShardWorker, with the same batches, so their tables are bit-identical
 when the workers run torch on the same number of threads.
+
+Failed attempts: a shard whose attempt failed transiently (a ShardFailure: the store or the disk kept
+failing past the retry budget) or whose worker died (Ray) runs again, on another worker where there is
+one, up to MAX_SHARD_ATTEMPTS attempts per shard per run; after that the run stops (ShardAttemptsError).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
 from actindex.jobs.spec import Executor, IndexRequest
-from actindex.jobs.worker import ModelPlan, ShardResult, ShardTask, WorkContext
+from actindex.jobs.worker import ModelPlan, ShardFailure, ShardResult, ShardTask, WorkContext
+
+MAX_SHARD_ATTEMPTS = 4  # attempts at one shard in one run, failed or lost (a decoder crash costs two)
+
+
+class ShardAttemptsError(RuntimeError):
+    """A shard failed MAX_SHARD_ATTEMPTS times in one run: the run stops (jobs.index says so in one line)."""
+
+    def __init__(self, shard: int, attempts: int, error: str):
+        self.shard, self.attempts, self.error = shard, attempts, error
+        super().__init__(f"shard {shard} failed {attempts} times; the last time: {error}")
+
+
+class Attempts:
+    """Failed attempts per shard in this run."""
+
+    def __init__(self):
+        self.failed: Counter = Counter()
+
+    def fail(self, shard: int, error: str) -> int:
+        """Count one more failed attempt at `shard`; raises ShardAttemptsError when that was its last."""
+        self.failed[shard] += 1
+        if self.failed[shard] >= MAX_SHARD_ATTEMPTS:
+            raise ShardAttemptsError(shard, self.failed[shard], error)
+        return self.failed[shard]
 
 
 class ShardExecutor(Protocol):
@@ -32,8 +61,11 @@ class ShardExecutor(Protocol):
         """Load the request's model where the workers run (the driver never imports torch for a run
         that computes): what jobs.worker.plan_model finds. A worker keeps the loaded model."""
 
-    def run(self, context: WorkContext, tasks: Iterable[ShardTask]) -> Iterator[int | ShardResult]:
-        """Run every task; yield images done as they progress, and each shard's result."""
+    def run(
+        self, context: WorkContext, tasks: Iterable[ShardTask]
+    ) -> Iterator[int | ShardResult | ShardFailure]:
+        """Run every task; yield images done as they progress, each shard's result, and each failed attempt
+        (the shard then runs again)."""
 
     def close(self) -> None: ...
 
@@ -73,6 +105,12 @@ class TaskQueue:
         if not self:
             raise IndexError("no task left")
         return self._front.popleft()
+
+    def peek(self) -> ShardTask:
+        """The task popleft() would give."""
+        if not self:
+            raise IndexError("no task left")
+        return self._front[0]
 
     def appendleft(self, task: ShardTask) -> None:
         self._front.appendleft(task)

@@ -2,7 +2,8 @@
 
     state = read_state(IndexLayout("idx/"))
     with Listing.build("photos/") as listing:
-        work = plan_work(listing, state, layout, shard_size=1024, prune=False)
+        retry = shards_to_retry(layout, state, all_errors=False)   # shards holding transient error rows
+        work = plan_work(listing, state, layout, shard_size=1024, prune=False, retry=retry)
         work.pending, work.missing, work.to_prune  # new shards, images gone from the dataset, shards to redo
 
 Shards are immutable once their marker is written. A resumed run plans the same shards as the run it
@@ -11,6 +12,11 @@ with the plan: no file is read. When the dataset changed, the ids of the indexed
 the (small) images files, and the images no completed shard holds go into new shards numbered after the
 existing ones. `--prune` drops the markers of the shards that hold images no longer in the dataset; their
 remaining images are indexed again, in new shards, by the same run. No activation file is ever read.
+
+Shards holding error rows to retry (`shards_to_retry`: transient failures that an earlier actindex recorded
+as bad images, or every error row with --retry-errors) are indexed again: in place, under their own
+number, when the dataset is unchanged (the new attempt's marker replaces the old one when it commits, so
+readers never lose the images); otherwise like pruned shards, in new shards.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from actindex.pipeline.decode import stored_error_is_transient
 from actindex.pipeline.listing import Listing
 from actindex.pipeline.shards import Shard, iter_shards
 from actindex.pipeline.sources import ImageRef
@@ -63,8 +70,11 @@ class Work:
     missing: dict[int, int] = field(
         default_factory=dict
     )  # indexed image_id -> shard, no longer in the dataset
-    to_prune: list[int] = field(default_factory=list)  # completed shards dropped by --prune
+    to_prune: list[int] = field(default_factory=list)  # completed shards dropped (--prune, or retried)
     reindexed: int = 0  # images of pruned shards that are still in the dataset: indexed again
+    retried: int = 0  # images of shards indexed again for their error rows (shards_to_retry)
+    retried_errors: int = 0  # the error rows among them that are retried
+    retried_shards: int = 0  # completed shards indexed again in place, under their own number
 
     @property
     def images(self) -> int:
@@ -74,7 +84,7 @@ class Work:
     @property
     def new_images(self) -> int:
         """Images that no shard held before."""
-        return self.images - self.reindexed
+        return self.images - self.reindexed - self.retried
 
     @property
     def idle(self) -> bool:
@@ -97,40 +107,75 @@ def read_state(layout: IndexLayout, repair: bool = True) -> IndexState:
     return IndexState(done, files)
 
 
-def plan_work(refs: Listing, state: IndexState, layout: IndexLayout, shard_size: int, prune: bool) -> Work:
+def plan_work(
+    refs: Listing,
+    state: IndexState,
+    layout: IndexLayout,
+    shard_size: int,
+    prune: bool,
+    retry: dict[int, int] | None = None,
+) -> Work:
     """What a run adds to the index. Planning makes no pass over the listing for a fresh run, one for a
     resumed run (the completed shards' digests), and for a changed dataset also reads every id and counts
-    what is new in another; the shards themselves are made in one more pass, as they are handed out."""
+    what is new in another; the shards themselves are made in one more pass, as they are handed out.
+    `retry`: completed shards to index again, with their error rows to retry (shards_to_retry)."""
+    retry = {shard: count for shard, count in (retry or {}).items() if shard in state.done}
     total = len(refs)
     planned = -(-total // shard_size)
     if all(shard < planned for shard in state.done) and _digests_match(refs, state.done, shard_size):
-        skip = frozenset(state.done)
+        skip = frozenset(state.done) - frozenset(retry)
         images = total - sum(min(shard_size, total - shard * shard_size) for shard in skip)
-        return Work(PendingShards(lambda: refs, shard_size, 0, skip, planned - len(skip), images))
+        retried = sum(state.done[shard]["images"] for shard in retry)
+        pending = PendingShards(lambda: refs, shard_size, 0, skip, planned - len(skip), images)
+        return Work(pending, retried=retried, retried_errors=sum(retry.values()), retried_shards=len(retry))
     indexed, shards = indexed_ids(layout, state)
     gone = ~np.isin(indexed, refs.ids(), assume_unique=True)
     missing = dict(zip(indexed[gone].tolist(), shards[gone].tolist(), strict=True))
-    to_prune = sorted(set(missing.values())) if prune else []
+    pruned = sorted(set(missing.values())) if prune else []
+    to_prune = sorted(set(pruned) | set(retry))
     dropped = np.array(to_prune, np.int64)
+    retried_shards = np.array(sorted(set(retry) - set(pruned)), np.int64)
 
-    def marked() -> Iterator[tuple[ImageRef, bool]]:
-        """(image, indexed before) for the images no completed shard holds, or only a dropped one."""
+    def marked() -> Iterator[tuple[ImageRef, int]]:
+        """(image, 0 new / 1 in a pruned shard / 2 in a retried shard) for the images no completed shard
+        holds, or only a dropped one."""
         for chunk in _chunks(refs, 8_192):
             ids = np.fromiter((ref.image_id for ref in chunk), np.int64, len(chunk))
-            known, keep = np.zeros(len(ids), bool), np.ones(len(ids), bool)
+            origin, keep = np.zeros(len(ids), np.int8), np.ones(len(ids), bool)
             if len(indexed):
                 where = np.minimum(np.searchsorted(indexed, ids), len(indexed) - 1)
                 known = indexed[where] == ids
                 keep = ~known | np.isin(shards[where], dropped)
-            yield from ((ref, bool(k)) for ref, k, kept in zip(chunk, known, keep, strict=True) if kept)
+                origin = np.where(known, np.where(np.isin(shards[where], retried_shards), 2, 1), 0)
+            yield from ((ref, int(o)) for ref, o, kept in zip(chunk, origin, keep, strict=True) if kept)
 
-    count = again = 0
-    for _, before in marked():
-        count, again = count + 1, again + before
+    counts = np.zeros(3, np.int64)
+    for _, origin in marked():
+        counts[origin] += 1
+    count = int(counts.sum())
     new_refs = lambda: (ref for ref, _ in marked())  # noqa: E731
     shards_needed = -(-count // shard_size)
     pending = PendingShards(new_refs, shard_size, state.next_shard, frozenset(), shards_needed, count)
-    return Work(pending, missing, to_prune, again)
+    errors = sum(count for shard, count in retry.items() if shard not in pruned)
+    return Work(pending, missing, to_prune, int(counts[1]), int(counts[2]), errors)
+
+
+def shards_to_retry(layout: IndexLayout, state: IndexState, all_errors: bool) -> dict[int, int]:
+    """{completed shard: its error rows to retry}: with `all_errors` every error row (--retry-errors: files
+    fixed since, a codec installed since, "unreadable after retries" rows); otherwise the transient failures
+    an earlier actindex stored as bad images (pipeline.decode.stored_error_is_transient). Only the images
+    files of shards whose markers count errors are read."""
+    retry = {}
+    for shard, marker in state.done.items():
+        if marker["ok"] == marker["images"]:
+            continue
+        images = next(f for f in marker["files"] if f.startswith("images/"))
+        errors = layout.read_table(layout.root / images, columns=["error"]).column("error").to_pylist()
+        errors = [error for error in errors if error]
+        count = len(errors) if all_errors else sum(map(stored_error_is_transient, errors))
+        if count:
+            retry[shard] = count
+    return retry
 
 
 def _digests_match(refs, done: dict[int, dict], shard_size: int) -> bool:

@@ -14,26 +14,41 @@ what the job needs from it (layer names, weights hash, receptive fields); the dr
 against those workers, hands them whole shards, commits each shard's marker once the worker has written its
 files, and folds the shard's top-k into the running lists. It never runs the model on a shard and never
 touches an activation row. The topk table is written at the end, from top-k lists only.
+
+Every read and write is retried when it fails transiently (pipeline.retry, with --retry-budget); a shard
+attempt that fails anyway runs again (jobs.executor). When a shard has used its attempts, or a request of
+the driver's own outlasts its budget, or the index's disk is full or read-only, the run stops with one line
+(JobStoppedError, exit code 2): what failed, how many shards are kept, and "rerun the same command to
+resume". Nothing is half-committed: a shard is visible only once its marker is written, last.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import shutil
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
 import actindex.pipeline
-from actindex.jobs.executor import open_executor
+from actindex.jobs.executor import ShardAttemptsError, open_executor
 from actindex.jobs.finalize import set_topk_aside, topk_is_current, write_topk
-from actindex.jobs.incremental import IndexState, Work, apply_prune, plan_work, read_state, remove_orphans
+from actindex.jobs.incremental import (
+    IndexState,
+    Work,
+    apply_prune,
+    plan_work,
+    read_state,
+    remove_orphans,
+    shards_to_retry,
+)
 from actindex.jobs.lock import index_lock
 from actindex.jobs.spec import (
     EXECUTION_PARAMS,
@@ -46,12 +61,13 @@ from actindex.jobs.spec import (
     pinned_params,
     resolve_spec,
 )
-from actindex.jobs.worker import ShardResult, ShardTask, WorkContext, plan_model
+from actindex.jobs.worker import ShardFailure, ShardResult, ShardTask, WorkContext, plan_model
 from actindex.pipeline import schema
 from actindex.pipeline.errors import UserError
 from actindex.pipeline.geometry import LayerInfo, ReceptiveField, from_layers_row
 from actindex.pipeline.listing import Listing
 from actindex.pipeline.names import NamesFile, read_names_options, unit_names
+from actindex.pipeline.retry import RETRIES, RetryPolicy, TransientError
 from actindex.pipeline.sources import dataset_root, display_path
 from actindex.pipeline.topk import RunningTopK
 from actindex.pipeline.writer import (
@@ -68,6 +84,15 @@ log = logging.getLogger("actindex")
 
 class IndexMismatchError(UserError, RuntimeError):
     """The output directory holds an index made with other parameters, or is not an index."""
+
+
+class JobStoppedError(UserError, RuntimeError):
+    """The run stopped on a failure that retries did not clear (a store that stays down, a full disk): the
+    shards committed so far are kept, and rerunning the same command resumes."""
+
+
+# errors writing the index's own files that stop the run at once (a transient EIO is retried first)
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 @dataclass
@@ -90,6 +115,10 @@ class Summary:
     driver_cpu_seconds_indexing: float  # the same, from the first shard handed out to the last committed
     bytes_on_disk: int  # size of the index directory
     out: str  # the index directory
+    retried_requests: int = 0  # requests retried after a transient failure (botocore's and actindex's)
+    failed_shard_attempts: int = 0  # shard attempts a transient failure ended (each shard ran again)
+    recorded_after_retries: int = 0  # images recorded "unreadable after retries" (--record-failed-reads)
+    retried_errors: int = 0  # error rows of earlier runs indexed again (transient kinds; --retry-errors: all)
 
     @property
     def images_per_second(self) -> float:
@@ -99,13 +128,15 @@ class Summary:
 
 def run_index(request: IndexRequest) -> Summary:
     started, cpu = time.time(), own_cpu_seconds()
-    layout = IndexLayout(request.out)
+    RETRIES.take()  # count this run's retries only
+    layout = IndexLayout(request.out, RetryPolicy(request.retry_budget))
     root = dataset_root(request.source)
     names = read_names_options(request.names)  # a missing or unreadable names file stops the run here
-    with index_lock(layout) as lock, ExitStack() as stack:
+    tally = _Tally()
+    with _stops_in_one_line(layout, tally), index_lock(layout) as lock, ExitStack() as stack:
         _check_directory(layout, request.overwrite)
         _check_pinned(layout, pinned_params(request, root), request.overwrite)
-        refs, listing_errors = _list(request, stack)
+        refs, listing_errors = _list(request, stack, layout.retry)
         planned = _planned(layout, refs, request)
         executor, plan = _start(request, layout, planned, stack)
         existing = _check_index(layout, _params(request, plan, root, gpus=None), request.overwrite)
@@ -113,7 +144,7 @@ def run_index(request: IndexRequest) -> Summary:
         if planned is not None and planned[0].done == state.done:
             work = planned[1]  # the same markers: the same plan, without another pass over the listing
         else:
-            work = plan_work(refs, state, layout, request.shard_size, request.prune)
+            work = _plan(refs, state, layout, request)
         if work.idle and existing is not None:
             infos, _ = read_geometry(layout)
             _write_names(layout, existing["params"], infos, plan, names)
@@ -123,15 +154,78 @@ def run_index(request: IndexRequest) -> Summary:
         if existing is not None and existing["params"] != spec.params():
             _refuse_or_clear(layout, existing["params"], spec.params(), request.overwrite, EXECUTION_PARAMS)
             existing, state = None, read_state(layout)
-            work = plan_work(refs, state, layout, request.shard_size, request.prune)
+            work = _plan(refs, state, layout, request)
         infos, rfs = _geometry(layout, executor, request, plan, existing is not None)
         units = _names_table(layout, spec.layers, infos, plan, names)  # a names file that does not fit: stop
         manifest = _manifest(request, len(refs), listing_errors, spec, started)
         layout.put_json(layout.manifest, manifest)
         write_parquet(layers_table(spec, infos, rfs), layout.layers, spec.params(), layout)
         write_parquet(units, layout.units, spec.params(), layout)
-        context = WorkContext(spec, layout.url, infos, rfs, request.trust_code, spec.params())
-        return _run(layout, lock, executor, context, state, work, manifest, request, (started, cpu))
+        context = WorkContext(
+            spec, layout.url, infos, rfs, request.trust_code, spec.params(), layout.retry,
+            request.record_failed_reads,
+        )  # fmt: skip
+        tally.start(len(state.done), len(work.pending), manifest)
+        return _run(layout, lock, executor, context, state, work, manifest, request, (started, cpu), tally)
+
+
+def _plan(refs: Listing, state: IndexState, layout: IndexLayout, request: IndexRequest) -> Work:
+    """What this run computes: the new images, and the completed shards whose error rows it retries."""
+    retry = shards_to_retry(layout, state, request.retry_errors)
+    return plan_work(refs, state, layout, request.shard_size, request.prune, retry)
+
+
+class _Tally:
+    """What a stopped run can say: the shards kept, and the counters run.json records."""
+
+    def __init__(self):
+        self.kept: int | None = None  # shards completed (None until the run knows)
+        self.total = 0  # shards the index will have
+        self.manifest: dict | None = None
+        self.counters = {"retried_requests": 0, "failed_shard_attempts": 0, "recorded_after_retries": 0}
+
+    def start(self, done: int, pending: int, manifest: dict) -> None:
+        self.kept, self.total, self.manifest = done, done + pending, manifest
+
+    def add(self, name: str, value: int = 1) -> None:
+        self.counters[name] += value
+
+    def shards(self) -> str:
+        if self.kept is None:
+            return "completed shards are kept"
+        return f"{self.kept} of {self.total} shards are kept"
+
+
+@contextmanager
+def _stops_in_one_line(layout: IndexLayout, tally: _Tally):
+    """Turn a failure that retries did not clear into JobStoppedError: a shard that used its attempts, a
+    request that outlasted its budget, the index's disk full or read-only. run.json says "stopped" (when
+    it can still be written)."""
+    try:
+        yield
+    except ShardAttemptsError as exc:
+        tally.add("failed_shard_attempts")  # the last one, which the executor raised instead of yielding
+        what = f"shard {exc.shard} failed {exc.attempts} times; the last time: {exc.error}"
+        raise _stopped(layout, tally, what) from None
+    except TransientError as exc:
+        raise _stopped(layout, tally, str(exc)) from None
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS or isinstance(exc, UserError):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        what = f"cannot write{where}: {exc.strerror or exc}"
+        raise _stopped(layout, tally, what, "free space or fix the disk, then ") from None
+
+
+def _stopped(layout: IndexLayout, tally: _Tally, what: str, fix: str = "") -> JobStoppedError:
+    tally.add("retried_requests", RETRIES.take())
+    if tally.manifest is not None:
+        record = {**tally.manifest, **tally.counters, "status": "stopped", "stopped": what}
+        try:
+            layout.put_json(layout.manifest, record)
+        except Exception as exc:  # noqa: BLE001 - the store may be the thing that is down: the message says it all
+            log.warning("could not record the stop in run.json: %s", exc)
+    return JobStoppedError(f"stopped: {what}; {tally.shards()}; {fix}rerun the same command to resume")
 
 
 def _start(request: IndexRequest, layout: IndexLayout, planned, stack: ExitStack):
@@ -171,10 +265,11 @@ def _write_names(layout: IndexLayout, params: dict, infos: dict[str, LayerInfo],
     write_parquet(units, layout.units, params, layout)
 
 
-def _list(request: IndexRequest, stack: ExitStack) -> tuple[Listing, list[str]]:
+def _list(request: IndexRequest, stack: ExitStack, retry: RetryPolicy) -> tuple[Listing, list[str]]:
     """The dataset's images, sorted (spilled to a temporary folder while the job runs, when large)."""
     errors: list[tuple[str, str]] = []
-    refs = stack.enter_context(Listing.build(request.source, errors=errors, columns=request.columns))
+    listing = Listing.build(request.source, errors=errors, columns=request.columns, retry=retry)
+    refs = stack.enter_context(listing)
     for relpath, reason in errors:
         log.warning("not listed: %s (%s)", relpath, reason)
     return refs, [display_path(f"{relpath}: {reason}") for relpath, reason in errors]
@@ -188,7 +283,7 @@ def _planned(layout: IndexLayout, refs: Listing, request: IndexRequest) -> tuple
     if manifest is None or manifest.get("format") != INDEX_FORMAT or request.overwrite:
         return None
     state = read_state(layout, repair=False)
-    return state, plan_work(refs, state, layout, request.shard_size, request.prune)
+    return state, _plan(refs, state, layout, request)
 
 
 def _reusable_layers(layout: IndexLayout) -> bool:
@@ -279,12 +374,13 @@ def read_geometry(layout: IndexLayout) -> tuple[dict[str, LayerInfo], dict[str, 
     return infos, rfs
 
 
-def _run(layout, lock, executor, context, state, work: Work, manifest, request, clocks) -> Summary:
+def _run(layout, lock, executor, context, state, work: Work, manifest, request, clocks, tally) -> Summary:
     started, cpu_started = clocks
     apply_prune(layout, state, work)
+    tally.kept = len(state.done)
     remove_orphans(layout, state)
     set_topk_aside(layout)  # stale from now on: readers see no topk until it is rebuilt at the end
-    done_before = len(state.done)
+    done_before = len(state.done) - work.retried_shards  # those indexed again in place are not reused
     tasks = (ShardTask(shard.index, shard.digest, shard.refs) for shard in work.pending)  # made as handed out
     fresh = {layer: RunningTopK(info.channels, context.spec.k) for layer, info in context.infos.items()}
     fresh_ids: set[str] = set()
@@ -298,9 +394,16 @@ def _run(layout, lock, executor, context, state, work: Work, manifest, request, 
                 fresh_ids.add(marker_id(event.marker()))
                 for layer, top in event.topk.items():
                     fresh[layer].merge(top)
+                tally.kept += event.shard not in state.done  # a shard indexed again in place was kept
+                tally.add("retried_requests", event.retries)
+                tally.add("recorded_after_retries", event.after_retries)
                 progress.shard()
-                continue
-            progress.images(event)
+            elif isinstance(event, ShardFailure):
+                tally.add("failed_shard_attempts")
+                tally.add("retried_requests", event.retries)
+                log.warning("shard %d: an attempt failed (%s); it runs again", event.shard, event.error)
+            else:
+                progress.images(event)
     loop_end, cpu_loop = time.time(), own_cpu_seconds() - cpu_loop
     first = progress.first  # (when, images): start-up ends with the first batch
     shutil.rmtree(layout.journal_dir, ignore_errors=True)  # every shard is done: no journal is needed
@@ -318,8 +421,12 @@ def _run(layout, lock, executor, context, state, work: Work, manifest, request, 
         "startup_seconds": (first[0] - started) if first else 0.0,
         "steady_images_per_second": _rate(work.images - first[1], loop_end - first[0]) if first else None,
         "driver_cpu_seconds_indexing": cpu_loop,
+        "retried_errors": work.retried_errors,
     }
-    return _finish(layout, manifest, state.done, topk_rows, counts, started, cpu_started)
+    tally.add("retried_requests", RETRIES.take())  # the driver's own, and this process's workers' left over
+    return _finish(
+        layout, manifest, state.done, topk_rows, {**counts, **tally.counters}, started, cpu_started
+    )
 
 
 def _finish_idle(
@@ -343,6 +450,7 @@ def _finish_idle(
         "startup_seconds": 0.0,
         "steady_images_per_second": None,
         "driver_cpu_seconds_indexing": 0.0,
+        "retried_requests": RETRIES.take(),
     }
     manifest = {**manifest, "started": _iso(started), "finished": None, "status": "running"}
     return _finish(layout, manifest, state.done, topk_rows, counts, started, cpu)

@@ -15,8 +15,16 @@ import queue
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from actindex.jobs.executor import TaskQueue
-from actindex.jobs.worker import ModelPlan, ShardResult, ShardTask, ShardWorker, WorkContext, plan_model
+from actindex.jobs.executor import Attempts, TaskQueue
+from actindex.jobs.worker import (
+    ModelPlan,
+    ShardFailure,
+    ShardResult,
+    ShardTask,
+    ShardWorker,
+    WorkContext,
+    plan_model,
+)
 
 _DONE = object()
 
@@ -41,10 +49,13 @@ class LocalExecutor:
         plan, self.module = plan_model(request, geometry)  # the worker uses this copy: no second load
         return plan
 
-    def run(self, context: WorkContext, tasks: Iterable[ShardTask]) -> Iterator[int | ShardResult]:
+    def run(
+        self, context: WorkContext, tasks: Iterable[ShardTask]
+    ) -> Iterator[int | ShardResult | ShardFailure]:
         worker = ShardWorker(context, module=self.module)
         events: queue.Queue = queue.Queue()
-        pending, running = TaskQueue(tasks), 0
+        pending, running, attempts = TaskQueue(tasks), 0, Attempts()
+        by_shard: dict[int, ShardTask] = {}
 
         def work(task: ShardTask) -> None:
             try:
@@ -58,13 +69,20 @@ class LocalExecutor:
             try:
                 while pending or running:
                     while pending and running < worker.in_flight:
-                        threads.submit(work, pending.popleft())
+                        task = pending.popleft()
+                        by_shard[task.shard] = task
+                        threads.submit(work, task)
                         running += 1
                     event = _next(events)
                     if event is _DONE:
                         running -= 1
                     elif isinstance(event, _Failed):
                         raise event.exc
+                    elif isinstance(event, ShardFailure):  # the same shard again, next (one worker here)
+                        attempts.fail(event.shard, event.error)
+                        pending.appendleft(by_shard[event.shard])
+                        yield -event.images
+                        yield event
                     else:
                         yield event
             finally:

@@ -17,6 +17,12 @@ gone (a killed job resumed on the same machine waits for nothing); the takeover 
 two jobs cannot both take it over. A holder whose renewal finds the lease taken stops before its next
 commit (LeaseLostError). What is not guaranteed: clocks that differ across hosts by more than the lease's
 slack (SKEW_SECONDS), and a holder paused for longer than the lease between its check and a commit.
+
+Every request is retried when it fails transiently (pipeline.retry). A conditional write whose first
+attempt was applied but whose reply was lost answers 412 when it is sent again; so before a 412 means
+"another job", the lease object is read, and when it holds this lease's own `holder` id (a random token
+per lease), the write succeeded and its ETag is adopted. A renewal that fails transiently is retried until
+the lease's slack (LEASE_SECONDS - RENEW_SECONDS after the last renewal) is spent, then by the next tick.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ import os
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from actindex.pipeline.errors import UserError
+from actindex.pipeline.retry import RetryPolicy
 from actindex.pipeline.storage import user_errors
 
 log = logging.getLogger("actindex")
@@ -45,7 +53,8 @@ class LeaseLostError(UserError, RuntimeError):
 
 
 def index_lock(layout):
-    """The lock of an index: IndexLock on a local directory, ObjectLease on an object store."""
+    """The lock of an index: IndexLock on a local directory, ObjectLease on an object store (its requests
+    retried with the layout's policy)."""
     return ObjectLease(layout) if layout.remote else IndexLock(layout.root)
 
 
@@ -134,7 +143,9 @@ class ObjectLease:
                 "writes; write to s3:// or a local directory (reading other stores works)"
             )
         self.fs, self.layout = layout.fs, layout
+        self.retry: RetryPolicy = layout.retry
         self.bucket, _, self.key = str(layout.root / ".lock").partition("/")
+        self.token = uuid.uuid4().hex  # this lease's holder id: tells its own writes from another job's
         self.etag: str | None = None
         self.lost: str | None = None
         self.since = self.renewed = time.time()  # the job's start, and the lease's last successful put
@@ -143,7 +154,7 @@ class ObjectLease:
 
     def __enter__(self) -> ObjectLease:
         with user_errors(self.layout.url):
-            self._acquire()
+            self._acquire()  # a store that stays down: TransientError, told as "cannot reach the store"
         self._thread = threading.Thread(target=self._renew_every, name="actindex-lease", daemon=True)
         self._thread.start()
         return self
@@ -189,11 +200,14 @@ class ObjectLease:
             )
 
     def renew(self) -> None:
-        """Push the lease's expiry on, if it is still ours; otherwise record that it was lost."""
+        """Push the lease's expiry on, if it is still ours; otherwise record that it was lost. Transient
+        failures are retried within the lease's slack; after that the next tick tries again."""
         if self.lost:
             return
+        slack = LEASE_SECONDS - RENEW_SECONDS - (time.time() - self.renewed)
+        policy = RetryPolicy(max(0.0, min(self.retry.budget_s, slack)))
         try:
-            self.etag = self._put(IfMatch=self.etag)
+            self.etag = self._put(policy, IfMatch=self.etag)
             self.renewed = time.time()
         except Exception as exc:  # noqa: BLE001 - recorded; check() stops the job before its next commit
             if _precondition_failed(exc):
@@ -206,17 +220,40 @@ class ObjectLease:
         while not self._stop.wait(RENEW_SECONDS) and not self.lost:
             self.renew()
 
-    def _put(self, **condition) -> str:
-        body = json.dumps({**_me(self.since), "expires": time.time() + LEASE_SECONDS}).encode()
+    def _put(self, policy: RetryPolicy | None = None, **condition) -> str:
+        """Write the lease if `condition` holds; its new ETag. A 412 after a retried attempt may be this
+        lease's own write, applied with its reply lost: then the object holds our token and is ours."""
+        policy = policy or self.retry
+        body = json.dumps({**_me(self.since), "holder": self.token, "expires": time.time() + LEASE_SECONDS})
+        try:
+            return policy.call(self._put_once, body.encode(), what=self._url, **condition)
+        except OSError as exc:
+            if not _precondition_failed(exc):
+                raise
+            etag, holder = self._read()
+            if etag is None or (holder or {}).get("holder") != self.token:
+                raise
+            log.info("the lease write on %s was applied; only its reply was lost", self.layout.url)
+            return etag
+
+    def _put_once(self, body: bytes, **condition) -> str:
         reply = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=body, **condition)
         return reply["ETag"]
+
+    @property
+    def _url(self) -> str:
+        return f"{self.layout.protocol}://{self.bucket}/{self.key}"
 
     def _read(self) -> tuple[str | None, dict | None]:
         """(ETag, contents) of the lease object, or (None, None). The ETag is read first: contents newer
         than it make a takeover conditional on it fail, never succeed wrongly."""
         try:
-            etag = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self.key)["ETag"]
-            holder = json.loads(self.fs.cat_file(f"{self.bucket}/{self.key}"))
+            etag = self.retry.call(
+                self.fs.call_s3, "head_object", Bucket=self.bucket, Key=self.key, what=self._url
+            )["ETag"]
+            holder = json.loads(
+                self.retry.call(self.fs.cat_file, f"{self.bucket}/{self.key}", what=self._url)
+            )
         except FileNotFoundError:
             return None, None
         return etag, holder
@@ -228,11 +265,23 @@ class ObjectLease:
         if self.lost or self.etag is None:
             return
         try:
-            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+            self._release()
         except Exception as error:  # noqa: BLE001 - the lease then expires by itself
             log.warning(
                 "could not release the lease on %s (%s); it expires by itself", self.layout.url, error
             )
+
+    def _release(self) -> None:
+        """Delete the lease if it is still ours. A retried delete whose first attempt was applied finds
+        the object gone (or, after another job took it, not ours): either way there is nothing to do."""
+        try:
+            self.retry.call(
+                self.fs.call_s3, "delete_object", Bucket=self.bucket, Key=self.key, IfMatch=self.etag,
+                what=self._url,
+            )  # fmt: skip
+        except (FileNotFoundError, OSError) as exc:
+            if not (isinstance(exc, FileNotFoundError) or _precondition_failed(exc)):
+                raise
 
 
 def _precondition_failed(exc: BaseException) -> bool:

@@ -19,7 +19,9 @@ hold, it says so after a few seconds and keeps waiting.
 
 Failures: an actor that dies (a crashed decoder, a lost node) is restarted by Ray where its node still
 exists; its shards go back to the queue (another actor may take them) and their progress is taken back.
-A shard that fails MAX_ATTEMPTS times, or an exception raised by the worker's code, stops the job.
+A shard attempt that a transient failure ended (a ShardFailure from the worker) goes back to the queue
+too, for another actor where there is one. A shard that fails MAX_SHARD_ATTEMPTS times, or an exception
+raised by the worker's code, stops the job.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from actindex.jobs.executor import TaskQueue
+from actindex.jobs.executor import MAX_SHARD_ATTEMPTS, Attempts, TaskQueue
 from actindex.jobs.worker import (
     IN_FLIGHT,
     ModelPlan,
+    ShardFailure,
     ShardResult,
     ShardTask,
     ShardWorker,
@@ -48,7 +51,6 @@ from actindex.jobs.worker import (
 from actindex.pipeline.errors import InvalidInputError, UserError
 
 log = logging.getLogger("actindex")
-MAX_ATTEMPTS = 4  # a shard whose actor dies this often stops the job (a decoder crash costs two)
 WAIT_WARNING_S = 10.0  # say that actors wait for resources after this long without one ready
 
 
@@ -316,7 +318,7 @@ def _start_actor(slot: ActorSlot):
             num_cpus=slot.num_cpus,
             num_gpus=slot.num_gpus,
             max_concurrency=IN_FLIGHT[slot.device] + 1,  # + the plan/ready calls
-            max_restarts=MAX_ATTEMPTS,
+            max_restarts=MAX_SHARD_ATTEMPTS,
             max_task_retries=0,  # the scheduler retries shards itself, on any actor
             scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
         )
@@ -338,7 +340,8 @@ class _Scheduler:
         self.alive: list = []
         self.starting = {actor.ready.remote(context): actor for actor in actors}  # ping -> actor
         self.inflight: dict = {}  # generator -> [actor, task, images reported]
-        self.attempts: Counter = Counter()
+        self.attempts = Attempts()
+        self.avoid: dict[int, object] = {}  # shard -> the actor its last attempt failed on
         self.patience = _Patience()
         self._ray = ray
 
@@ -363,6 +366,8 @@ class _Scheduler:
     def _assign(self) -> None:
         for actor in self.alive:
             while self.queue and self.load[actor] < IN_FLIGHT[self.slots[actor].device]:
+                if self.avoid.get(self.queue.peek().shard) is actor and len(self.alive) > 1:
+                    break  # a shard that failed on this actor goes to another one
                 task = self.queue.popleft()
                 generator = actor.run_shard.options(num_returns="streaming").remote(self.context, task)
                 self.inflight[generator] = [actor, task, 0]
@@ -403,6 +408,17 @@ class _Scheduler:
             return
         if isinstance(value, int):
             self.inflight[generator][2] += value
+        if isinstance(value, ShardFailure):
+            self.attempts.fail(task.shard, value.error)
+            log.warning(
+                "shard %d: an attempt on %s failed (%s); retrying it",
+                task.shard,
+                self.slots[actor].host,
+                value.error,
+            )
+            self.avoid[task.shard] = actor
+            self.queue.appendleft(task)
+            yield -reported
         self.patience.progressed()
         yield value
 
@@ -415,12 +431,7 @@ class _Scheduler:
         whether it came back."""
         actor, task, _ = self.inflight[generator]
         self._release(generator)
-        self.attempts[task.shard] += 1
-        if self.attempts[task.shard] >= MAX_ATTEMPTS:
-            raise RuntimeError(
-                f"shard {task.shard} lost its worker {self.attempts[task.shard]} times; "
-                f"the last time: {_first_line(exc)}"
-            )
+        self.attempts.fail(task.shard, f"its worker died: {_first_line(exc)}")
         log.warning(
             "shard %d: its worker on %s died (%s); retrying it",
             task.shard,

@@ -23,6 +23,7 @@ from actindex.pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED
 from actindex.pipeline.errors import InvalidInputError
 from actindex.pipeline.model_args import check_model_args
 from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.retry import DEFAULT_BUDGET_S
 
 
 class Executor(str, Enum):
@@ -146,6 +147,13 @@ class IndexRequest:
     # unit names (pipeline.names): "FILE" names the output layer's units, "LAYER=FILE" those of LAYER; one
     # name per line. Not a parameter of the index: a rerun with other files replaces those layers' names
     names: tuple[str, ...] = ()
+    # seconds a request that fails transiently (pipeline.retry: 5xx, 429, timeouts, resets, EIO) is retried
+    # for; recorded in run.json's config, not a parameter of the index (a rerun may change it)
+    retry_budget: float = DEFAULT_BUDGET_S
+    # an image whose reads still fail after the budget is an error row "unreadable after retries" instead
+    # of failing its shard attempt (and, once the attempts are used up, stopping the job)
+    record_failed_reads: bool = False
+    retry_errors: bool = False  # index again every shard that holds an error row (files fixed, codecs added)
 
     def __post_init__(self) -> None:
         self.layers = tuple(self.layers)
@@ -180,6 +188,8 @@ class IndexRequest:
             raise InvalidInputError(f"max_pixels must be positive (got {self.max_pixels})")
         if self.workers is not None and self.workers < 1:
             raise InvalidInputError(f"workers must be at least 1 (got {self.workers})")
+        if not self.retry_budget >= 0:
+            raise InvalidInputError(f"retry_budget must be 0 or more seconds (got {self.retry_budget})")
         check_model_args(self.model, self.weights, self.trust_code)
 
 

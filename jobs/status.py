@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actindex.jobs.finalize import topk_is_current
-from actindex.jobs.incremental import plan_work, read_state
+from actindex.jobs.incremental import plan_work, read_state, shards_to_retry
 from actindex.jobs.lock import is_locked
 from actindex.pipeline.containers import Columns
 from actindex.pipeline.errors import UserError
@@ -37,6 +37,7 @@ class IndexStatus:
     notes: list[str] = field(default_factory=list)
     topk_current: bool = False  # topk/ merges exactly the completed shards
     topk_rows: int = 0
+    retry_errors: int = 0  # error rows of a transient kind (an earlier actindex's) that a rerun retries
 
 
 def index_status(index_dir: str | Path) -> IndexStatus:
@@ -78,7 +79,9 @@ def _compare_with_dataset(layout: IndexLayout, manifest: dict, status: IndexStat
         return
     with refs:
         state = read_state(layout, repair=False)  # status never writes
-        work = plan_work(refs, state, layout, manifest["params"]["shard_size"], prune=False)
+        retry = shards_to_retry(layout, state, all_errors=False)
+        work = plan_work(refs, state, layout, manifest["params"]["shard_size"], prune=False, retry=retry)
+    status.retry_errors = work.retried_errors
     status.dataset_images = len(refs)
     status.new_images = work.new_images
     status.missing_images = len(work.missing)

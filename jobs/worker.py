@@ -18,6 +18,10 @@ image: each attempt at a batch appends `attempt`, then `start ID` / `end ID` aro
 `_journal/batch-<first id>.log`; an image that was being decoded when two attempts died becomes an error
 row ("crashed the decoder") and the rest of the batch is decoded. Ray retries a shard whose actor died;
 without Ray the user reruns the job.
+
+Transient failures (pipeline.retry) are retried per request, with the run's budget. One that outlasts it
+ends the shard attempt, not the image: `run_shard` yields a ShardFailure instead of a result, its files
+are never committed, and the executor runs the shard again (jobs.executor.MAX_SHARD_ATTEMPTS).
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ import pyarrow as pa
 
 from actindex.jobs.spec import IndexRequest, RunSpec
 from actindex.pipeline import schema
-from actindex.pipeline.decode import DecodedImage, Decoder
+from actindex.pipeline.decode import AFTER_RETRIES, DecodedImage, Decoder, error_kind
 from actindex.pipeline.errors import UserError
 from actindex.pipeline.finish import activations_table, order_units
 from actindex.pipeline.geometry import LayerInfo, ReceptiveField, boxes
 from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.retry import RETRIES, RetryPolicy, TransientError, describe, is_transient
 from actindex.pipeline.sources import ImageRef, display_path
 from actindex.pipeline.storage import open_image_bytes, split_uri
 from actindex.pipeline.topk import TopK, topk_table
@@ -118,6 +123,8 @@ class WorkContext:
     rfs: dict[str, ReceptiveField]  # per layer: receptive field, for the top-k boxes
     trust_code: bool = False  # the model executes code when loaded (TorchScript, python:)
     metadata: dict = field(default_factory=dict)  # key-value metadata of every Parquet file
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # every read and write of the worker
+    record_failed_reads: bool = False  # images whose reads outlast `retry`: "unreadable after retries" rows
 
 
 @dataclass
@@ -134,10 +141,34 @@ class ShardResult:
     writer: dict  # host, pid (and Ray node) of the process that wrote the files
     topk: dict[str, TopK]  # per layer: the shard's top-k (units x min(k, ok images))
     seconds: dict[str, float]  # model (decode + forward) and finish (order + encode + write) time
+    after_retries: int = 0  # images recorded as "unreadable after retries" (--record-failed-reads)
+    retries: int = 0  # requests the worker retried since its last report (pipeline.retry.RETRIES)
 
     def marker(self) -> dict:
-        keys = ("shard", "digest", "attempt", "files", "images", "ok", "activation_rows", "writer", "seconds")
+        keys = (
+            "shard",
+            "digest",
+            "attempt",
+            "files",
+            "images",
+            "ok",
+            "activation_rows",
+            "writer",
+            "seconds",
+            "after_retries",
+        )
         return {key: getattr(self, key) for key in keys}
+
+
+@dataclass
+class ShardFailure:
+    """An attempt at a shard that a transient failure ended (its files are never committed): the executor
+    runs the shard again, and the driver counts it."""
+
+    shard: int
+    error: str  # the request that failed and the store's error, one line
+    images: int  # images this attempt reported done (taken back from the progress)
+    retries: int = 0  # requests the worker retried since its last report
 
 
 class Cancelled(Exception):
@@ -161,9 +192,11 @@ class ShardWorker:
         if threads:
             torch.set_num_threads(threads)
         self.context, self.spec = context, context.spec
-        self.layout = IndexLayout(context.root)
+        self.layout = IndexLayout(context.root, context.retry)
         self.recorder = make_recorder(module if module is not None else self._load(), self.spec)
-        self.cpu_decoder = Decoder(self.spec.preprocessing, self.spec.max_pixels)
+        self.cpu_decoder = Decoder(
+            self.spec.preprocessing, self.spec.max_pixels, context.retry, context.record_failed_reads
+        )
         self.device_decoder = None
         if self.spec.device_decode:
             from actindex.pipeline.gpu import GpuDecoder
@@ -199,9 +232,22 @@ class ShardWorker:
 
     # ------------------------------------------------------------------------------------------- a shard
 
-    def run_shard(self, task: ShardTask) -> Iterator[int | ShardResult]:
+    def run_shard(self, task: ShardTask) -> Iterator[int | ShardResult | ShardFailure]:
         """Yields images done (every PROGRESS_EVERY seconds, and all of them before the result), then the
-        ShardResult (its files are written)."""
+        ShardResult (its files are written); or, when a transient failure outlasted its retries, a
+        ShardFailure. Any other exception is raised."""
+        reported = 0
+        try:
+            for event in self._run_shard(task):
+                if isinstance(event, int):
+                    reported += event
+                yield event
+        except Exception as exc:
+            if not (isinstance(exc, TransientError) or is_transient(exc)):
+                raise
+            yield ShardFailure(task.shard, describe(exc), reported, RETRIES.take())
+
+    def _run_shard(self, task: ShardTask) -> Iterator[int | ShardResult]:
         from actindex.pipeline.loop import Prefetcher, record_batches
 
         started = time.perf_counter()
@@ -229,6 +275,7 @@ class ShardWorker:
         computed = time.perf_counter()
         result = self.finisher(task, shard.meta(), {layer: shard.layer(layer) for layer in self.spec.layers})
         result.seconds = {"model": computed - started, "finish": time.perf_counter() - computed}
+        result.retries = RETRIES.take()
         yield result
 
     # -------------------------------------------------------------------------------------------- decode
@@ -273,7 +320,7 @@ class ShardFinisher:
 
     def __init__(self, context: WorkContext, pool: Executor | None = None, writer: dict | None = None):
         self.context, self.spec = context, context.spec
-        self.layout = IndexLayout(context.root)
+        self.layout = IndexLayout(context.root, context.retry)
         self.pool = pool
         self.writer = writer or {"host": socket.gethostname(), "pid": os.getpid()}
 
@@ -309,6 +356,7 @@ class ShardFinisher:
             writer=self.writer,
             topk=tops,
             seconds={},
+            after_retries=int(sum(error_kind(str(e)) == AFTER_RETRIES for e in meta["error"][~ok])),
         )
 
     def _layer(self, shard, attempt, layer, act, pos, ok_ids, sizes) -> tuple[TopK, object, int]:
@@ -443,9 +491,10 @@ class _BatchJournal:
             return decode()
         self.entries.write(f"start {image_id}\n")
         self.entries.flush()  # in the OS page cache: it outlives the process
-        result = decode()
-        self.entries.write(f"end {image_id}\n")
-        return result
+        try:
+            return decode()
+        finally:  # an exception (a read that outlasted its retries) is no crash: only a dead process is
+            self.entries.write(f"end {image_id}\n")
 
 
 def _crashed_ids(journal: Path, strikes: int = 2) -> set[int]:

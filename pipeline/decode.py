@@ -44,9 +44,16 @@ ERROR_KINDS (use `error_kind(error)` to get it):
   unreadable    the file system refused: "file not found" (deleted after listing, dangling symlink),
                 "permission denied", "symlink loop", "is a directory", "not a regular file" (a FIFO or
                 device named like an image: never opened, so it cannot hang the job), or the OS's message;
-                for an object store, its error ("file not found" for an object deleted after listing)
+                for an object store, its error ("file not found" for an object deleted after listing,
+                "permission denied", HTTP 501 and other 4xx answers)
   unsupported   a recognised image Pillow cannot convert here (missing codec, unusual mode)
   failed        anything else, with the exception's type and message: a bug worth reporting
+
+  unreadable after retries
+                a transient failure (pipeline.retry: HTTP 5xx/429, a timeout, a reset connection, EIO,
+                ...) that outlasted the retry budget, recorded only when the run asks for it
+                (--record-failed-reads); otherwise such a failure is never a row: the shard attempt fails
+                and runs again. `--retry-errors` indexes these images again.
 
 The job adds two kinds of its own (jobs/worker.py, pipeline/loop.py), for failures the decoder cannot
 report itself: "out of memory" and "crashed the decoder".
@@ -71,10 +78,21 @@ import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.retry import READS, RetryPolicy, TransientError, is_transient
 from actindex.pipeline.storage import NullImageError, open_image_bytes, split_uri
 
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb threshold (2x MAX_IMAGE_PIXELS)
-ERROR_KINDS = ("not an image", "truncated", "corrupt", "too large", "unreadable", "unsupported", "failed")
+AFTER_RETRIES = "unreadable after retries"  # the kind of a transient failure recorded on purpose
+ERROR_KINDS = (
+    "not an image",
+    "truncated",
+    "corrupt",
+    "too large",
+    "unreadable",
+    "unsupported",
+    "failed",
+    AFTER_RETRIES,
+)
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what Image.open may identify (JPEG includes MPO)
 DRAFT_MARGIN = 2  # a drafted JPEG keeps at least this many times the resized size
 # why --decode torchvision and --device-decode do not go together (pipeline.gpu.GpuDecoder, jobs.spec)
@@ -111,9 +129,17 @@ class DecodedImage:
 class Decoder:
     """A stage: file path -> DecodedImage. Constructed once per worker, called per image or batch."""
 
-    def __init__(self, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        preprocessing: Preprocessing,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        retry: RetryPolicy | None = None,
+        record_after_retries: bool = False,
+    ):
         self.preprocessing = preprocessing
         self.max_pixels = max_pixels
+        self.retry = retry or READS  # a job passes its own (--retry-budget)
+        self.record_after_retries = record_after_retries
         # The decoder enforces max_pixels itself, from the header, before any pixel is decoded; Pillow's own
         # process-wide limit would otherwise cap it at its default.
         if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
@@ -122,6 +148,17 @@ class Decoder:
         self.formats = tuple(f for f in FORMATS if f in Image.OPEN)
 
     def __call__(self, uri: str) -> DecodedImage:
+        """The image at `uri`, or its error row. A transient failure to read it (pipeline.retry) is retried
+        with `retry`; when it outlasts the budget, TransientError is raised (the shard attempt fails), or
+        with `record_after_retries` the image is an "unreadable after retries" row."""
+        try:
+            return self.retry.call(self._decode, uri, what=uri)
+        except TransientError as exc:
+            if not self.record_after_retries:
+                raise
+            return DecodedImage(None, 0, 0, f"{AFTER_RETRIES}: {exc.detail}"[:300])
+
+    def _decode(self, uri: str) -> DecodedImage:
         width = height = 0
         data = None
         try:
@@ -144,6 +181,8 @@ class Decoder:
                 rgb = as_decoded(img, self.preprocessing.decode)
             return DecodedImage(self._preprocess(rgb, width, height, box), width, height, None)
         except Exception as exc:  # noqa: BLE001 - any decoder failure becomes an error row, never a crash
+            if is_transient(exc):  # the store's or the disk's fault, not the image's: retried by __call__
+                raise
             return DecodedImage(None, width, height, _describe(exc, uri, data))
 
     def decode_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -265,6 +304,56 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def error_kind(error: str) -> str:
     """The kind of an error reason (one of ERROR_KINDS): the text before its first ':'."""
     return error.split(":", 1)[0]
+
+
+# What actindex before the retry layer (pipeline.retry) stored for failures that were transient: an object
+# store's 5xx or 429 as s3fs translated it, a network file system's errno, or a connection error caught as
+# "failed". A rerun indexes the shards holding such rows again (jobs.incremental.shards_to_retry).
+TRANSIENT_STORED_UNREADABLE = frozenset(
+    {
+        "service unavailable",  # 503 (a HEAD's answer has no body)
+        "please reduce your request rate.",  # 503 SlowDown
+        "slow down",
+        "internal server error",  # 500 (HEAD)
+        "we encountered an internal error. please try again.",  # 500 InternalError
+        "bad gateway",  # 502
+        "gateway timeout",  # 504
+        "too many requests",  # 429
+        "input/output error",  # EIO
+        "connection timed out",  # ETIMEDOUT
+        "stale file handle",  # ESTALE
+        "connection reset by peer",  # ECONNRESET
+        "software caused connection abort",  # ECONNABORTED
+        "connection refused",  # ECONNREFUSED
+        "remote i/o error",  # EREMOTEIO
+    }
+)
+TRANSIENT_STORED_FAILED = frozenset(
+    {  # "failed: <exception class>: ..." for the connection errors of pipeline.retry.TRANSIENT_CLASSES
+        "ClientPayloadError",
+        "ConnectionClosedError",
+        "EndpointConnectionError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ResponseStreamingError",
+        "IncompleteReadError",
+        "ServerDisconnectedError",
+        "HTTPClientError",
+        "FSTimeoutError",
+        "TimeoutError",
+    }
+)
+
+
+def stored_error_is_transient(error: str) -> bool:
+    """Whether an `images.error` written by an earlier actindex is one of the transient failures it did not
+    tell apart (TRANSIENT_STORED_UNREADABLE, TRANSIENT_STORED_FAILED)."""
+    kind, _, detail = error.partition(": ")
+    if kind == "unreadable":
+        return detail.strip() in TRANSIENT_STORED_UNREADABLE
+    if kind == "failed":
+        return detail.split(":", 1)[0].strip() in TRANSIENT_STORED_FAILED
+    return False
 
 
 def describe_error(exc: BaseException) -> str:

@@ -31,6 +31,7 @@ import pyarrow as pa
 from actindex.pipeline import storage
 from actindex.pipeline.containers import Columns
 from actindex.pipeline.errors import InvalidInputError, MissingInputError
+from actindex.pipeline.retry import RetryPolicy
 from actindex.pipeline.sources import IMAGE_EXTENSIONS, ImageRef, iter_images
 
 RUN_ROWS = 200_000  # images held while listing (~130 MB of Python objects); beyond, runs go to disk
@@ -53,12 +54,13 @@ class Listing:
         errors: list[tuple[str, str]] | None = None,
         columns: Columns | None = None,
         run_rows: int = RUN_ROWS,
+        retry: RetryPolicy | None = None,
     ) -> Listing:
-        """List `source` (see pipeline.sources.list_images for `errors` and `columns`)."""
+        """List `source` (see pipeline.sources.list_images for `errors`, `columns` and `retry`)."""
         runs, folder = [], None
         rows: list[ImageRef] = []
         with storage.user_errors(source):
-            for ref in iter_images(source, errors, columns):
+            for ref in iter_images(source, errors, columns, retry):
                 rows.append(ref)
                 if len(rows) >= run_rows:
                     folder = folder or tempfile.TemporaryDirectory(prefix="actindex-listing-")

@@ -56,6 +56,7 @@ from pathlib import Path
 from actindex.pipeline import storage
 from actindex.pipeline.containers import Columns, parquet_rows, tar_samples
 from actindex.pipeline.errors import MissingInputError
+from actindex.pipeline.retry import READS, RetryPolicy
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst"})
@@ -124,7 +125,10 @@ def path_from_display(text: str) -> str:
 
 
 def list_images(
-    source: str, errors: list[tuple[str, str]] | None = None, columns: Columns | None = None
+    source: str,
+    errors: list[tuple[str, str]] | None = None,
+    columns: Columns | None = None,
+    retry: RetryPolicy | None = None,
 ) -> list[ImageRef]:
     """All images named by `source`, sorted by relative path; raises if there are none.
 
@@ -132,34 +136,40 @@ def list_images(
     and so are folder symlinks skipped because they loop back to a folder they are inside of, and tars that
     end inside a header.
     columns: the Parquet columns to read (Parquet sources only).
+    retry: how long a transient failure of a listing request is retried (pipeline.retry).
     """
     from actindex.pipeline.listing import Listing  # it builds on this module
 
-    with Listing.build(source, errors, columns) as listing:
+    with Listing.build(source, errors, columns, retry=retry) as listing:
         return list(listing)
 
 
 def iter_images(
-    source: str, errors: list[tuple[str, str]] | None = None, columns: Columns | None = None
+    source: str,
+    errors: list[tuple[str, str]] | None = None,
+    columns: Columns | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Iterator[ImageRef]:
-    """The images named by `source`, one at a time, in listing order (not sorted, not deduplicated)."""
+    """The images named by `source`, one at a time, in listing order (not sorted, not deduplicated). Each
+    request (a folder read, a listing page, a container's index) is retried whole on a transient failure."""
+    retry = retry or READS
     kind = _container_kind(source)
     if kind is not None:
         root = dataset_root(source)
-        for location, relpath in _containers(source, root, errors):
-            yield from _container_refs(kind, location, relpath, columns or Columns(), errors)
+        for location, relpath in _containers(source, root, errors, retry):
+            yield from _container_refs(kind, location, relpath, columns or Columns(), errors, retry)
     elif storage.is_url(source):
-        yield from _from_url(source, errors)
+        yield from _from_url(source, errors, retry)
     else:
-        yield from _from_local(source, errors)
+        yield from _from_local(source, errors, retry)
 
 
-def _from_local(source: str, errors: list | None) -> list[ImageRef]:
+def _from_local(source: str, errors: list | None, retry: RetryPolicy) -> list[ImageRef]:
     path = Path(source)
     if path.is_dir():
-        refs = _from_folder(path, errors)
+        refs = _from_folder(path, errors, retry)
     elif _is_glob(source) and not path.is_file():  # 'set[1]/a.jpg' that exists is a file, not a glob
-        refs = _from_glob(source, errors)
+        refs = _from_glob(source, errors, retry)
     elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
         refs = _from_list_file(path)
     elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -181,27 +191,29 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _from_folder(root: Path, errors: list | None) -> list[ImageRef]:
+def _from_folder(root: Path, errors: list | None, retry: RetryPolicy) -> list[ImageRef]:
     refs = []
-    for relpath, file in _walk(str(root.resolve()), errors):
+    for relpath, file in _walk(str(root.resolve()), errors, retry):
         if _is_image_name(relpath):
             label = relpath.split("/", 1)[0] if "/" in relpath else None
             refs.append(ImageRef(image_id_for(relpath), file, relpath, label))
     return refs
 
 
-def _walk(root: str, errors: list | None, max_depth: int | None = None) -> Iterator[tuple[str, str]]:
+def _walk(
+    root: str, errors: list | None, retry: RetryPolicy, max_depth: int | None = None
+) -> Iterator[tuple[str, str]]:
     """(relpath, path) of everything below `root` that is not a folder, down to `max_depth` path segments.
 
     Folder symlinks are followed unless they lead to a folder on the current path (a loop). Entries whose
-    type cannot be determined (dangling symlinks, symlink loops) count as files.
+    type cannot be determined (dangling symlinks, symlink loops) count as files. A folder whose read fails
+    transiently (EIO, ESTALE, ... on a network file system) is read again with `retry`.
     """
     stack = [(root, "", frozenset({_identity(os.stat(root))}), 0)]
     while stack:
         folder, rel, ancestors, depth = stack.pop()
         try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda entry: entry.name)
+            entries = retry.call(_scan, folder, what=folder)
         except OSError as exc:
             if not rel or errors is None:
                 raise
@@ -219,6 +231,11 @@ def _walk(root: str, errors: list | None, max_depth: int | None = None) -> Itera
             elif max_depth is None or depth + 1 < max_depth:
                 subfolders.append((entry.path, relpath, ancestors | {identity}, depth + 1))
         stack.extend(reversed(subfolders))  # depth first, in name order: errors come out sorted
+
+
+def _scan(folder: str) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda entry: entry.name)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -247,15 +264,15 @@ def _glob_prefix(pattern: str) -> str:
     return str(Path(*prefix)) if prefix else "."
 
 
-def _from_glob(pattern: str, errors: list | None) -> list[ImageRef]:
+def _from_glob(pattern: str, errors: list | None, retry: RetryPolicy) -> list[ImageRef]:
     return [
         ImageRef(image_id_for(relpath), file, relpath, None)
-        for relpath, file in _glob_files(pattern, errors)
+        for relpath, file in _glob_files(pattern, errors, retry)
         if _is_image_name(relpath)
     ]
 
 
-def _glob_files(pattern: str, errors: list | None) -> Iterator[tuple[str, str]]:
+def _glob_files(pattern: str, errors: list | None, retry: RetryPolicy) -> Iterator[tuple[str, str]]:
     """(relpath, path) of the files matching `pattern`: glob.glob(pattern, recursive=True) semantics ('**'
     = zero or more folders; wildcards do not match names starting with '.'), over the same loop-safe walk
     as folders, relative to the literal prefix."""
@@ -265,7 +282,7 @@ def _glob_files(pattern: str, errors: list | None) -> Iterator[tuple[str, str]]:
     if not root.is_dir():
         return
     depth = None if "**" in segments else len(segments)
-    for relpath, file in _walk(str(root), errors, depth):
+    for relpath, file in _walk(str(root), errors, retry, depth):
         if _glob_match(segments, relpath.split("/")):
             yield relpath, file
 
@@ -332,12 +349,12 @@ def expand_braces(pattern: str) -> Iterator[str]:
         yield from expand_braces(head + choice + tail)
 
 
-def _containers(source: str, root: str, errors: list | None) -> Iterator[tuple[str, str]]:
+def _containers(source: str, root: str, errors: list | None, retry: RetryPolicy) -> Iterator[tuple[str, str]]:
     """(location, relpath) of each container file `source` names: one file, a brace pattern, a glob."""
     url = storage.is_url(source)
     for pattern in expand_braces(source):
         if _is_glob(pattern):
-            yield from (_url_glob(pattern) if url else _local_glob(pattern, root, errors))
+            yield from (_url_glob(pattern, retry) if url else _local_glob(pattern, root, errors, retry))
         elif url:
             yield pattern, _url_relpath(pattern, root)
         else:
@@ -347,20 +364,33 @@ def _containers(source: str, root: str, errors: list | None) -> Iterator[tuple[s
             yield str(path), os.path.relpath(path, root).replace(os.sep, "/")
 
 
-def _local_glob(pattern: str, root: str, errors: list | None) -> Iterator[tuple[str, str]]:
-    for _, file in _glob_files(pattern, errors):
+def _local_glob(
+    pattern: str, root: str, errors: list | None, retry: RetryPolicy
+) -> Iterator[tuple[str, str]]:
+    for _, file in _glob_files(pattern, errors, retry):
         yield file, os.path.relpath(file, root).replace(os.sep, "/")
 
 
 def _container_refs(
-    kind: str, location: str, relpath: str, columns: Columns, errors: list | None
+    kind: str, location: str, relpath: str, columns: Columns, errors: list | None, retry: RetryPolicy
 ) -> Iterator[ImageRef]:
+    """The images of one tar or Parquet file. Its index is read whole before any is yielded, so that a
+    read that fails transiently halfway is started again from the beginning, never listed twice."""
     if kind == "tar":
-        for member, label in tar_samples(location, _is_image_name, errors, relpath):
+
+        def attempt() -> tuple[list, list | None]:
+            found = None if errors is None else []  # this attempt's: a failed one's are dropped
+            return list(tar_samples(location, _is_image_name, found, relpath)), found
+
+        samples, found = retry.call(attempt, what=location)
+        if found:
+            errors.extend(found)
+        for member, label in samples:
             name = f"{relpath}#{member}"
             yield ImageRef(image_id_for(name), storage.tar_uri(location, member), name, label)
     else:
-        for key, row, label, column in parquet_rows(location, columns):
+        rows = retry.call(lambda: list(parquet_rows(location, columns)), what=location)
+        for key, row, label, column in rows:
             name = f"{relpath}#{key}"
             yield ImageRef(image_id_for(name), storage.parquet_uri(location, row, column), name, label)
 
@@ -384,44 +414,49 @@ def _url_relpath(url: str, root: str) -> str:
     return url[len(root) :].lstrip("/")
 
 
-def _from_url(source: str, errors: list | None) -> Iterator[ImageRef]:
+def _from_url(source: str, errors: list | None, retry: RetryPolicy) -> Iterator[ImageRef]:
     """Objects named by a URL: a prefix ("folder"), a glob, a list file or one image. A prefix and a glob
     are listed by one recursive listing (_url_find)."""
     root = _url_root(source)
     fs, _ = storage.filesystem(source)
     ext = os.path.splitext(source)[1].lower()
     if ext in LIST_EXTENSIONS and not _is_glob(source):
-        yield from _url_list_file(source, root)
+        yield from _url_list_file(source, root, retry)
         return
     if ext in IMAGE_EXTENSIONS and not _is_glob(source):
-        fs.info(source)  # FileNotFoundError -> MissingInputError, as for a local path
+        retry.call(
+            fs.info, source, what=source
+        )  # FileNotFoundError -> MissingInputError, as for a local path
         yield ImageRef(image_id_for(_url_relpath(source, root)), source, _url_relpath(source, root))
         return
     if _is_glob(source):
-        files, labelled = _url_glob(source), False
+        files, labelled = _url_glob(source, retry), False
     else:  # a prefix, listed like a folder: the first-level "subfolder" is the label
-        files, labelled = _url_find(fs, root), True
+        files, labelled = _url_find(fs, root, retry), True
     for url, relpath in files:
         if _is_image_name(relpath):
             label = relpath.split("/", 1)[0] if labelled and "/" in relpath else None
             yield ImageRef(image_id_for(relpath), url, relpath, label)
 
 
-def _url_find(fs, root: str) -> Iterator[tuple[str, str]]:
+def _url_find(fs, root: str, retry: RetryPolicy) -> Iterator[tuple[str, str]]:
     """(URL, relpath) of every object below `root`: on S3 a page of 1,000 keys at a time, so a prefix of
     10^8 objects is never listed into memory at once; on other stores one recursive fsspec find."""
     scheme = root.split("://", 1)[0]
     base = fs._strip_protocol(root).rstrip("/")
-    for path in _s3_keys(fs, base) if scheme in ("s3", "s3a") else fs.find(base):
+    s3 = scheme in ("s3", "s3a")
+    paths = _s3_keys(fs, base, retry) if s3 else retry.call(fs.find, base, what=root)
+    for path in paths:
         yield f"{scheme}://{path}", path[len(base) :].lstrip("/")
 
 
-def _s3_keys(fs, base: str) -> Iterator[str]:
-    """The "bucket/key" of every object below `base` ("bucket/prefix"), one ListObjectsV2 page at a time."""
+def _s3_keys(fs, base: str, retry: RetryPolicy) -> Iterator[str]:
+    """The "bucket/key" of every object below `base` ("bucket/prefix"), one ListObjectsV2 page at a time
+    (each page retried on its own: the continuation token names it)."""
     bucket, _, prefix = base.partition("/")
     request = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else "", "MaxKeys": S3_PAGE_KEYS}
     while True:
-        page = fs.call_s3("list_objects_v2", **request)
+        page = retry.call(fs.call_s3, "list_objects_v2", what=f"s3://{base}/ (listing)", **request)
         for item in page.get("Contents", []):
             if not item["Key"].endswith("/"):  # a "folder" marker object
                 yield f"{bucket}/{item['Key']}"
@@ -430,17 +465,17 @@ def _s3_keys(fs, base: str) -> Iterator[str]:
         request["ContinuationToken"] = page["NextContinuationToken"]
 
 
-def _url_glob(pattern: str) -> Iterator[tuple[str, str]]:
+def _url_glob(pattern: str, retry: RetryPolicy) -> Iterator[tuple[str, str]]:
     root = _url_root(pattern)
     fs, _ = storage.filesystem(pattern)
     segments = tuple(pattern[len(root) :].strip("/").split("/"))
-    for url, relpath in _url_find(fs, root):
+    for url, relpath in _url_find(fs, root, retry):
         if _glob_match(segments, relpath.split("/")):
             yield url, relpath
 
 
-def _url_list_file(source: str, root: str) -> Iterator[ImageRef]:
-    text = storage.read_bytes(source).decode("utf-8-sig")
+def _url_list_file(source: str, root: str, retry: RetryPolicy) -> Iterator[ImageRef]:
+    text = storage.read_bytes(source, retry=retry).decode("utf-8-sig")
     for entry, label in _list_entries(csv.reader(io.StringIO(text, newline=""))):
         url = entry if storage.is_url(entry) else storage.join(root, entry)
         relpath = _url_relpath(url, root) if url.startswith(root + "/") else url

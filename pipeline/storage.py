@@ -17,9 +17,11 @@ column are %-quoted (urllib.parse.quote) in the part after it.
 
 Credentials and endpoints are those of each store's own library: for S3, botocore's environment and config
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_ENDPOINT_URL,
-AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION, ~/.aws/config). Only the timeouts are set here: a store that cannot
-be reached fails within seconds (SourceUnreachableError in the driver, an "unreadable" row in a worker)
-instead of retrying for minutes.
+AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION, ~/.aws/config). Set here: short connection timeouts, botocore's
+"standard" retries (pipeline.retry says which layer retries what), s3fs's own retry loop off, and a count
+of botocore's retries (pipeline.retry.RETRIES). Reads take a RetryPolicy where they are whole operations
+(`read_bytes`, `open_image_bytes`); a store that stays unreachable fails with SourceUnreachableError in the
+driver's listing, and with TransientError elsewhere.
 """
 
 from __future__ import annotations
@@ -35,11 +37,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from actindex.pipeline.errors import InvalidInputError, MissingInputError, SourceUnreachableError
+from actindex.pipeline.retry import BOTOCORE_ATTEMPTS, RETRIES, RetryPolicy, TransientError, is_transient
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# botocore: fail a connection within seconds, and retry a failed request once (s3fs adds its own retries
-# for reads cut short, not for refused connections)
-S3_OPTIONS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}}
+# botocore: fail a connection within seconds; retry 5xx, 429, throttling and connection errors in place
+# ("standard" mode: exponential backoff with full jitter), BOTOCORE_ATTEMPTS attempts per API call
+S3_OPTIONS = {
+    "config_kwargs": {
+        "connect_timeout": 5,
+        "read_timeout": 60,
+        "retries": {"mode": "standard", "total_max_attempts": BOTOCORE_ATTEMPTS},
+    }
+}
+S3FS_ATTEMPTS = 1  # s3fs's own retry loop (5 attempts by default) would multiply botocore's and ours
 _CONNECTION_ERRORS = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}
 
 
@@ -53,13 +63,49 @@ def filesystem(url: str, **options):
     import fsspec
 
     protocol = url.split("://", 1)[0].lower()
-    options = {"use_listings_cache": False, **(S3_OPTIONS if protocol in ("s3", "s3a") else {}), **options}
+    s3 = protocol in ("s3", "s3a")
+    options = {"use_listings_cache": False, **(S3_OPTIONS if s3 else {}), **options}
+    if s3:
+        options.setdefault("session", _s3_session())
     try:
-        return fsspec.core.url_to_fs(url, **options)
+        fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
         raise InvalidInputError(
             f"reading {protocol}:// needs its fsspec backend: {exc} (pip install 'actindex[s3]' for s3://)"
         ) from None
+    if s3:
+        fs.retries = S3FS_ATTEMPTS
+    return fs, path
+
+
+_SESSION_LOCK = threading.Lock()
+_SESSION = None
+
+
+def _s3_session():
+    """The aiobotocore session every s3fs filesystem of this process makes its clients from (one per
+    process, so that fsspec's instance cache still finds them): its clients count botocore's retries."""
+    global _SESSION
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            from aiobotocore.session import AioSession
+
+            _SESSION = AioSession()
+            _SESSION.register("after-call.s3", _count_retries)
+            _SESSION.register("after-call-error.s3", _count_failed_retries)
+    return _SESSION
+
+
+def _count_retries(parsed=None, **kwargs) -> None:
+    """botocore's retries of a call that got an answer (ResponseMetadata.RetryAttempts)."""
+    if isinstance(parsed, dict):
+        RETRIES.add(parsed.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+
+
+def _count_failed_retries(exception=None, **kwargs) -> None:
+    """botocore gives up on a transient error (a connection error) only after all its attempts."""
+    if exception is not None and is_transient(exception):
+        RETRIES.add(BOTOCORE_ATTEMPTS - 1)
 
 
 def join(location: str, relpath: str) -> str:
@@ -77,11 +123,18 @@ def user_errors(source: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        names = {cls.__name__ for cls in type(exc).__mro__}
-        if names & _CONNECTION_ERRORS or isinstance(exc, (ConnectionError, TimeoutError)):
+        cause = exc.cause if isinstance(exc, TransientError) else exc
+        names = {cls.__name__ for cls in type(cause).__mro__}
+        retried = f" (still failing after {exc.seconds:.0f} s of retries)" if cause is not exc else ""
+        if names & _CONNECTION_ERRORS or isinstance(cause, (ConnectionError, TimeoutError)):
             raise SourceUnreachableError(
-                f"cannot reach the store of {source!r}: {_one_line(exc)} "
+                f"cannot reach the store of {source!r}: {_one_line(cause)}{retried} "
                 "(check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 and the network)"
+            ) from None
+        if isinstance(exc, TransientError):
+            raise SourceUnreachableError(
+                f"the store of {source!r} keeps failing: {_one_line(cause)}{retried}; "
+                "rerun the same command when it answers"
             ) from None
         if "NoCredentialsError" in names:
             raise InvalidInputError(
@@ -124,8 +177,13 @@ def split_uri(uri: str) -> tuple[str, str, str]:
 # ----------------------------------------------------------------------------------------------- reads
 
 
-def read_bytes(location: str, start: int | None = None, end: int | None = None) -> bytes:
-    """Bytes [start, end) of a local file or an object (all of it by default)."""
+def read_bytes(
+    location: str, start: int | None = None, end: int | None = None, retry: RetryPolicy | None = None
+) -> bytes:
+    """Bytes [start, end) of a local file or an object (all of it by default); with `retry`, transient
+    failures are retried (pipeline.retry)."""
+    if retry is not None:
+        return retry.call(read_bytes, location, start, end, what=location)
     if is_url(location):
         fs, path = filesystem(location)
         return fs.cat_file(path, start=start, end=end)
@@ -143,9 +201,13 @@ def open_binary(location: str):
     return open(location, "rb")
 
 
-def open_image_bytes(uri: str) -> bytes:
+def open_image_bytes(uri: str, retry: RetryPolicy | None = None) -> bytes:
     """The encoded image a uri names (see the module docstring). Raises FileNotFoundError when it is
-    gone, EOFError when a tar ends inside it, NullImageError when a Parquet value is null."""
+    gone, EOFError when a tar ends inside it, NullImageError when a Parquet value is null; with `retry`,
+    transient failures (of the object, or of the tar's or Parquet file's ranged reads) are retried, and
+    TransientError is raised when they outlast it."""
+    if retry is not None:
+        return retry.call(open_image_bytes, uri, what=uri)
     kind, container, rest = split_uri(uri)
     if kind == "tar":
         return _TARS.read_member(container, urllib.parse.unquote(rest))
@@ -155,9 +217,9 @@ def open_image_bytes(uri: str) -> bytes:
     return read_bytes(uri)
 
 
-def image_source(uri: str):
+def image_source(uri: str, retry: RetryPolicy | None = None):
     """What Image.open takes for `uri`: a local file's path, otherwise its bytes as a BytesIO."""
-    return uri if split_uri(uri)[0] == "file" else io.BytesIO(open_image_bytes(uri))
+    return uri if split_uri(uri)[0] == "file" else io.BytesIO(open_image_bytes(uri, retry))
 
 
 class NullImageError(ValueError):

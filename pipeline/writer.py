@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actindex.pipeline.retry import READS, RetryPolicy, is_transient
 from actindex.pipeline.storage import filesystem, is_url
 
 ROWS_PER_GROUP = 65_536  # ~64 units of a 1,024-image shard: a one-unit query reads one group per file
@@ -63,10 +64,13 @@ class IndexLayout:
     Paths are `Path`s under a local root, and `PurePosixPath`s "bkt/prefix/..." (the store's own paths)
     under a remote one: both join with `/` and are read and written through the methods below. A local
     write goes to a temporary name and is renamed into place; an object store has no rename, but an object
-    appears whole when its upload ends, which is all the commit protocol needs.
+    appears whole when its upload ends, which is all the commit protocol needs. Every method retries
+    transient failures with `retry` (pipeline.retry): each is an operation that can be started again
+    (writes replace whole files, deletes skip what is gone), so a retry after a lost reply is harmless.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, retry: RetryPolicy | None = None):
+        self.retry = retry or READS  # a job passes its own (--retry-budget)
         text = os.fspath(root)
         self.remote = is_url(text)
         if self.remote:
@@ -124,24 +128,42 @@ class IndexLayout:
         """What a reader outside this class opens: the local path, or the object's URL."""
         return f"{self.protocol}://{path}" if self.remote else str(path)
 
+    def _retried(self, fn, *args, path: IndexPath | None = None, **kwargs):
+        """fn(*args, **kwargs) under this index's retry policy, named by `path` when it fails."""
+        return self.retry.call(fn, *args, what=self.location(path or self.root), **kwargs)
+
     # ------------------------------------------------------------------------------------------ reading
 
     def exists(self, path: IndexPath) -> bool:
-        return self.fs.exists(str(path))
+        return self._retried(self._exists, path, path=path)
+
+    def _exists(self, path: IndexPath) -> bool:
+        """fsspec's exists() answers False for any error on a local disk: info() tells "gone" from failing."""
+        try:
+            self.fs.info(str(path))
+        except FileNotFoundError:
+            return False
+        return True
 
     def read_json(self, path: IndexPath) -> dict | None:
         """The JSON object stored at `path`, or None when there is none."""
         try:
-            return json.loads(self.fs.cat_file(str(path)))
+            return json.loads(self._retried(self.fs.cat_file, str(path), path=path))
         except FileNotFoundError:
             return None
 
     def read_table(self, path: IndexPath, columns: list[str] | None = None) -> pa.Table:
+        return self._retried(self._read_table, path, columns, path=path)
+
+    def _read_table(self, path: IndexPath, columns: list[str] | None) -> pa.Table:
         with self._readable(path) as source:
             return pq.read_table(source, columns=columns)
 
     def num_rows(self, path: IndexPath) -> int:
         """Rows of a Parquet file, from its footer."""
+        return self._retried(self._num_rows, path, path=path)
+
+    def _num_rows(self, path: IndexPath) -> int:
         with self._readable(path) as source:
             return pq.ParquetFile(source).metadata.num_rows
 
@@ -159,7 +181,7 @@ class IndexLayout:
         folder = folder or self.root
         if not self.remote and not os.path.isdir(folder):
             return {} if detail else []
-        found = self.fs.find(str(folder), detail=True)
+        found = self._retried(self.fs.find, str(folder), detail=True, path=folder)
         base = self.fs._strip_protocol(str(self.root))  # what the filesystem calls the root (absolute)
         files = {
             self.root / PurePosixPath(path).relative_to(base): info["size"]
@@ -171,7 +193,9 @@ class IndexLayout:
     def entries(self) -> list[str]:
         """Names at the top of the root (files and folders); [] when it does not exist."""
         try:
-            return sorted(PurePosixPath(p).name for p in self.fs.ls(str(self.root), detail=False))
+            return sorted(
+                PurePosixPath(p).name for p in self._retried(self.fs.ls, str(self.root), detail=False)
+            )
         except FileNotFoundError:
             return []
 
@@ -179,8 +203,21 @@ class IndexLayout:
         paths = [str(p) for p in self.files(self.done) if re.fullmatch(r"shard-\d+\.json", p.name)]
         if not paths:
             return {}
-        markers = (json.loads(data) for _, data in sorted(self.fs.cat(paths, on_error="omit").items()))
+        found = self._retried(self._cat_markers, paths, path=self.done)
+        markers = (json.loads(data) for _, data in sorted(found.items()))
         return {m["shard"]: m for m in markers}
+
+    def _cat_markers(self, paths: list[str]) -> dict[str, bytes]:
+        """The markers at `paths` (read in parallel on a store); one deleted since it was listed is left
+        out, any other failure raised (a transient one: the caller starts again)."""
+        found = {}
+        for path, data in self.fs.cat(paths, on_error="return").items():
+            if isinstance(data, FileNotFoundError):
+                continue
+            if isinstance(data, BaseException):
+                raise data
+            found[path] = data
+        return found
 
     def topk_files(self) -> list[IndexPath]:
         """The topk table's files, one per layer partition."""
@@ -206,9 +243,9 @@ class IndexLayout:
         """Store `data` at `path` whole or not at all: a local file is written under a temporary name and
         renamed; an object is created by one upload."""
         if self.remote:
-            self.fs.pipe_file(str(path), data)
+            self._retried(self.fs.pipe_file, str(path), data, path=path)
         else:
-            atomic_write_bytes(path, data)
+            self._retried(atomic_write_bytes, path, data, path=path)
 
     def put_json(self, path: IndexPath, data: dict) -> None:
         self.put(path, json_bytes(data))
@@ -217,25 +254,28 @@ class IndexLayout:
         """Delete files; those already gone are skipped (on a store, in one request per 1,000)."""
         if not self.remote:
             for path in paths:
-                Path(path).unlink(missing_ok=True)
+                self._retried(Path(path).unlink, missing_ok=True, path=path)
         elif paths:
-            self.fs.rm([str(path) for path in paths])
+            self._retried(self._rm, [str(path) for path in paths], path=paths[0])
+
+    def _rm(self, paths: list[str]) -> None:
+        with contextlib.suppress(FileNotFoundError):  # a retry after a lost reply: the first one deleted them
+            self.fs.rm(paths)
 
     def delete_tree(self, folder: IndexPath) -> None:
         if self.remote:
             self.delete(self.files(folder))
         else:
-            shutil.rmtree(folder, ignore_errors=True)
+            self._retried(_remove_tree, folder, path=folder)
 
     def copy_tree(self, source: IndexPath, target: IndexPath) -> None:
         """Copy every file below `source` to the same place below `target` (on a store, server-side)."""
         for path in self.files(source):
             destination = target / path.relative_to(source)
             if self.remote:
-                self.fs.copy(str(path), str(destination))
+                self._retried(self.fs.copy, str(path), str(destination), path=destination)
             else:
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, destination)
+                self._retried(_copy_file, path, destination, path=destination)
 
     def clear(self) -> None:
         """Remove everything actindex writes (and nothing else) from the directory."""
@@ -243,6 +283,21 @@ class IndexLayout:
             self.delete_tree(self.root / name)
         shutil.rmtree(self.journal_dir, ignore_errors=True)
         self.delete([self.manifest, self.layers, self.units, self.topk_covers, self.topk_base_covers])
+
+
+def _remove_tree(folder: Path) -> None:
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a transient one is retried; anything else was ignored before, and still is
+        if is_transient(exc):
+            raise
+
+
+def _copy_file(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, destination)
 
 
 def marker_id(marker: dict) -> str:

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from actindex.pipeline.decode import as_decoded
 from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.retry import READS
 from actindex.pipeline.sources import path_from_display
 from actindex.pipeline.storage import image_source
 
@@ -175,7 +176,12 @@ def open_crop(row: dict, decode: str = "fast") -> Image.Image | None:
 def decoded_original(uri: str, decode: str) -> Image.Image:
     """The original behind `uri`, decoded the index's way and loaded. The last DECODED_KEPT are kept: an
     image in the top-k of several units of a sheet or a report is decoded once for all of its crops (a
-    sheet and a report clear them first, so that a file changed since is read again)."""
+    sheet and a report clear them first, so that a file changed since is read again). A transient failure
+    to read it (pipeline.retry) is retried for READ_BUDGET_S."""
+    return READS.call(_decoded_original, uri, decode, what=uri)
+
+
+def _decoded_original(uri: str, decode: str) -> Image.Image:
     with Image.open(image_source(path_from_display(uri))) as img:
         decoded = as_decoded(img, decode)
         return decoded.copy() if decoded is img else decoded  # loaded, and alive after the file is closed

@@ -128,7 +128,8 @@ def test_an_unreachable_endpoint_is_one_line_and_exit_code_2(s3, monkeypatch, tm
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     s3fs.S3FileSystem.clear_instance_cache()
     try:
-        result = invoke("index", f"s3://{BUCKET}/folder/", "--out", tmp_path / "idx", *PLANTED_ARGS)
+        source = f"s3://{BUCKET}/folder/"
+        result = invoke("index", source, "--out", tmp_path / "idx", *PLANTED_ARGS, "--retry-budget", "0")
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
     assert result.exit_code == 2, result.output
