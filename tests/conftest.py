@@ -150,7 +150,7 @@ PLANTED = "python:tests.conftest:PlantedNet"
 
 @pytest.fixture(scope="session")
 def ray_index(ray_local, natural_dataset, tmp_path_factory):
-    from actindex.jobs.index import run_index
+    from actindex.jobs.indexing import run_index
     from tests.jobs.test_index_reference import index_config
 
     out = tmp_path_factory.mktemp("local_ray")
@@ -161,7 +161,7 @@ def ray_index(ray_local, natural_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def planted_index(planted_dataset, tmp_path_factory):
-    from actindex.jobs.index import run_index
+    from actindex.jobs.indexing import run_index
     from actindex.jobs.spec import IndexRequest
     from actindex.queries.db import connect
 
@@ -194,7 +194,7 @@ def natural_reference(natural_dataset):
 @pytest.fixture(scope="session")
 def local_index_dir(natural_dataset, tmp_path_factory):
     """natural_dataset indexed by the plain loop with resnet18 (the reference test's configuration)."""
-    from actindex.jobs.index import run_index
+    from actindex.jobs.indexing import run_index
     from tests.jobs.test_index_reference import index_config
 
     out = tmp_path_factory.mktemp("local_index")

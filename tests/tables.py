@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from actindex.pipeline.decode import Decoder
+from actindex.pipeline.layout import IndexLayout
 from actindex.pipeline.models import load_model
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.recorder import ActivationRecorder
-from actindex.pipeline.writer import IndexLayout
 from actindex.queries.db import connect
 
 REL_TOL = 1e-4

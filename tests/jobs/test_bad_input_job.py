@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import actindex.jobs.index
-from actindex.jobs.index import run_index
+import actindex.jobs.indexing
+from actindex.jobs.indexing import run_index
 from actindex.jobs.spec import IndexRequest
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.sources import display_path, path_from_display
@@ -35,14 +35,14 @@ def config(source, out, **kwargs) -> IndexRequest:
 def list_then_delete(monkeypatch, folder, expected) -> None:
     """Make the job's own listing delete the corpus files meant to vanish before they are read."""
 
-    listed = actindex.jobs.index._list
+    listed = actindex.jobs.indexing._list
 
     def listing(*args, **kwargs):
         refs = listed(*args, **kwargs)
         delete_listed(folder, expected)
         return refs
 
-    monkeypatch.setattr(actindex.jobs.index, "_list", listing)
+    monkeypatch.setattr(actindex.jobs.indexing, "_list", listing)
 
 
 def run_on_corpus(tmp_path, monkeypatch, awkward_names: bool):

@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from actindex.jobs.bench.bench import BenchConfig, run_bench, table_rows
-from actindex.jobs.bench.query_bench import UNITS, build_synthetic_index, time_queries
+from actindex.jobs.benchmark import BenchConfig, run_bench, table_rows
 from actindex.jobs.cli import app
+from actindex.jobs.query_bench import UNITS, build_synthetic_index, time_queries
 from actindex.pipeline.synthetic import synthetic_jpeg, synthetic_photo
 
 

@@ -244,7 +244,7 @@ def test_a_bug_shows_its_traceback_and_user_errors_do_not(natural_dataset, tmp_p
     def broken(*args, **kwargs):
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr("actindex.jobs.index.plan_work", broken)
+    monkeypatch.setattr("actindex.jobs.indexing.plan_work", broken)
     args = ["--model", "resnet18", "--layers", "fc", "--executor", "local", "--no-progress"]
     result = invoke("index", natural_dataset, "--out", tmp_path / "idx", *args)
     assert result.exit_code == 1 and isinstance(result.exception, ValueError)  # not the user's fault: exit 1
@@ -321,8 +321,8 @@ def test_a_mismatch_is_refused_before_the_images_are_listed_or_the_model_loaded(
     def too_late(*args, **kwargs):
         raise AssertionError("the model was loaded or the images listed before the refusal")
 
-    monkeypatch.setattr("actindex.jobs.index._start", too_late)
-    monkeypatch.setattr("actindex.jobs.index._list", too_late)
+    monkeypatch.setattr("actindex.jobs.indexing._start", too_late)
+    monkeypatch.setattr("actindex.jobs.indexing._list", too_late)
     source = str(json.loads((out / "run.json").read_text())["source"])
     base = ["index", source, "--out", out, "--model", PLANTED, "--layers", "relu1,relu2,head", "--trust-code"]
     base += ["--executor", "local", "--no-progress", "--shard-size", "4"]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from actindex.jobs.finalize import set_topk_aside
-from actindex.pipeline.writer import IndexLayout
+from actindex.pipeline.layout import IndexLayout
 from actindex.queries.db import connect, unit_tops
 from tests.jobs.test_cli import invoke
 

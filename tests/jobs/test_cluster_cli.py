@@ -21,7 +21,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,8 +31,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from actindex.pipeline.writer import IndexLayout
+from actindex.pipeline.layout import IndexLayout
 from tests.jobs.test_cli import invoke
+from tests.ports import free_ports
 from tests.tables import assert_same_tables
 
 pytestmark = pytest.mark.slow
@@ -68,23 +68,26 @@ def fill(args: list[str], values: dict[str, str]) -> list[str]:
     return [pattern.sub(lambda m: values[m.group(0)], arg) for arg in args]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+NODE_PORTS = (
+    "node-manager-port",
+    "object-manager-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+)
+# what `ray start` says when a port it was given (or chose) is taken: the start is tried again, with new ports
+PORT_CLASH = re.compile(r"trying to use a port number|address already in use|failed to bind", re.IGNORECASE)
+START_TRIES = 3
 
 
-def node_options(temp_dir: str) -> list[str]:
+class PortClash(Exception):
+    """A node did not start because one of its ports was taken."""
+
+
+def node_options(temp_dir: str, ports: list[int]) -> list[str]:
     """What a second node on the same machine needs: its own ports, the cluster's temp dir."""
-    ports = (
-        "node-manager-port",
-        "object-manager-port",
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "runtime-env-agent-port",
-        "metrics-export-port",
-    )
-    return [f"--{name}={free_port()}" for name in ports] + [
+    return [f"--{name}={port}" for name, port in zip(NODE_PORTS, ports, strict=True)] + [
         "--min-worker-port=0",  # any free port
         "--max-worker-port=0",
         f"--num-cpus={CPUS}",
@@ -123,6 +126,8 @@ class LocalCluster:
         self.nodes.append(node)
         deadline = time.monotonic() + WAIT_S
         while "Ray runtime started" not in log_path.read_text():
+            if node.poll() is not None and PORT_CLASH.search(log_path.read_text()):
+                raise PortClash(log_path.read_text()[-1000:])
             assert node.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.5)
 
@@ -184,8 +189,26 @@ class RunningCluster:
 @pytest.fixture
 def readme_cluster(tmp_path):
     """The README's head and one more node, on this machine, with token auth."""
+    for attempt in range(START_TRIES):
+        try:
+            cluster, running = start_readme_cluster(tmp_path / f"try{attempt}")
+            break
+        except PortClash:
+            if attempt == START_TRIES - 1:
+                raise
+    try:
+        yield running
+    finally:
+        left = cluster.stop()
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+        assert not left, f"processes of the test cluster still running: {left}"
+
+
+def start_readme_cluster(folder: Path) -> tuple[LocalCluster, RunningCluster]:
+    """Start the README's two nodes, every port chosen at once (tests/ports.py); raises PortClash (with the
+    nodes stopped) when another process took one of them in the meantime."""
     commands = readme_commands()
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard, client_server, *ports = free_ports(3 + 2 * len(NODE_PORTS))
     values = {"HEAD": "127.0.0.1", "6379": str(gcs), "8265": str(dashboard), "SECRET": secrets.token_hex(32)}
     exported = dict(
         assignment.split("=", 1)
@@ -199,26 +222,28 @@ def readme_cluster(tmp_path):
     # `ray` and the job's `python` are this environment's, even where it is not activated
     base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
     client = {**base, **exported}
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
+    barrier = folder / "barrier"
+    barrier.mkdir(parents=True)
     nodes_env = {**client, "PYTHONPATH": str(NODE_PLUGIN), "ACTINDEX_TEST_BARRIER_DIR": str(barrier)}
     nodes_env.pop("RAY_ADDRESS")  # each `ray start` is given its address
     temp_dir = tempfile.mkdtemp(prefix="actindex-ray-", dir="/tmp")  # Ray's socket paths must be short
     cluster = LocalCluster(temp_dir, nodes_env)
+    head_ports, node_ports = ports[: len(NODE_PORTS)], ports[len(NODE_PORTS) :]
     try:
-        head = fill(command(commands, "ray", "start", "--head"), values) + node_options(temp_dir)
-        cluster.start(head + [f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}"])
-        node = fill(command(commands, "ray", "start", "--address=HEAD:6379"), values) + node_options(temp_dir)
-        cluster.start(node)
+        head = fill(command(commands, "ray", "start", "--head"), values) + node_options(temp_dir, head_ports)
+        cluster.start(head + [f"--dashboard-port={dashboard}", f"--ray-client-server-port={client_server}"])
+        node = fill(command(commands, "ray", "start", "--address=HEAD:6379"), values)
+        cluster.start(node + node_options(temp_dir, node_ports))
         deadline = time.monotonic() + WAIT_S
         while len(nodes := alive_nodes(client)) < 2:
             assert time.monotonic() < deadline, "the second node did not join"
             time.sleep(1)
-        yield RunningCluster(values, client, Path(temp_dir), {node["node_id"] for node in nodes}, barrier)
-    finally:
-        left = cluster.stop()
+    except BaseException:
+        cluster.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not left, f"processes of the test cluster still running: {left}"
+        raise
+    node_ids = {node["node_id"] for node in nodes}
+    return cluster, RunningCluster(values, client, Path(temp_dir), node_ids, barrier)
 
 
 def test_readme_recipe_runs_on_two_nodes_and_equals_the_local_executor(
@@ -287,4 +312,18 @@ def test_readme_recipe_runs_on_two_nodes_and_equals_the_local_executor(
     if shutil.which("git") and (REPO / ".git").exists():  # what was uploaded is what git does not ignore
         git = ["git", "ls-files", "--cached", "--others", "--exclude-per-directory=.gitignore"]
         listed = subprocess.run(git, cwd=REPO, capture_output=True, text=True, check=True)
-        assert files == set(listed.stdout.splitlines())
+        assert files == with_linked_folders(listed.stdout.splitlines())
+
+
+def with_linked_folders(paths: list[str]) -> set[str]:
+    """`paths` (what git lists), with each link to a folder (the root's actindex/, pipeline/, jobs/ and
+    queries/ lead into src/actindex) replaced by the files below it, as Ray's upload follows it."""
+    files = set()
+    for path in paths:
+        linked = REPO / path
+        if linked.is_symlink() and linked.is_dir():
+            target = linked.resolve().relative_to(REPO.resolve()).as_posix()
+            files |= {path + f[len(target) :] for f in paths if f.startswith(target + "/")}
+        else:
+            files.add(path)
+    return files

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actindex.jobs.index import run_index
+from actindex.jobs.indexing import run_index
 from actindex.queries.db import connect
 from tests.jobs.test_index_reference import index_config
 

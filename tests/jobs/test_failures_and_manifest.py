@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from actindex.jobs.index import IndexMismatchError, run_index
+from actindex.jobs.indexing import IndexMismatchError, run_index
 from actindex.jobs.spec import RunSpec
 from actindex.queries.db import connect
 from tests.jobs.test_index_reference import index_config

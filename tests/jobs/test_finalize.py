@@ -8,7 +8,7 @@ import json
 import pytest
 
 from actindex.jobs.finalize import set_topk_aside
-from actindex.pipeline.writer import IndexLayout
+from actindex.pipeline.layout import IndexLayout
 
 
 def _table(layout: IndexLayout, folder, shards: list[str] | None, record) -> None:

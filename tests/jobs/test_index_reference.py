@@ -16,7 +16,7 @@ import torchvision
 from PIL import Image, ImageOps
 from torchvision import transforms
 
-from actindex.jobs.index import run_index
+from actindex.jobs.indexing import run_index
 from actindex.jobs.spec import IndexRequest
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.queries.db import connect, index_preprocessing, top_images

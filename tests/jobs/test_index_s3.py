@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 import actindex
-from actindex.jobs.index import run_index
-from actindex.jobs.lock import (
+from actindex.jobs.indexing import run_index
+from actindex.jobs.spec import IndexRequest
+from actindex.jobs.status import index_status
+from actindex.pipeline.layout import IndexLayout
+from actindex.pipeline.lock import (
     LEASE_SECONDS,
     SKEW_SECONDS,
     IndexBusyError,
@@ -25,16 +28,14 @@ from actindex.jobs.lock import (
     ObjectLease,
     is_locked,
 )
-from actindex.jobs.spec import IndexRequest
-from actindex.jobs.status import index_status
 from actindex.pipeline.preprocess import Preprocessing
-from actindex.pipeline.writer import IndexLayout
 from actindex.queries.db import connect
 from tests.containers import content_tables
 from tests.jobs.conftest import BUCKET
 from tests.jobs.test_cli import PLANTED, assert_top_lists_the_red_images_in_order, invoke
 from tests.jobs.test_resume import ARGS, make_images
 from tests.jobs.test_sources_s3 import PLANTED_ARGS
+from tests.ports import refused_port
 from tests.tables import assert_same_tables
 
 s3fs = pytest.importorskip("s3fs")
@@ -273,16 +274,15 @@ def test_duckdb_reads_the_store_without_an_extension(uninterrupted):
 def test_an_unreachable_store_for_the_index_is_one_line_and_exit_code_2(
     s3_endpoint, planted_dataset, monkeypatch
 ):
-    from tests.jobs.conftest import free_port
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    s3fs.S3FileSystem.clear_instance_cache()
-    try:
-        out = f"s3://{BUCKET}/unreachable/"
-        index = invoke("index", planted_dataset[0], "--out", out, *PLANTED_ARGS, "--retry-budget", "0")
-        results = [index, invoke("status", out)]
-    finally:
+    with refused_port() as port:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # nothing listens there
         s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            out = f"s3://{BUCKET}/unreachable/"
+            index = invoke("index", planted_dataset[0], "--out", out, *PLANTED_ARGS, "--retry-budget", "0")
+            results = [index, invoke("status", out)]
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
     for result in results:
         lines = result.output.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and "cannot reach the store" in lines[0], (

@@ -8,7 +8,7 @@ import time
 from typer.testing import CliRunner
 
 from actindex.jobs.cli import app
-from actindex.jobs.index import _progress
+from actindex.jobs.indexing import _progress
 
 
 def test_a_job_without_a_terminal_logs_progress_lines(natural_dataset, tmp_path):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from actindex.jobs.index import run_index
+from actindex.jobs.indexing import run_index
 from actindex.jobs.ray_executor import ClusterError
-from actindex.pipeline.writer import IndexLayout
+from actindex.pipeline.layout import IndexLayout
 from tests.jobs.test_index_reference import assert_matches_reference, index_config
 from tests.tables import assert_same_tables
 

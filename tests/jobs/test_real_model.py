@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from actindex.jobs.index import run_index
+from actindex.jobs.indexing import run_index
 from actindex.jobs.spec import IndexRequest
 from actindex.queries.db import connect, top_images
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from actindex.jobs.index import run_index
-from actindex.jobs.lock import IndexBusyError
+from actindex.jobs.indexing import run_index
 from actindex.jobs.spec import IndexRequest
 from actindex.jobs.status import index_status
+from actindex.pipeline.layout import IndexLayout
+from actindex.pipeline.lock import IndexBusyError
 from actindex.pipeline.preprocess import Preprocessing
-from actindex.pipeline.writer import IndexLayout
 from actindex.queries.db import connect
 from tests.conftest import natural_image
 from tests.jobs.test_cli import invoke
@@ -279,7 +279,7 @@ def _garble_activation_files(out: Path) -> dict[Path, bytes]:
 
 
 def test_pipeline_never_imports_ray():
-    names = ("models", "recorder", "receptive_field", "writer", "decode")
+    names = ("models", "recorder", "receptive_field", "layout", "decode")
     modules = ", ".join(f"actindex.pipeline.{name}" for name in names)
     code = f"import sys, {modules}; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})

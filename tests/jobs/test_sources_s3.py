@@ -10,8 +10,9 @@ from PIL import Image
 
 from actindex.queries.db import connect
 from tests.containers import content_tables, write_parquet, write_tars
-from tests.jobs.conftest import BUCKET, free_port
+from tests.jobs.conftest import BUCKET
 from tests.jobs.test_cli import PLANTED, invoke
+from tests.ports import refused_port
 
 s3fs = pytest.importorskip("s3fs")
 # batch size 1: every image is computed alone, so indexes listing the images in other orders give the same
@@ -99,19 +100,19 @@ def test_a_report_of_an_s3_index_cuts_its_crops_from_the_objects(s3, tmp_path):
 
 
 def test_objects_deleted_after_listing_are_error_rows(s3, planted_dataset, monkeypatch, tmp_path):
-    import actindex.jobs.index
+    import actindex.jobs.indexing
 
     fs = s3fs.S3FileSystem()
     fs.put(str(planted_dataset[0]) + "/", f"{BUCKET}/gone/folder/", recursive=True)
     fs.put(str(s3 / "shards") + "/", f"{BUCKET}/gone/shards/", recursive=True)
-    listing, doomed = actindex.jobs.index._list, []
+    listing, doomed = actindex.jobs.indexing._list, []
 
     def list_then_delete(*args, **kwargs):
         listed = listing(*args, **kwargs)
         fs.rm(f"{BUCKET}/gone/{doomed.pop()}")
         return listed
 
-    monkeypatch.setattr(actindex.jobs.index, "_list", list_then_delete)
+    monkeypatch.setattr(actindex.jobs.indexing, "_list", list_then_delete)
     cases = [
         ("folder/", "folder/red/red1.png", "red/red1.png"),
         ("shards/*.tar", "shards/00002.tar", "00002.tar#red2.png"),
@@ -125,13 +126,14 @@ def test_objects_deleted_after_listing_are_error_rows(s3, planted_dataset, monke
 
 
 def test_an_unreachable_endpoint_is_one_line_and_exit_code_2(s3, monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    s3fs.S3FileSystem.clear_instance_cache()
-    try:
-        source = f"s3://{BUCKET}/folder/"
-        result = invoke("index", source, "--out", tmp_path / "idx", *PLANTED_ARGS, "--retry-budget", "0")
-    finally:
+    with refused_port() as port:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # nothing listens there
         s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            source = f"s3://{BUCKET}/folder/"
+            result = invoke("index", source, "--out", tmp_path / "idx", *PLANTED_ARGS, "--retry-budget", "0")
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and "cannot reach" in lines[0], result.output
@@ -147,7 +149,7 @@ def test_a_rerun_with_other_columns_refuses(s3, tmp_path):
 
 
 def test_a_list_file_and_a_glob_on_s3_list_what_a_local_one_does(s3, planted_dataset, tmp_path):
-    from actindex.pipeline.sources import list_images
+    from actindex.pipeline.listing import list_images
 
     folder, _ = planted_dataset
     fs = s3fs.S3FileSystem()
@@ -171,7 +173,7 @@ def test_a_list_file_and_a_glob_on_s3_list_what_a_local_one_does(s3, planted_dat
 def test_a_prefix_is_listed_page_by_page(s3, monkeypatch):
     """More keys than one ListObjectsV2 page: every one listed, none from a sibling prefix."""
     import actindex.pipeline.sources
-    from actindex.pipeline.sources import list_images
+    from actindex.pipeline.listing import list_images
 
     # 1,000 on S3: the same requests, fewer keys
     monkeypatch.setattr(actindex.pipeline.sources, "S3_PAGE_KEYS", 4)

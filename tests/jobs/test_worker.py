@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from actindex.jobs.bench.query_bench import LAYER, synthetic_context, synthetic_shard
+from actindex.jobs.query_bench import LAYER, synthetic_context, synthetic_shard
 from actindex.jobs.ray_executor import plan_actors
 from actindex.jobs.worker import ShardFinisher
+from actindex.pipeline.layout import IndexLayout, commit_marker
 from actindex.pipeline.topk import read_topk
-from actindex.pipeline.writer import IndexLayout, commit_marker
 
 
 def test_the_finisher_writes_the_shard_and_returns_only_the_marker_and_the_top_k(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from actindex.jobs.index import run_index
+from actindex.jobs.indexing import run_index
 from actindex.queries.db import connect
 from tests import faults
 from tests.jobs.test_cli import invoke

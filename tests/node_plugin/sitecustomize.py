@@ -19,7 +19,7 @@ _BARRIER_WAIT_S = 120  # a missing worker fails the test's checks; it does not h
 
 if _FOLDER:
     try:
-        import actindex.pipeline.writer as _writer
+        import actindex.pipeline.layout as _writer
     except ImportError:  # a process of the node that does not run the project's code
         _writer = None
     if _writer is not None:
@@ -41,7 +41,7 @@ if _FOLDER:
 # only Ray's workers: its agents and dashboard processes need not import the project
 if _BARRIER and sys.argv and sys.argv[0].endswith("default_worker.py"):
     try:
-        import actindex.pipeline.writer as _writer
+        import actindex.pipeline.layout as _writer
     except ImportError:
         _writer = None
     if _writer is not None:

@@ -16,8 +16,9 @@ from PIL import Image, ImageOps, JpegImagePlugin
 
 from actindex.pipeline import sources
 from actindex.pipeline.decode import ERROR_KINDS, Decoder, describe_error, error_kind
+from actindex.pipeline.listing import list_images
 from actindex.pipeline.preprocess import Preprocessing
-from actindex.pipeline.sources import display_path, image_id_for, list_images, path_from_display
+from actindex.pipeline.sources import display_path, image_id_for, path_from_display
 from tests.badinputs import (
     BIG_SIZE,
     BIG_SQUARE,

@@ -8,7 +8,7 @@ import pytest
 
 from actindex.pipeline import schema
 from actindex.pipeline.finish import activations_table, descending_keys, order_units
-from actindex.pipeline.writer import write_activations
+from actindex.pipeline.layout import write_activations
 from tests.pipeline.test_topk import brute_force, random_data
 
 

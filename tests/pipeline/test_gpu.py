@@ -1,4 +1,4 @@
-"""The GPU path (pipeline.gpu, jobs.bench.gpu_stage) run on the CPU: geometry, EXIF, colour modes, fallbacks,
+"""The GPU path (pipeline.gpu, bench.gpu_stage) run on the CPU: geometry, EXIF, colour modes, fallbacks,
 recorder equality with ActivationRecorder, and the measuring script end to end."""
 
 from __future__ import annotations
@@ -316,7 +316,7 @@ def test_traced_reductions_and_compile_match_the_hooks(model, pixels):
 
 
 def test_gpu_stage_script_runs_on_cpu(tmp_path, capsys):
-    from actindex.jobs.bench.gpu_stage import main
+    from bench.gpu_stage import main
 
     out = tmp_path / "gpu.json"
     argv = "--device cpu --model resnet18 --images 16 --batch-size 8 --precision fp32 --resize 40 --crop 32"
@@ -336,7 +336,7 @@ def test_gpu_stage_script_runs_on_cpu(tmp_path, capsys):
 
 def test_gpu_modules_import_without_ray_duckdb_or_typer():
     code = (
-        "import sys, actindex.jobs.bench.gpu_stage, actindex.pipeline.gpu\n"
+        "import sys, bench.gpu_stage, actindex.pipeline.gpu\n"
         "bad = [m for m in ('ray', 'duckdb', 'typer', 'pyarrow') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from actindex.pipeline.sources import ImageRef, dataset_root, image_id_for, list_images
+from actindex.pipeline.listing import list_images
+from actindex.pipeline.sources import ImageRef, dataset_root, image_id_for
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

@@ -14,7 +14,8 @@ from PIL import Image
 from actindex.pipeline.containers import Columns
 from actindex.pipeline.decode import Decoder, error_kind
 from actindex.pipeline.errors import InvalidInputError
-from actindex.pipeline.sources import dataset_root, expand_braces, image_id_for, list_images
+from actindex.pipeline.listing import list_images
+from actindex.pipeline.sources import dataset_root, expand_braces, image_id_for
 from actindex.pipeline.storage import open_image_bytes, parquet_uri, split_uri, tar_uri
 from tests.conftest import PLANTED_PREP
 from tests.containers import add_member, images_of, write_parquet, write_tars

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from actindex.jobs.index import run_index
+from actindex.jobs.indexing import run_index
 from actindex.jobs.spec import IndexRequest
 from actindex.pipeline.errors import InvalidInputError
 from actindex.queries.catalog import (
-    compare_topk,
     help_text,
     image_units,
     label_selectivity,
@@ -21,7 +20,7 @@ from actindex.queries.catalog import (
     topk_drift,
     unit_stats,
 )
-from actindex.queries.db import connect
+from actindex.queries.db import compare_topk, connect
 from tests.conftest import PLANTED, PLANTED_PREP, PlantedNet
 
 PURE = {0: ("red", 1.0), 1: ("edge", 1.0)}  # the planted detectors: red squares, vertical edges

@@ -133,7 +133,7 @@ CUP = (165, 10, 430, 310)
 @pytest.fixture(scope="module")
 def espresso(skimage_photos, tmp_path_factory):
     """The built-in EfficientNet-Lite0's espresso logit (classifier 967) over coffee.png and chelsea.png."""
-    from actindex.jobs.index import run_index
+    from actindex.jobs.indexing import run_index
     from actindex.jobs.spec import IndexRequest
 
     photos = tmp_path_factory.mktemp("cup_photos")

@@ -109,7 +109,7 @@ def numbered():
 
 
 def test_layers_named_by_numbers_stay_text_in_the_views(natural_dataset, tmp_path):
-    from actindex.jobs.index import run_index
+    from actindex.jobs.indexing import run_index
     from actindex.jobs.spec import IndexRequest
 
     out = tmp_path / "idx"

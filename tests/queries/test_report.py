@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from actindex.jobs.demo import DEMO_LABELS, copy_labelled_demo_photos
-from actindex.jobs.index import run_index
+from actindex.jobs.indexing import run_index
 from actindex.jobs.spec import IndexRequest
 from actindex.queries.db import connect, top_images
 from actindex.queries.report import BINS, PAGE_SIZE, label_purity, rf_text, select_layers, unit_names

@@ -1,0 +1,360 @@
+"""`actindex bench`: measure each stage and the whole job on this machine, in one run; print a table.
+
+    results = run_bench(BenchConfig(model="resnet50", layers=("relu", "layer*"), images=128, out="bench/"))
+
+Stages: decode + preprocess alone (one process per core, and on the model's device), forward +
+reductions alone on synthetic tensors, and finishing shards (ordering every unit, encoding the Parquet
+files, the shard's top-k; as rows per second per core and with 1, 2 and 4 finishers in parallel). End to
+end, as whole processes timed from start to exit: the job on Ray and with --executor local, and a plain
+single-process loop doing the same work (jobs.plain_loop); each with the index process's own CPU
+seconds and peak RSS. `driver_cpu` also runs the Ray job on 4x the images: the extra CPU seconds the
+driver spends per 1,000 images. `--query` adds the query benchmark (jobs.query_bench). Numbers
+are only comparable within one run: machines are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from actindex.jobs.query_bench import synthetic_shard
+from actindex.jobs.spec import IndexRequest, resolve_spec
+from actindex.jobs.worker import ShardFinisher, WorkContext, make_recorder, plan_model
+from actindex.pipeline.decode import Decoder
+from actindex.pipeline.gpu import GpuDecoder
+from actindex.pipeline.models import load_model
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.synthetic import synthetic_jpeg
+
+LABELS = {"ray": "Ray", "local": "--executor local", "plain": "plain loop"}
+
+
+@dataclass
+class BenchConfig:
+    out: str  # working directory: dataset, indexes, results.json
+    model: str = "resnet50"  # as for `actindex index`
+    layers: tuple[str, ...] = ("relu", "layer*")  # as for `actindex index`
+    images: int = 128  # synthetic images to generate (ignored with source)
+    source: str | None = None  # an image folder to use instead of synthetic JPEGs
+    batch_size: int = 32  # images per forward pass
+    executors: tuple[str, ...] = ("ray", "local", "plain")  # end-to-end runs ("plain": the baseline loop)
+    scaling: bool = False  # also run the plain loop on 4x the images and compare peak memory
+    driver_cpu: bool = False  # also run the Ray job on 4x the images: driver CPU per 1,000 extra images
+    finish_shard: int = 1024  # images per synthetic shard in the finishing benchmark (0 = skip it)
+    extra_args: tuple[str, ...] = ()  # more `actindex index` options (e.g. --resize/--crop/--decode)
+    results: dict = field(default_factory=dict)
+
+
+def parse_report(stderr: str) -> dict:
+    """{"peak_rss_mib", "cpu_seconds"} from a child's stderr."""
+    match = re.findall(r"actindex-process peak_rss_kib=(\d+) cpu_seconds=([0-9.]+)", stderr)
+    if not match:
+        raise RuntimeError(f"the index process printed no report:\n{stderr[-2000:]}")
+    rss, cpu = match[-1]
+    return {"peak_rss_mib": int(rss) / 1024, "cpu_seconds": float(cpu)}
+
+
+def make_dataset(folder: Path, count: int, first: int = 0) -> Path:
+    """`count` synthetic ImageNet-like JPEGs (500x375, quality 90); existing ones are kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in range(first, first + count):
+        path = folder / f"synthetic_{seed:06d}.jpg"
+        if not path.exists():
+            path.write_bytes(synthetic_jpeg(seed))
+    return folder
+
+
+def _decode_files(args: tuple[list[str], dict]) -> int:
+    files, prep = args
+    decoder = Decoder(Preprocessing.from_dict(prep))
+    return sum(decoder(f).error is None for f in files)
+
+
+def bench_decode(files: list[str], prep, processes: int) -> float:
+    """Images/s decoding + resizing + cropping `files` with one process per core."""
+    chunks = [(files[i::processes], prep.to_dict()) for i in range(processes)]
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_decode_files, [(c[0][:2], c[1]) for c in chunks]))  # warm the workers
+        start = time.perf_counter()
+        decoded = sum(pool.map(_decode_files, chunks))
+    return decoded / (time.perf_counter() - start)
+
+
+def bench_device_decode(files: list[str], prep, batch_size: int) -> tuple[str, float]:
+    """(device, images/s) decoding + resizing + cropping with torchvision.io on the model's device (nvjpeg on
+    a GPU), the job's GPU path; file bytes are read beforehand."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    decoder = GpuDecoder(prep, device)
+    blobs = [Path(f).read_bytes() for f in files]
+    decoder(blobs[:batch_size])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(blobs), batch_size):
+        decoder(blobs[i : i + batch_size]).pixels.sum().item()  # .item() waits for the device
+    return device, len(blobs) / (time.perf_counter() - start)
+
+
+def bench_forward(spec, module, batch_size: int, batches: int = 4) -> tuple[float, float]:
+    """(images/s, peak GPU memory in MiB or 0) for normalize + forward + per-unit max/argmax on random uint8
+    batches (no decoding), with the recorder the job's workers use (bf16 GpuRecorder on a GPU)."""
+    import torch
+
+    recorder = make_recorder(module, spec)
+    crop = spec.preprocessing.crop
+    pixels = torch.randint(0, 256, (batch_size, 3, crop, crop), dtype=torch.uint8).to(recorder.device)
+    recorder.submit(pixels).result()  # warm-up
+    start = time.perf_counter()
+    for _ in range(batches):
+        recorder.submit(pixels).result()
+    rate = batches * batch_size / (time.perf_counter() - start)
+    return rate, torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+
+
+def bench_finish(spec, infos: dict, rfs: dict, images: int, folder: Path, parallel=(1, 2, 4)) -> dict:
+    """Finishing shards of `images` images with the job's own ShardFinisher (order, encode, top-k, write):
+    activation rows per CPU-second of one finisher, and rows per second with 1, 2, 4 finishers at once."""
+    import numpy as np
+
+    context = WorkContext(spec, str(folder), infos, rfs, metadata=spec.params())
+    finisher = ShardFinisher(context)
+    rng = np.random.default_rng(0)
+    shards = []
+    for shard in range(max(parallel)):
+        task, meta, _ = synthetic_shard(rng, shard, np.arange(images, dtype=np.int64) * 7919 + shard)
+        layers = {
+            layer: _synthetic_maxima(rng, images, info.channels, info.height * info.width)
+            for layer, info in infos.items()
+        }
+        shards.append((task, meta, layers))
+    rows = images * sum(info.channels for info in infos.values())
+    finisher(*shards[0])  # warm-up
+    cpu, wall = time.process_time(), time.perf_counter()
+    finisher(*shards[0])
+    out = {"rows_per_shard": rows, "rows_per_cpu_second": rows / (time.process_time() - cpu)}
+    out["rows_per_second_1"] = rows / (time.perf_counter() - wall)
+    for count in parallel[1:]:
+        with ThreadPoolExecutor(count) as pool:
+            wall = time.perf_counter()
+            list(pool.map(lambda s: finisher(*s), shards[:count]))
+            out[f"rows_per_second_{count}"] = count * rows / (time.perf_counter() - wall)
+    return out
+
+
+def _synthetic_maxima(rng, images: int, units: int, positions: int):
+    import numpy as np
+
+    act = (rng.gamma(2.0, 1.0, (images, units)) * rng.uniform(0.5, 4.0, units)).astype(np.float32)
+    return act, rng.integers(0, max(positions, 1), (images, units), dtype=np.int32)
+
+
+def run_job(source: str, out: Path, config: BenchConfig, executor: str) -> dict:
+    """Run the index job (or the plain loop) as a whole process; its wall time from start to exit, images/s,
+    and the process's own CPU seconds and peak RSS. `out` is emptied first: every run indexes every image."""
+    shutil.rmtree(out, ignore_errors=True)
+    if executor == "plain":
+        command = [sys.executable, "-m", "actindex.jobs.plain_loop", source, "--out", str(out)]
+        command += ["--model", config.model, "--layers", ",".join(config.layers)]
+        command += ["--batch-size", str(config.batch_size), *config.extra_args]
+    else:
+        command = [sys.executable, "-m", "actindex.jobs.measured", source, "--out", str(out)]
+        command += ["--model", config.model, "--layers", ",".join(config.layers), "--executor", executor]
+        command += ["--batch-size", str(config.batch_size), "--no-progress", *config.extra_args]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"index job failed ({executor}):\n{done.stderr[-2000:]}")
+    report = parse_report(done.stderr)
+    if executor == "plain":
+        images = int(done.stdout.split("images=")[1].split()[0])
+        steady = None
+    else:
+        manifest = json.loads((out / "run.json").read_text())
+        images, steady = manifest["new_images"], manifest["steady_images_per_second"]
+    return {
+        "images": images,
+        "wall_seconds": seconds,
+        "images_per_second": images / seconds,
+        "steady_images_per_second": steady,
+        **report,
+    }
+
+
+def column_sizes(index_dir: Path) -> dict:
+    """Bytes per activation row: total and per column (compressed, as stored), plus the encodings."""
+    import pyarrow.parquet as pq
+
+    rows, total, per_column, encodings = 0, 0, Counter(), {}
+    for path in sorted((index_dir / "activations").rglob("*.parquet")):
+        meta = pq.ParquetFile(path).metadata
+        rows += meta.num_rows
+        total += path.stat().st_size
+        for group in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                column = meta.row_group(group).column(c)
+                per_column[column.path_in_schema] += column.total_compressed_size
+                encodings[column.path_in_schema] = sorted(set(column.encodings))
+    return {
+        "rows": rows,
+        "bytes_per_row": total / max(rows, 1),
+        "columns": {name: size / max(rows, 1) for name, size in per_column.items()},
+        "encodings": encodings,
+    }
+
+
+def run_bench(config: BenchConfig, echo=print) -> dict:
+    import torch
+
+    out = Path(config.out)
+    source = Path(config.source) if config.source else make_dataset(out / "images", config.images)
+    files = sorted(str(p) for p in source.rglob("*") if p.is_file())
+    request = bench_request(config, str(source))
+    plan, module = plan_model(request, geometry=bool(config.finish_shard))
+    spec = resolve_spec(request, plan, str(source), gpus=torch.cuda.is_available())
+    layers = list(plan.layers)
+    cores = os.cpu_count() or 1
+    results = config.results
+    results.update(machine=_machine(), model=config.model, layers=layers, images=len(files), cores=cores)
+    echo(f"decoding {len(files)} images on {cores} processes ...")
+    results["decode_images_per_second"] = bench_decode(files, spec.preprocessing, cores)
+    if spec.preprocessing.decode == "fast":  # "torchvision" pixels come from Pillow only (GpuDecoder refuses)
+        echo("decode on the model's device (torchvision.io) ...")
+        results["device_decode"], results["device_decode_images_per_second"] = bench_device_decode(
+            files, spec.preprocessing, config.batch_size
+        )
+    echo("forward + reductions on synthetic tensors ...")
+    results["forward_images_per_second"], results["gpu_peak_mib"] = bench_forward(
+        spec, module, config.batch_size
+    )
+    if config.finish_shard:
+        echo(f"finishing shards of {config.finish_shard} images (order, encode, top-k) ...")
+        results["finish"] = bench_finish(spec, plan.infos, plan.rfs, config.finish_shard, out / "finish")
+    for executor in config.executors:
+        echo(f"end to end, {LABELS[executor]} ...")
+        results[f"end_to_end_{executor}"] = run_job(str(source), out / f"index_{executor}", config, executor)
+    if config.driver_cpu:
+        echo("end to end on Ray, 4x the images (driver CPU) ...")
+        bigger = make_dataset(out / "images_4x", 4 * len(files))
+        results["end_to_end_ray_4x"] = run_job(str(bigger), out / "index_ray_4x", config, "ray")
+    if config.scaling:
+        echo("end to end, --executor local, 4x the images ...")
+        bigger = make_dataset(out / "images_4x", 4 * len(files))
+        results["end_to_end_local_4x"] = run_job(str(bigger), out / "index_local_4x", config, "local")
+    indexed = next((out / f"index_{e}" for e in config.executors if e != "plain"), None)
+    if indexed is not None:
+        results["size"] = column_sizes(indexed)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def bench_request(config: BenchConfig, source: str):
+    """The IndexRequest the benchmark's runs make: the model's preprocessing, --resize/--crop/--decode
+    applied."""
+
+    overrides = _overrides(config.extra_args)
+    prep = _preprocessing(load_model(config.model).preprocessing, overrides) if overrides else None
+    return IndexRequest(
+        source=source, out=config.out, layers=config.layers, model=config.model, batch_size=config.batch_size,
+        preprocessing=prep,
+    )  # fmt: skip
+
+
+def _overrides(extra_args: tuple[str, ...]) -> dict:
+    """--resize/--crop/--decode from extra_args (what the job will use instead of the model's)."""
+    args = dict(zip(extra_args[::2], extra_args[1::2], strict=False))
+    overrides: dict = {key: int(args[f"--{key}"]) for key in ("resize", "crop") if f"--{key}" in args}
+    if "--decode" in args:
+        overrides["decode"] = args["--decode"]
+    return overrides
+
+
+def _preprocessing(prep, overrides: dict):
+    import dataclasses
+
+    return dataclasses.replace(prep, **overrides)
+
+
+def _machine() -> dict:
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpu": gpu}
+
+
+def table_rows(results: dict) -> list[tuple[str, str]]:
+    """(measure, value) rows of the printed table."""
+    decode, forward = results["decode_images_per_second"], results["forward_images_per_second"]
+    rows = [(f"decode + preprocess ({results['cores']} processes)", f"{decode:,.1f} images/s")]
+    if "device_decode" in results:
+        device = results["device_decode_images_per_second"]
+        rows.append(
+            (f"decode + preprocess on {results['device_decode']} (torchvision.io)", f"{device:,.1f} images/s")
+        )
+    rows.append(("forward + reductions (synthetic tensors)", f"{forward:,.1f} images/s"))
+    if results.get("gpu_peak_mib"):
+        rows.append(("peak GPU memory (forward)", f"{results['gpu_peak_mib']:,.0f} MiB"))
+    if "finish" in results:
+        finish = results["finish"]
+        rows.append(
+            (
+                f"finish shards ({finish['rows_per_shard']:,} rows each: order, encode, top-k)",
+                f"{finish['rows_per_cpu_second'] / 1e6:,.2f}M rows/s per core",
+            )
+        )
+        parallel = [key.rsplit("_", 1)[1] for key in finish if key.startswith("rows_per_second_")]
+        rates = ", ".join(f"{n}: {finish[f'rows_per_second_{n}'] / 1e6:,.2f}M" for n in parallel)
+        rows.append(("  rows/s with 1, 2, 4 finishers in parallel", rates))
+    for key, label in [(f"end_to_end_{e}", LABELS[e]) for e in LABELS] + [
+        ("end_to_end_ray_4x", "Ray, 4x"),
+        ("end_to_end_local_4x", "--executor local, 4x"),
+    ]:
+        if key in results:
+            run = results[key]
+            steady = run.get("steady_images_per_second")
+            rows.append(
+                (
+                    f"end to end, {label} ({run['images']} images, whole process)",
+                    f"{run['images_per_second']:,.1f} images/s"
+                    + f" ({'-' if steady is None else f'{steady:,.1f}'} after start-up)"
+                    + f"; process CPU {run['cpu_seconds']:,.1f} s, peak RSS {run['peak_rss_mib']:,.0f} MiB",
+                )
+            )
+    if "end_to_end_ray" in results and "end_to_end_plain" in results:
+        ratio = (
+            results["end_to_end_ray"]["images_per_second"] / results["end_to_end_plain"]["images_per_second"]
+        )
+        rows.append(("Ray / plain loop (whole processes)", f"{ratio:.2f}x"))
+    if "end_to_end_ray" in results and "end_to_end_ray_4x" in results:
+        small, big = results["end_to_end_ray"], results["end_to_end_ray_4x"]
+        extra = (big["cpu_seconds"] - small["cpu_seconds"]) / max(big["images"] - small["images"], 1) * 1000
+        results["driver_cpu_seconds_per_1000_images"] = extra
+        rows.append(("driver CPU per 1,000 extra images (Ray)", f"{extra:.3f} s"))
+    if "end_to_end_local_4x" in results and "end_to_end_local" in results:
+        growth = (
+            results["end_to_end_local_4x"]["peak_rss_mib"] / results["end_to_end_local"]["peak_rss_mib"] - 1
+        )
+        rows.append(("peak RSS growth at 4x the images", f"{growth:+.1%}"))
+    if "size" in results:
+        size = results["size"]
+        rows.append(
+            ("activations on disk", f"{size['bytes_per_row']:.2f} bytes/row over {size['rows']:,} rows")
+        )
+        for name, per_row in size["columns"].items():
+            rows.append((f"  {name} ({', '.join(size['encodings'][name])})", f"{per_row:.3f} bytes/row"))
+    return rows
+
+
+def asdict_config(config: BenchConfig) -> dict:
+    return {k: v for k, v in asdict(config).items() if k != "results"}

@@ -1,0 +1,651 @@
+"""`actindex report`: a static site of an index, to open from disk (file://) with no server and no network.
+
+    plan = plan_report(ReportConfig(index="idx/", out=Path("site/"), layers=("layer4",), units=(0, 1, 2)))
+    summary = write_report(plan, advance=lambda units: None)   # site/index.html, site/layers/...
+
+`index.html` shows the run (model, weights, layers, images, errors, when, how long) and links one page per
+layer. A layer page is a grid of unit cards: the unit's number and name, its top-k receptive-field crops
+(one image file each, loaded lazily), a histogram of its per-image maxima and the label purity of its
+top-k. The cards are drawn in the browser from a data file (`layers/<layer>.js`, a script: Chromium does
+not let a page fetch() JSON from file://), in pages of 100, sorted by unit number, purity or peak activation.
+
+Crops carry the unit's activation mask by default (queries.masks: the model runs once per chunk of units
+over their top images, in this thread) and are drawn and saved by a thread pool (Pillow releases the GIL
+while it decodes and resizes). Names come from the `units` view, purity from the catalog's
+label_selectivity: the report shows what `actindex sql` answers.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from actindex._version import __version__
+from actindex.pipeline.errors import InvalidInputError, UnknownNameError
+from actindex.pipeline.layout import IndexLayout, layer_dirname, marker_totals
+from actindex.pipeline.patterns import pattern_regex
+from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.unit_maps import CamMismatchError
+from actindex.queries.catalog import label_selectivity
+from actindex.queries.db import IncompleteIndexError, connect, run_sql_file, unit_tops
+from actindex.queries.grid import DEFAULT_THRESHOLD, crop_tile, decoded_original
+from actindex.queries.masks import index_model, mask_notes, tiles_from_maps, unit_mask_maps
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+    from PIL import Image
+
+# duckdb, pyarrow and Pillow are imported where they are used: the CLI imports this module for its options
+# (`actindex --help` stays fast).
+
+PAGE_SIZE = 100  # cards per page of a layer page (report.js reads it from the data file)
+BINS = 24  # histogram bins per unit
+PREVIEW_UNITS = 6  # top-1 crops shown beside each layer on the index page
+CHUNK_UNITS = 8  # units per drawing task: small enough for a smooth progress bar, big enough to amortize
+MASK_CHUNK_UNITS = 256  # units per model pass for masks: an image in several of their top-k runs once
+SITE_MANIFEST = "report.json"  # what made the site; its presence marks a folder the report may replace
+ERRORS_SHOWN = 20  # undecodable images listed on the index page
+
+
+class Mask(str, Enum):
+    none = "none"  # the plain receptive-field crop
+    highlight = "highlight"  # outside the unit's activation mask dimmed, its border outlined (queries.masks)
+    heat = "heat"  # the unit's map as a heat map over the crop (queries.masks)
+
+
+@dataclass
+class ReportConfig:
+    index: str  # the index: a directory or an object-store URL (s3://bucket/prefix/)
+    out: Path  # the site's folder (created; a previous report there is replaced)
+    layers: tuple[str, ...] | None = None  # layer names or globs; None: every indexed layer
+    units: tuple[int, ...] | None = None  # units to draw in each layer that has them; None: all
+    k: int = 9  # top images per unit
+    tile: int = 128  # side in pixels of a crop's image file
+    mask: Mask = Mask.highlight  # how a crop shows where the unit fired
+    threshold: float = DEFAULT_THRESHOLD  # the mask's level: a fraction of the unit's top-1 activation
+    trust_code: bool = False  # masks: allow loading an index's TorchScript or python: model
+    workers: int | None = None  # drawing threads; None: one per CPU
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.mask = Mask(self.mask)
+        self.layers = None if self.layers is None else tuple(self.layers)
+        self.units = None if self.units is None else tuple(int(unit) for unit in self.units)
+        if self.k < 1:
+            raise InvalidInputError(f"--k {self.k}: give at least 1 image per unit")
+        if self.tile < 16:
+            raise InvalidInputError(f"--tile {self.tile}: give at least 16 pixels")
+        if not 0 < self.threshold <= 1:
+            raise InvalidInputError(f"--mask-threshold {self.threshold}: give a fraction in (0, 1]")
+        if self.workers is not None and self.workers < 1:
+            raise InvalidInputError(f"--workers {self.workers}: give at least 1 thread")
+        if self.units is not None and (not self.units or min(self.units) < 0):
+            raise InvalidInputError("--units: give unit numbers of 0 or more, e.g. 0-15 or 282,967")
+
+
+@dataclass
+class LayerPlan:
+    info: dict  # the layer's row of queries/report_layers.sql
+    units: list[int]  # the units drawn, ascending
+
+    @property
+    def name(self) -> str:
+        return self.info["layer"]
+
+    @property
+    def dirname(self) -> str:
+        """The layer's name in the site's file names: as in the index's folders (never '.', '..' or '/')."""
+
+        return layer_dirname(self.name)
+
+
+@dataclass
+class ReportPlan:
+    config: ReportConfig
+    manifest: dict  # the index's run.json
+    layers: list[LayerPlan]
+    decode: str  # how the index decoded its images (the frame of its boxes)
+    images: tuple[int, int]  # (images, ok images) of the completed shards
+    indexed_layers: int  # layers in the index (the report may draw fewer)
+    notes: list[str] = field(default_factory=list)  # what was left out and why
+    model: object = None  # with masks: the index's model (queries.masks.index_model), loaded by plan_report
+    con: object = None  # the index's DuckDB views (queries.db.connect), opened by plan_report
+
+    @property
+    def units(self) -> int:
+        return sum(len(layer.units) for layer in self.layers)
+
+
+@dataclass
+class ReportSummary:
+    out: Path  # the site's folder
+    units: dict[str, int]  # units drawn per layer
+    crops: int  # crop image files written
+    notes: list[str]  # what the reader should know (units left out, answers from activations, ties)
+    seconds: float
+
+
+def plan_report(config: ReportConfig) -> ReportPlan:
+    """Check the request against the index (layers, units, k, mask) before anything is drawn."""
+
+    con = connect(config.index)  # refuses a folder that is not an index
+    layout = IndexLayout(config.index)
+    manifest = layout.read_manifest()
+    infos = run_sql_file(con, "report_layers").to_pylist()
+    if not infos:
+        raise IncompleteIndexError(
+            f"{config.index} has no layers yet: its first run has not finished a shard"
+        )
+    chosen = select_layers([info["layer"] for info in infos], config.layers)
+    layers, notes = _plan_units([info for info in infos if info["layer"] in chosen], config.units)
+    _check_k(manifest, config.k)
+    images, ok, _ = marker_totals(layout.completed_shards())
+    decode = Preprocessing.from_dict(manifest["params"]["preprocessing"]).decode
+    plan = ReportPlan(config, manifest, layers, decode, (images, ok), len(infos), notes, con=con)
+    if config.mask is not Mask.none:  # a model needing --trust-code, weights gone: refused before drawing
+        plan.model = index_model(manifest["params"], config.trust_code)
+    return plan
+
+
+def select_layers(indexed: list[str], patterns: Sequence[str] | None) -> list[str]:
+    """The indexed layers that `patterns` (names or globs, as `actindex index --layers` takes them) name, in
+    index order; a pattern that names none raises an error listing the indexed layers."""
+
+    if not patterns:
+        return list(indexed)
+    regexes = [pattern_regex(pattern) for pattern in patterns]
+    for pattern, regex in zip(patterns, regexes, strict=True):
+        if not any(regex.match(name) for name in indexed):
+            raise UnknownNameError(
+                f"layer {pattern!r} is not in this index; indexed layers: {', '.join(indexed)}"
+            )
+    return [name for name in indexed if any(regex.match(name) for regex in regexes)]
+
+
+def _plan_units(infos: list[dict], units: Sequence[int] | None) -> tuple[list[LayerPlan], list[str]]:
+    """Each layer draws the asked units it has; a layer with none of them is left out (with a note), and
+    units that no chosen layer has are an error."""
+    if units is None:
+        return [LayerPlan(info, list(range(info["channels"]))) for info in infos], []
+    widest = max(info["channels"] for info in infos)
+    beyond = sorted(u for u in set(units) if u >= widest)
+    if len(beyond) == len(set(units)):
+        ranges = ", ".join(f"{info['layer']} 0-{info['channels'] - 1}" for info in infos)
+        raise UnknownNameError(f"unit {beyond[0]} is out of range of every layer chosen (units: {ranges})")
+    plans, notes = [], []
+    for info in infos:
+        inside = sorted(u for u in set(units) if u < info["channels"])
+        if len(inside) < len(set(units)):
+            left_out = len(set(units)) - len(inside)
+            notes.append(
+                f"{info['layer']}: {left_out} units not drawn (it has units 0-{info['channels'] - 1})"
+            )
+        if inside:
+            plans.append(LayerPlan(info, inside))
+    return plans, notes
+
+
+def _check_k(manifest: dict, k: int) -> None:
+    kept, store = manifest["params"]["k"], manifest["params"].get("store", "dense")
+    if store == "topk" and k > kept:
+        raise InvalidInputError(
+            f"this index kept the top {kept} images per unit and no activations (--store topk); "
+            f"ask for --k {kept} or less"
+        )
+
+
+def write_report(plan: ReportPlan, advance: Callable[[int], None] = lambda units: None) -> ReportSummary:
+    """Draw the crops and write the site; `advance(n)` is called as each n units are drawn."""
+
+    started = time.time()
+    config, con = plan.config, plan.con
+    decoded_original.cache_clear()  # originals changed since an earlier report are read again
+    _prepare_folder(config.out)
+    notes, crops, pages = list(plan.notes), 0, []
+    workers = config.workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actindex-report") as pool:
+        for layer in plan.layers:
+            page, drawn = _layer_page(con, plan, layer, pool, advance)
+            notes += page.pop("notes")
+            crops += drawn
+            pages.append(page)
+    _write_index(plan, pages, _errors(con, plan))
+    _copy_assets(config.out)
+    units = {layer.name: len(layer.units) for layer in plan.layers}
+    _write_json(config.out / SITE_MANIFEST, _site_manifest(plan, units))
+    return ReportSummary(config.out, units, crops, notes, time.time() - started)
+
+
+def _prepare_folder(out: Path) -> None:
+    """Create `out`, or clear the previous report in it; a folder holding anything else is never touched."""
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; give a folder for the site")
+    if out.is_dir() and any(out.iterdir()) and not (out / SITE_MANIFEST).is_file():
+        raise InvalidInputError(
+            f"--out {out} holds files that are not an actindex report; give an empty or new folder"
+        )
+    for name in ("layers", "assets"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ layer pages
+
+
+def _layer_page(con, plan: ReportPlan, layer: LayerPlan, pool, advance) -> tuple[dict, int]:
+    """Draw one layer's crops and write its page and data file; returns what the index page shows of it
+    (with the notes of its answer) and the number of crops drawn."""
+
+    config = plan.config
+    tops = unit_tops(config.index, layer.name, layer.units, config.k)
+    folder = config.out / "layers" / layer.dirname
+    folder.mkdir(parents=True, exist_ok=True)
+    crops, mask_notes = draw_crops(tops.rows, folder, plan, pool, advance)
+    advance(len(layer.units) - len({unit for unit, _ in crops}))  # units without any ok image
+    records = unit_records(
+        tops.rows,
+        layer.units,
+        names=unit_names(con, layer.name),
+        purity=label_purity(con, layer.name, min(config.k, plan.manifest["params"]["k"])),
+        histograms=_histograms(con, plan, layer),
+    )
+    notes = tops.notes + mask_notes + _purity_notes(plan, records)
+    data = _layer_data(plan, layer, records, notes)
+    script = "window.ACTINDEX_LAYER = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n"
+    (folder.parent / f"{layer.dirname}.js").write_text(script, encoding="utf-8")
+    _write_layer_html(plan, layer)
+    return _index_entry(layer, records, notes), len(crops)
+
+
+def _purity_notes(plan: ReportPlan, records: list[dict]) -> list[str]:
+    kept, k = plan.manifest["params"]["k"], plan.config.k
+    if k > kept and any(r["purity"] is not None for r in records):
+        return [f"label purity is over each unit's top {kept} (the topk table's k), not its top {k}"]
+    return []
+
+
+def _index_entry(layer: LayerPlan, records: list[dict], notes: list[str]) -> dict:
+    """What the index page shows of a layer, and the notes of its page."""
+    preview = [_crop_href(layer, r["unit"], r["tops"][0]["rank"]) for r in records if r["tops"]]
+    return {
+        "info": layer.info,
+        "href": "layers/" + quote(layer.dirname + ".html", safe=""),
+        "units": len(layer.units),
+        "preview": preview[:PREVIEW_UNITS],
+        "notes": [f"{layer.name}: {note}" for note in notes],
+    }
+
+
+def draw_crops(
+    rows: pa.Table, folder: Path, plan: ReportPlan, pool, advance
+) -> tuple[dict[tuple[int, int], str], list[str]]:
+    """Write each top-k row's crop as `folder/u<unit>-<rank>.<ext>`, a chunk of units per task on `pool`;
+    returns ({(unit, rank): file name}, notes about the masks). With a mask, each chunk's maps are computed
+    here, one chunk at a time (the model's forward hooks are not for two threads at once), and the pool
+    draws and saves the tiles meanwhile."""
+    if plan.config.mask is Mask.none:
+        tasks = [pool.submit(_draw_plain, chunk, folder, plan) for chunk in _unit_chunks(rows, CHUNK_UNITS)]
+        return _collect(tasks, advance), []
+
+    config = plan.config
+    tasks, notes = [], []
+    for chunk in _unit_chunks(rows, MASK_CHUNK_UNITS):
+        try:
+            maps = unit_mask_maps(config.index, chunk, config.threshold, config.trust_code, module=plan.model)
+        except CamMismatchError as exc:  # a layer with no map to draw: its crops plain, and the reason
+            notes.append(f"crops drawn without masks: {exc}")
+            parts = _unit_chunks(chunk, CHUNK_UNITS)
+            tasks += [pool.submit(_draw_plain, part, folder, plan) for part in parts]
+            continue
+        notes += mask_notes(maps)
+        tasks.append(pool.submit(_draw_masked, maps, folder, plan))
+    return _collect(tasks, advance), list(dict.fromkeys(notes))
+
+
+def _collect(tasks: list, advance) -> dict[tuple[int, int], str]:
+    files: dict[tuple[int, int], str] = {}
+    for task in as_completed(tasks):
+        drawn, units = task.result()
+        files.update(drawn)
+        advance(units)
+    return files
+
+
+def _unit_chunks(rows: pa.Table, per_chunk: int) -> Iterable[pa.Table]:
+    """Slices of `rows` (grouped by unit) holding `per_chunk` units each."""
+    units = rows.column("unit").to_pylist()
+    starts = [i for i, unit in enumerate(units) if i == 0 or unit != units[i - 1]]
+    for first in range(0, len(starts), per_chunk):
+        begin = starts[first]
+        end = starts[first + per_chunk] if first + per_chunk < len(starts) else len(units)
+        yield rows.slice(begin, end - begin)
+
+
+def _draw_plain(rows: pa.Table, folder: Path, plan: ReportPlan) -> tuple[dict[tuple[int, int], str], int]:
+    tiles: dict[tuple[str, int], list[Image.Image]] = {}
+    ranks: dict[int, list[int]] = {}
+    for row in rows.to_pylist():
+        tile = crop_tile(row, plan.config.tile, plan.decode)
+        tiles.setdefault((row["layer"], row["unit"]), []).append(tile)
+        ranks.setdefault(row["unit"], []).append(row["rank"])
+    return _save_tiles(tiles, ranks, folder), len(tiles)
+
+
+def _draw_masked(maps: dict, folder: Path, plan: ReportPlan) -> tuple[dict[tuple[int, int], str], int]:
+    tiles = tiles_from_maps(maps, plan.config.tile, plan.config.mask.value)
+    ranks = {unit: [item.row["rank"] for item in items] for (_, unit), items in maps.items()}
+    return _save_tiles(tiles, ranks, folder), len(tiles)
+
+
+def _save_tiles(tiles: dict, ranks: dict[int, list[int]], folder: Path) -> dict[tuple[int, int], str]:
+    files = {}
+    for (_, unit), images in tiles.items():
+        for rank, image in zip(ranks[unit], images, strict=True):
+            name = crop_name(unit, rank)
+            _save_crop(image, folder / name)
+            files[(unit, rank)] = name
+    return files
+
+
+def crop_name(unit: int, rank: int) -> str:
+    return f"u{unit:05d}-{rank}.{crop_format()}"
+
+
+def _save_crop(image: Image.Image, path: Path) -> None:
+    if crop_format() == "webp":
+        image.save(path, "WEBP", quality=82, method=4)
+    else:
+        image.save(path, "PNG")
+
+
+@functools.cache
+def crop_format() -> str:
+    """WebP where this Pillow writes it (a third of PNG's size for photos), else PNG."""
+    from PIL import features
+
+    return "webp" if features.check("webp") else "png"
+
+
+def _crop_href(layer: LayerPlan, unit: int, rank: int) -> str:
+    return f"layers/{quote(layer.dirname, safe='')}/{crop_name(unit, rank)}"
+
+
+def unit_records(
+    rows: pa.Table, units: list[int], names: dict[int, str], purity: pa.Table, histograms: dict[int, dict]
+) -> list[dict]:
+    """One record per unit, ascending: what its card shows (report.js draws it)."""
+    by_unit: dict[int, list[dict]] = {unit: [] for unit in units}
+    for row in rows.to_pylist():
+        by_unit[row["unit"]].append(
+            {
+                "rank": row["rank"],
+                "act": _number(row["act"]),
+                "ties": row["ties"],
+                "file": Path(row["relpath"] or row["uri"]).name,
+                "label": row["label"],
+            }
+        )
+    purities = {row["unit"]: row for row in purity.to_pylist()}
+    records = []
+    for unit in units:
+        tops = by_unit[unit]
+        share = purities.get(unit, {})
+        records.append(
+            {
+                "unit": unit,
+                "name": names.get(unit),
+                "purity": _number(share.get("purity")),
+                "label": share.get("dominant_label"),
+                "peak": tops[0]["act"] if tops else None,
+                "tops": tops,
+                "hist": histograms.get(unit),
+            }
+        )
+    return records
+
+
+def _number(value: float | None) -> float | None:
+    """A float JSON can carry (NaN and infinities become null), rounded to 6 significant digits."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.6g}")
+
+
+def _histograms(con, plan: ReportPlan, layer: LayerPlan) -> dict[int, dict]:
+    """{unit: {"lo", "hi", "counts"}} from activations; {} for an index without them (--store topk)."""
+
+    if plan.manifest["params"].get("store", "dense") == "topk":
+        return {}
+    rows = run_sql_file(con, "report_histograms", layer=layer.name, units=layer.units, bins=BINS)
+    out: dict[int, dict] = {}
+    for row in rows.to_pylist():
+        unit = out.setdefault(
+            row["unit"], {"lo": _number(row["lo"]), "hi": _number(row["hi"]), "counts": [0] * BINS}
+        )
+        unit["counts"][row["bin"]] = row["images"]
+    return out
+
+
+def _layer_data(plan: ReportPlan, layer: LayerPlan, records: list[dict], notes: list[str]) -> dict:
+    """The data file of a layer page (window.ACTINDEX_LAYER)."""
+    return {
+        "layer": layer.name,
+        "dir": quote(layer.dirname, safe=""),
+        "ext": crop_format(),
+        "k": plan.config.k,
+        "tile": plan.config.tile,
+        "pageSize": PAGE_SIZE,
+        "labels": any(r["purity"] is not None for r in records),
+        "histograms": any(r["hist"] for r in records),
+        "units": records,
+        "notes": list(notes),
+    }
+
+
+def _write_layer_html(plan: ReportPlan, layer: LayerPlan) -> None:
+    info = layer.info
+    page = _template("layer.html").substitute(
+        title=_e(f"{layer.name} · {plan.manifest['params']['model']} · actindex report"),
+        model=_e(plan.manifest["params"]["model"]),
+        layer=_e(layer.name),
+        facts=_facts_html(
+            [
+                ("type", info["type"]),
+                ("units", f"{info['channels']:,}"),
+                ("receptive field", rf_text(info)),
+                ("feature map", f"{info['height']}×{info['width']}"),
+                ("drawn", f"{len(layer.units):,} units × top {plan.config.k}"),
+            ]
+        ),
+        data_js=_e(quote(layer.dirname + ".js", safe="")),
+        footer=_footer(plan),
+    )
+    (plan.config.out / "layers" / f"{layer.dirname}.html").write_text(page, encoding="utf-8")
+
+
+def rf_text(info: dict) -> str:
+    """The receptive field as the pages show it: '147×147 px', '147×147 px + gates' where squeeze-excite
+    gates computed from the whole image scale it (rf_global_context), or 'whole image' for a global one."""
+    if info["rf_global"]:
+        return "whole image"
+    gates = " + gates" if info.get("rf_global_context") else ""
+    return f"{info['rf_size_y']}×{info['rf_size_x']} px{gates}"
+
+
+# ------------------------------------------------------------------------------------------ index page
+
+
+def _write_index(plan: ReportPlan, pages: list[dict], errors: list[dict]) -> None:
+    params = plan.manifest["params"]
+    page = _template("index.html").substitute(
+        title=_e(f"{params['model']} · actindex report"),
+        model=_e(params["model"]),
+        lede=_e(_lede(plan)),
+        facts=_facts_html(run_facts(plan)),
+        layers="\n".join(_layer_entry(page) for page in pages),
+        errors=_errors_html(errors, plan.images[0] - plan.images[1]),
+        footer=_footer(plan),
+    )
+    (plan.config.out / "index.html").write_text(page, encoding="utf-8")
+
+
+def _lede(plan: ReportPlan) -> str:
+    ok, layers, k = plan.images[1], plan.indexed_layers, plan.manifest["params"]["k"]
+    return f"{ok:,} images · {layers} layer{'s' * (layers != 1)} indexed · top {k} kept per unit"
+
+
+def run_facts(plan: ReportPlan) -> list[tuple[str, str]]:
+    """(label, value) pairs of the run, from run.json and the completion markers."""
+    manifest, params = plan.manifest, plan.manifest["params"]
+    images, ok = plan.images
+    prep = params["preprocessing"]
+    return [
+        ("model", params["model"]),
+        ("weights", f"{params['weights']} (sha256 {params['weights_sha256'][:12]})"),
+        ("layers", ", ".join(params["layers"])),
+        ("images", f"{ok:,} indexed"),
+        ("errors", f"{images - ok:,} could not be decoded" if images > ok else "none"),
+        ("dataset", str(manifest.get("source", "-"))),
+        ("indexed", _date(manifest.get("finished") or manifest.get("started"))),
+        ("run time", _duration(manifest.get("seconds"))),
+        ("status", manifest.get("status", "-")),
+        ("top k kept", f"{params['k']} per unit ({params.get('store', 'dense')} store)"),
+        (
+            "preprocessing",
+            f"resize {prep['resize']}, crop {prep['crop']}, {prep['interpolation']}, decode {prep['decode']}",
+        ),
+        ("device", f"{params.get('device', '-')}, {params.get('precision', '-')}"),
+    ]
+
+
+def _date(text: str | None) -> str:
+    if not text:
+        return "-"
+    moment = datetime.fromisoformat(text).astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = int(seconds // 60)
+    return (
+        f"{minutes // 60} h {minutes % 60:02d} min"
+        if minutes >= 60
+        else f"{minutes} min {seconds % 60:.0f} s"
+    )
+
+
+def _layer_entry(page: dict) -> str:
+    info = page["info"]
+    preview = "".join(
+        f'<img src="{_e(src)}" alt="" width="64" height="64" loading="lazy">' for src in page["preview"]
+    )
+    return (
+        f'<a class="layer" href="{_e(page["href"])}">'
+        f'<span class="layer-name">{_e(info["layer"])}</span>'
+        f'<span class="layer-type">{_e(info["type"])}</span>'
+        f'<span class="layer-stats"><b>{info["channels"]:,}</b> channels · RF <b>{_e(rf_text(info))}</b>'
+        f" · {page['units']:,} drawn</span>"
+        f'<span class="preview">{preview}</span></a>'
+    )
+
+
+def _errors(con, plan: ReportPlan) -> list[dict]:
+    if plan.images[0] == plan.images[1]:
+        return []
+    return run_sql_file(con, "report_errors", limit=ERRORS_SHOWN).to_pylist()
+
+
+def _errors_html(errors: list[dict], total: int) -> str:
+    if not errors:
+        return ""
+    items = "".join(f"<li><code>{_e(e['relpath'])}</code> {_e(e['error'] or '')}</li>" for e in errors)
+    more = f'<p class="muted">and {total - len(errors):,} more</p>' if total > len(errors) else ""
+    return (
+        f'<section class="errors"><h2>Images that could not be decoded</h2><ul>{items}</ul>{more}</section>'
+    )
+
+
+# ------------------------------------------------------------------------------------------ shared parts
+
+
+def _facts_html(facts: list[tuple[str, str]]) -> str:
+    return "".join(f"<div><dt>{_e(label)}</dt><dd>{_e(value)}</dd></div>" for label, value in facts)
+
+
+def _footer(plan: ReportPlan) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _e(f"actindex {__version__} · report of {plan.config.index} · made {now}")
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _template(name: str) -> Template:
+    return Template(_asset(name))
+
+
+def _asset(name: str) -> str:
+    return resources.files("actindex.queries").joinpath("report_assets", name).read_text(encoding="utf-8")
+
+
+def _copy_assets(out: Path) -> None:
+    """The stylesheet and script every page loads (local files: the site makes no request elsewhere)."""
+    (out / "assets").mkdir(exist_ok=True)
+    for name in ("report.css", "report.js"):
+        (out / "assets" / name).write_text(_asset(name), encoding="utf-8")
+
+
+def _site_manifest(plan: ReportPlan, units: dict[str, int]) -> dict:
+    config = plan.config
+    return {
+        "actindex_version": __version__,
+        "index": config.index,
+        "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "k": config.k,
+        "tile": config.tile,
+        "mask": config.mask.value,
+        "units": units,
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------ unit facts
+
+
+def unit_names(con: duckdb.DuckDBPyConnection, layer: str) -> dict[int, str]:
+    """{unit: name} of the named units of `layer` (the `units` view: none in an index without names)."""
+
+    return {
+        row["unit"]: row["name"] for row in run_sql_file(con, "report_unit_names", layer=layer).to_pylist()
+    }
+
+
+def label_purity(con: duckdb.DuckDBPyConnection, layer: str, k: int) -> pa.Table:
+    """Columns unit, purity, dominant_label (and the rest of the catalog's label_selectivity): how much of
+    each unit's top-k shares one label, NULL where none of it has a label."""
+
+    return label_selectivity(con, layer, k)
