@@ -38,6 +38,7 @@ from actindex.pipeline.sources import ImageRef
 class IndexState:
     done: dict[int, dict]  # shard -> marker, for shards whose files are all present
     files: list = field(default_factory=list)  # the shard files present when it was read (data_dirs)
+    broken: list = field(default_factory=list)  # markers whose files are gone (repair() deletes them)
 
     @property
     def next_shard(self) -> int:
@@ -102,9 +103,16 @@ def read_state(layout: IndexLayout, repair: bool = True) -> IndexState:
             done[shard] = marker
         else:
             broken.append(layout.marker(shard))
+    state = IndexState(done, files, broken)
     if repair:
-        layout.delete(broken)
-    return IndexState(done, files)
+        repair_markers(layout, state)
+    return state
+
+
+def repair_markers(layout: IndexLayout, state: IndexState) -> None:
+    """Delete the markers whose files are gone, so that their images are indexed again."""
+    layout.delete(state.broken)
+    state.broken = []
 
 
 def plan_work(

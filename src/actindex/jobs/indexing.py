@@ -7,16 +7,17 @@
 As a cluster batch job (same options as `actindex index`):
     ray job submit --working-dir . -- python -m actindex index PHOTOS/ --layers 'layer*' --out idx/
 
-The driver lists the images, takes the index directory's lock and compares the shards it would compute
-with the index's markers. With nothing new it loads the model only to check the index's parameters, and
-returns without starting Ray. Otherwise it starts the executor, whose workers load the model and report
-what the job needs from it (layer names, weights hash, receptive fields); the driver resolves the run spec
-against those workers, hands them whole shards, commits each shard's marker once the worker has written its
-files, and folds the shard's top-k into the running lists. It never runs the model on a shard and never
-touches an activation row. The topk table is written at the end, from top-k lists only.
+The driver takes the index directory's lock and plans the run once (plan_run: the parameters compared with the
+index's, the images listed, the shards it would compute compared with the index's markers). With nothing new
+it loads the model only to check the index's parameters, and returns without starting Ray. Otherwise it starts
+the executor, whose workers load the model and report what the job needs from it (layer names, weights hash,
+receptive fields); the driver resolves the run spec against those workers, hands them whole shards, commits
+each shard's marker once the worker has written its files, and folds the shard's top-k into the running lists.
+It never runs the model on a shard and never touches an activation row. The topk table is written at the end,
+from top-k lists only.
 
 Every read and write is retried when it fails transiently (pipeline.retry, with --retry-budget); a shard
-attempt that fails anyway runs again (jobs.executor). When a shard has used its attempts, or a request of
+attempt that fails anyway runs again (jobs.tasks). When a shard has used its attempts, or a request of
 the driver's own outlasts its budget, or the index's disk is full or read-only, the run stops with one line
 (JobStoppedError, exit code 2): what failed, how many shards are kept, and "rerun the same command to
 resume". Nothing is half-committed: a shard is visible only once its marker is written, last.
@@ -47,6 +48,7 @@ from actindex.jobs.incremental import (
     plan_work,
     read_state,
     remove_orphans,
+    repair_markers,
     shards_to_retry,
 )
 from actindex.jobs.spec import (
@@ -60,8 +62,8 @@ from actindex.jobs.spec import (
     pinned_params,
     resolve_spec,
 )
-from actindex.jobs.tasks import ShardAttemptsError
-from actindex.jobs.worker import ShardFailure, ShardResult, ShardTask, WorkContext, plan_model
+from actindex.jobs.tasks import ShardAttemptsError, ShardExecutor
+from actindex.jobs.worker import ModelPlan, ShardFailure, ShardResult, ShardTask, WorkContext, plan_model
 from actindex.pipeline import schema
 from actindex.pipeline.errors import UserError
 from actindex.pipeline.geometry import LayerInfo, ReceptiveField, from_layers_row
@@ -129,37 +131,22 @@ class Summary:
 
 
 def run_index(request: IndexRequest) -> Summary:
-    started, cpu = time.time(), own_cpu_seconds()
+    clocks = (time.time(), own_cpu_seconds())
     RETRIES.take()  # count this run's retries only
     layout = IndexLayout(request.out, RetryPolicy(request.retry_budget))
-    root = dataset_root(request.source)
     names = read_names_options(request.names)  # a missing or unreadable names file stops the run here
     tally = _Tally()
     with _stops_in_one_line(layout, tally), index_lock(layout) as lock, ExitStack() as stack:
-        _check_directory(layout, request.overwrite)
-        _check_pinned(layout, pinned_params(request, root), request.overwrite)
-        refs, listing_errors = _list(request, stack, layout.retry)
-        planned = _planned(layout, refs, request)
-        executor, plan = _start(request, layout, planned, stack)
-        existing = _check_index(layout, _params(request, plan, root, gpus=None), request.overwrite)
-        state = read_state(layout)
-        if planned is not None and planned[0].done == state.done:
-            work = planned[1]  # the same markers: the same plan, without another pass over the listing
-        else:
-            work = _plan(refs, state, layout, request)
-        if work.idle and existing is not None:
-            infos, _ = read_geometry(layout)
-            _write_names(layout, existing["params"], infos, plan, names)
-            return _finish_idle(layout, existing, state, work, started, cpu)
-        executor = executor or stack.enter_context(open_executor(request))
-        spec = resolve_spec(request, plan, root, executor.gpus())
-        if existing is not None and existing["params"] != spec.params():
-            _refuse_or_clear(layout, existing["params"], spec.params(), request.overwrite, EXECUTION_PARAMS)
-            existing, state = None, read_state(layout)
-            work = _plan(refs, state, layout, request)
-        infos, rfs = _geometry(layout, executor, request, plan, existing is not None)
-        units = _names_table(layout, spec.layers, infos, plan, names)  # a names file that does not fit: stop
-        manifest = _manifest(request, len(refs), listing_errors, spec, started)
+        plan = plan_run(request, layout, stack, clocks)
+        if plan.spec is None:  # nothing to compute
+            params = plan.existing["params"]
+            units = _units(layout, params["layers"], read_geometry(layout)[0], plan.model, names)
+            write_parquet(units, layout.units, params, layout)
+            return _finish_idle(layout, plan.existing, plan.state, plan.work, *clocks)
+        spec = plan.spec
+        infos, rfs = _geometry(layout, plan.executor, request, plan.model, plan.existing is not None)
+        units = _units(layout, spec.layers, infos, plan.model, names)  # a names file that does not fit: stop
+        manifest = _manifest(request, len(plan.listing), plan.listing_errors, spec, clocks[0])
         layout.put_json(layout.manifest, manifest)
         write_parquet(layers_table(spec, infos, rfs), layout.layers, spec.params(), layout)
         write_parquet(units, layout.units, spec.params(), layout)
@@ -167,8 +154,57 @@ def run_index(request: IndexRequest) -> Summary:
             spec, layout.url, infos, rfs, request.trust_code, spec.params(), layout.retry,
             request.record_failed_reads,
         )  # fmt: skip
-        tally.start(len(state.done), len(work.pending), manifest)
-        return _run(layout, lock, executor, context, state, work, manifest, request, (started, cpu), tally)
+        tally.start(len(plan.state.done), len(plan.work.pending), manifest)
+        return _run(plan, context, manifest, lock, tally)
+
+
+@dataclass
+class RunPlan:
+    """What a run decided before it computes anything, made once by plan_run."""
+
+    request: IndexRequest
+    layout: IndexLayout
+    clocks: tuple[float, float]  # (wall, this process's CPU seconds) when the run started
+    listing: Listing  # the dataset's images, sorted
+    listing_errors: list[str]  # folders that could not be listed
+    existing: dict | None  # the index's manifest when the run continues it; None: a new (or cleared) index
+    state: IndexState  # its completed shards (and broken markers, deleted when the run starts)
+    work: Work  # what the run computes
+    model: ModelPlan  # what loading the model found: layer names, weights, preprocessing, classes
+    executor: ShardExecutor | None = None  # started when the run computes
+    spec: RunSpec | None = None  # resolved against the executor's workers; None: nothing to compute
+
+
+def plan_run(
+    request: IndexRequest, layout: IndexLayout, stack: ExitStack, clocks: tuple[float, float]
+) -> RunPlan:
+    """Everything the run will do, decided once, each check as early as it can be made: the directory
+    and the parameters the request fixes before the images are listed, the work before the model is
+    loaded (a rerun with nothing to do starts no executor), the resolved parameters once the workers
+    have loaded it. A rerun whose parameters differ is refused; with --overwrite the index is cleared,
+    and the work planned again from nothing."""
+    root = dataset_root(request.source)
+    existing = _existing_index(layout, request.overwrite)
+    if existing is not None and not request.overwrite:
+        compare_params(layout, existing, pinned_params(request, root), partial=True)
+    listing, listing_errors = _list(request, stack, layout.retry)
+    # a new index has nothing done; the broken markers of an existing one are deleted when the run starts
+    state = IndexState({}) if existing is None else read_state(layout, repair=False)
+    work = _plan(listing, state, layout, request)
+    executor, model = _start(request, layout, work, existing, stack)
+    spec = None if executor is None else resolve_spec(request, model, root, executor.gpus())
+    if existing is None:
+        layout.clear()  # an empty directory, or --overwrite of another format's index
+    elif compare_params(layout, existing, *_params(request, model, root, spec), overwrite=request.overwrite):
+        layout.clear()  # --overwrite of an index made with other parameters: planned again from nothing
+        existing, state = None, IndexState({})
+        work = _plan(listing, state, layout, request)
+    plan = RunPlan(request, layout, clocks, listing, listing_errors, existing, state, work, model)
+    if executor is None and not (work.idle and existing is not None):  # cleared: it computes after all
+        executor = stack.enter_context(open_executor(request))
+        spec = resolve_spec(request, model, root, executor.gpus())
+    plan.executor, plan.spec = executor, spec
+    return plan
 
 
 def _plan(refs: Listing, state: IndexState, layout: IndexLayout, request: IndexRequest) -> Work:
@@ -230,13 +266,14 @@ def _stopped(layout: IndexLayout, tally: _Tally, what: str, fix: str = "") -> Jo
     return JobStoppedError(f"stopped: {what}; {tally.shards()}; {fix}rerun the same command to resume")
 
 
-def _start(request: IndexRequest, layout: IndexLayout, planned, stack: ExitStack):
+def _start(request: IndexRequest, layout: IndexLayout, work: Work, existing: dict | None, stack: ExitStack):
     """(executor or None, ModelPlan). When the run will compute, the executor starts now (on Ray, Ray and
     the actors come up in the background) and the workers load the model; a rerun with nothing to do loads
     it here, to check the index's parameters, and starts nothing."""
-    if planned is None or not planned[1].idle:
+    if existing is None or not work.idle:
         executor = stack.enter_context(open_executor(request))
-        return executor, executor.plan(request, geometry=not _reusable_layers(layout))
+        reuse = existing is not None and layout.exists(layout.layers)  # geometry read back, not traced
+        return executor, executor.plan(request, geometry=not reuse)
     return None, plan_model(request, geometry=False)[0]
 
 
@@ -251,20 +288,15 @@ def _geometry(layout: IndexLayout, executor, request: IndexRequest, plan, reuse:
     return plan.infos, plan.rfs
 
 
-def _names_table(
-    layout: IndexLayout, layers, infos: dict[str, LayerInfo], plan, names: list[NamesFile]
+def _units(
+    layout: IndexLayout, layers, infos: dict[str, LayerInfo], model: ModelPlan, names: list[NamesFile]
 ) -> pa.Table:
     """The index's units table after this run: the names files given, over the names the index holds,
-    over the model's classes (pipeline.names.unit_names)."""
+    over the model's classes (pipeline.names.unit_names). A rerun with nothing to compute takes its names
+    files too: they are not parameters."""
     stored = layout.read_table(layout.units) if layout.exists(layout.units) else None
     channels = {layer: infos[layer].channels for layer in layers}
-    return unit_names(channels, plan.output_layers, plan.categories, names, stored)
-
-
-def _write_names(layout: IndexLayout, params: dict, infos: dict[str, LayerInfo], plan, names) -> None:
-    """A rerun with nothing to compute still takes its names files (they are not parameters)."""
-    units = _names_table(layout, params["layers"], infos, plan, names)
-    write_parquet(units, layout.units, params, layout)
+    return unit_names(channels, model.output_layers, model.categories, names, stored)
 
 
 def _list(request: IndexRequest, stack: ExitStack, retry: RetryPolicy) -> tuple[Listing, list[str]]:
@@ -277,73 +309,60 @@ def _list(request: IndexRequest, stack: ExitStack, retry: RetryPolicy) -> tuple[
     return refs, [display_path(f"{relpath}: {reason}") for relpath, reason in errors]
 
 
-def _planned(layout: IndexLayout, refs: Listing, request: IndexRequest) -> tuple[IndexState, Work] | None:
-    """(completed shards, what this run would compute), judged before the model is loaded (nothing is
-    changed); None when the run computes whatever the directory holds (a new index, another format,
-    --overwrite)."""
-    manifest = layout.read_manifest()
-    if manifest is None or manifest.get("format") != INDEX_FORMAT or request.overwrite:
-        return None
-    state = read_state(layout, repair=False)
-    return state, _plan(refs, state, layout, request)
+def _params(request: IndexRequest, model: ModelPlan, root: str, spec: RunSpec | None) -> tuple[dict, tuple]:
+    """(the params a rerun compares with the index's, those it leaves out): run.json's params resolved
+    against the workers (`spec`); with no workers (nothing to compute) all but those that depend on their
+    devices (EXECUTION_PARAMS)."""
+    if spec is not None:
+        return spec.params(), ()
+    params = resolve_spec(request, model, root, request.device is not Device.cpu).params()
+    return {k: v for k, v in params.items() if k not in EXECUTION_PARAMS}, EXECUTION_PARAMS
 
 
-def _reusable_layers(layout: IndexLayout) -> bool:
-    """An index's layers.parquet holds the geometry a rerun with the same parameters would trace."""
-    manifest = layout.read_manifest()
-    return manifest is not None and manifest.get("format") == INDEX_FORMAT and layout.exists(layout.layers)
-
-
-def _params(request: IndexRequest, plan, root: str, gpus: bool | None) -> dict:
-    """run.json's params for this request; with gpus=None only those that do not depend on the workers'
-    devices (what a rerun can check before any worker exists)."""
-    params = resolve_spec(
-        request, plan, root, request.device is not Device.cpu if gpus is None else gpus
-    ).params()
-    return params if gpus is not None else {k: v for k, v in params.items() if k not in EXECUTION_PARAMS}
-
-
-def _check_directory(layout: IndexLayout, overwrite: bool) -> None:
-    """Refuse, before anything is loaded, a directory that holds something other than an index of this
-    format (unless --overwrite)."""
+def _existing_index(layout: IndexLayout, overwrite: bool) -> dict | None:
+    """The index the directory holds (its manifest, with the params older indexes implied), None when it
+    holds none. Refused, before anything is loaded: a directory that holds something else, or an index of
+    another format (unless --overwrite)."""
     existing = layout.read_manifest()
+    if existing is not None and existing.get("format") == INDEX_FORMAT:
+        return _with_defaults(existing)
     if overwrite:
-        return
+        return None
     if existing is None and any(name != ".lock" for name in layout.entries()):
         raise IndexMismatchError(
             f"{layout.url} is not empty and holds no actindex run.json; choose another --out"
         )
-    if existing is not None and existing.get("format") != INDEX_FORMAT:
+    if existing is not None:
         raise IndexMismatchError(
             f"{layout.url} was written by an older actindex (index format {existing.get('format', 1)}, "
             f"this one writes {INDEX_FORMAT}); use another --out, or --overwrite to rebuild it"
         )
+    return None
 
 
-def _check_pinned(layout: IndexLayout, pinned: dict, overwrite: bool) -> None:
-    """Refuse, before the images are listed or the model loaded, a rerun whose request already differs
-    from the index's parameters (unless --overwrite)."""
-    existing = layout.read_manifest()
-    if existing is None or overwrite:
-        return
-    changed = pinned_differences(_with_defaults(existing)["params"], pinned)
-    if changed:
-        raise _mismatch(layout, changed)
-
-
-def _check_index(layout: IndexLayout, params: dict, overwrite: bool) -> dict | None:
-    """The index's manifest when it was made with `params` (those not resolved per worker); None when
-    the directory is new or empty (or was cleared by --overwrite). Refuses anything else."""
-    existing = layout.read_manifest()
-    if existing is None or existing.get("format") != INDEX_FORMAT:
-        layout.clear()  # an empty directory, or --overwrite of one _check_directory let through
-        return None
-    existing = _with_defaults(existing)
-    old = {k: v for k, v in existing["params"].items() if k not in EXECUTION_PARAMS}
-    if old != params:
-        _refuse_or_clear(layout, old, params, overwrite)
-        return None
-    return existing
+def compare_params(
+    layout: IndexLayout,
+    existing: dict,
+    params: dict,
+    skip: tuple = (),
+    overwrite: bool = False,
+    partial: bool = False,
+) -> bool:
+    """Compare a rerun's `params` with the index's: the one place it is done. `partial`: `params` are the
+    few the request fixes before the model is loaded (jobs.spec.pinned_params); otherwise all of run.json's
+    but `skip`. Refuses a difference in one line naming each, unless `overwrite`; returns whether the
+    index must be cleared."""
+    recorded = existing["params"]
+    if partial:
+        changed = pinned_differences(recorded, params)
+    else:
+        changed = differences({k: v for k, v in recorded.items() if k not in skip}, params)
+    if changed and not overwrite:
+        raise IndexMismatchError(
+            f"{layout.url} holds an index made with different parameters ({'; '.join(changed)}); "
+            "use another --out, or --overwrite to replace it"
+        )
+    return bool(changed)
 
 
 def _with_defaults(manifest: dict) -> dict:
@@ -356,19 +375,6 @@ def _with_defaults(manifest: dict) -> dict:
     return {**manifest, "params": params}
 
 
-def _refuse_or_clear(layout: IndexLayout, old: dict, new: dict, overwrite: bool, keys=None) -> None:
-    if not overwrite:
-        raise _mismatch(layout, differences(old, new, keys))
-    layout.clear()
-
-
-def _mismatch(layout: IndexLayout, changed: list[str]) -> IndexMismatchError:
-    return IndexMismatchError(
-        f"{layout.url} holds an index made with different parameters ({'; '.join(changed)}); "
-        "use another --out, or --overwrite to replace it"
-    )
-
-
 def read_geometry(layout: IndexLayout) -> tuple[dict[str, LayerInfo], dict[str, ReceptiveField]]:
     infos, rfs = {}, {}
     for row in layout.read_table(layout.layers).to_pylist():
@@ -376,8 +382,10 @@ def read_geometry(layout: IndexLayout) -> tuple[dict[str, LayerInfo], dict[str, 
     return infos, rfs
 
 
-def _run(layout, lock, executor, context, state, work: Work, manifest, request, clocks, tally) -> Summary:
-    started, cpu_started = clocks
+def _run(plan: RunPlan, context: WorkContext, manifest: dict, lock, tally: _Tally) -> Summary:
+    layout, request, state, work = plan.layout, plan.request, plan.state, plan.work
+    started, cpu_started = plan.clocks
+    repair_markers(layout, state)
     apply_prune(layout, state, work)
     tally.kept = len(state.done)
     remove_orphans(layout, state)
@@ -389,7 +397,7 @@ def _run(layout, lock, executor, context, state, work: Work, manifest, request, 
     cpu_loop = own_cpu_seconds()
     shards = len(work.pending)
     with _progress(request.progress, work.images, shards, request.progress_every, started) as progress:
-        for event in executor.run(context, tasks):
+        for event in plan.executor.run(context, tasks):
             if isinstance(event, ShardResult):
                 lock.check()  # an index on an object store: stop if another job took the lease over
                 commit_marker(layout, event.marker())
