@@ -170,3 +170,18 @@ def test_actors_waiting_for_busy_one_cpu_nodes_say_so_then_run_one_per_node(
             job.join(timeout=300)
     assert result["summary"].indexed == 14
     assert_matches_reference(tmp_path / "idx", natural_reference)  # torch on 1 thread: close
+
+
+@pytest.mark.slow
+def test_actors_that_are_only_slow_to_start_do_not_say_they_wait(
+    ray_cluster, slow_plain, natural_dataset, tmp_path, monkeypatch, caplog
+):
+    """An actor that has its resources but takes long to load its model (each forward of Slow takes a
+    second, and planning runs several) is starting, not waiting: no "waiting for ... model actors"."""
+    monkeypatch.setattr("actindex.jobs.ray_executor.WAIT_WARNING_S", 1.0)
+    with nodes(ray_cluster, {"num_cpus": 2}), caplog.at_level(logging.WARNING, logger="actindex"):
+        config = slow_config(natural_dataset, tmp_path / "idx", executor="ray", address=ray_cluster.address)
+        summary = run_index(config)
+    assert summary.indexed == 14 and summary.startup_seconds > 2.0  # long past the 1 s of patience
+    assert "waiting for" not in caplog.text, caplog.text
+    assert_same_tables(tmp_path / "idx", slow_plain)

@@ -191,6 +191,14 @@ def test_nonexistent_source_raises(tmp_path: Path) -> None:
         list_images(str(tmp_path / "missing.jpg"))
 
 
+def test_a_missing_source_is_said_not_to_exist(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="^'.*photos' does not exist$"):
+        list_images(str(tmp_path / "photos"))
+    (tmp_path / "notes.md").write_text("not images")  # there, but none of the kinds a source can be
+    with pytest.raises(FileNotFoundError, match="is not a folder, a glob, an image"):
+        list_images(str(tmp_path / "notes.md"))
+
+
 def test_folder_whose_name_has_glob_characters(tmp_path: Path) -> None:
     folder = tmp_path / "set[1]"
     touch(folder / "a.jpg")

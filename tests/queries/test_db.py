@@ -92,3 +92,30 @@ def test_top_images_binds_parameters(planted_index):
     assert [(r["unit"], r["rank"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     sql = (Path(__file__).parents[2] / "queries" / "top_images.sql").read_text()
     assert "$layer" in sql and not re.search(r"\{.*\}", sql)
+
+
+def test_the_not_an_index_hint_never_writes_into_the_folder_named(tmp_path):
+    """`actindex top PHOTOS/` by mistake: the hint must not be `actindex index ... --out PHOTOS/`."""
+    from actindex.pipeline.errors import MissingInputError
+    from actindex.queries.db import connect
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"")
+    with pytest.raises(MissingInputError) as refused:
+        connect(f"{photos}/")
+    message = str(refused.value)
+    assert "is not an actindex index" in message and f"--out {photos}-index" in message, message
+    assert f"--out {photos} " not in message and f"--out {photos}/" not in message
+
+
+def test_label_selectivity_says_why_an_unlabelled_index_has_no_purity():
+    import duckdb
+
+    from actindex.queries.catalog import label_notes
+
+    con = duckdb.connect()
+    con.execute("CREATE VIEW images AS SELECT * FROM (VALUES (NULL::VARCHAR), (NULL)) t(label)")
+    assert "purity is NULL" in " ".join(label_notes(con))
+    con.execute("CREATE OR REPLACE VIEW images AS SELECT * FROM (VALUES ('cat'), (NULL)) t(label)")
+    assert label_notes(con) == []

@@ -9,6 +9,18 @@ from actindex.queries import grid
 from actindex.queries.db import top_images
 
 
+def test_a_long_name_keeps_both_ends_in_its_caption():
+    """An ImageNet file name cut at its end keeps only the synset id, the part no reader knows."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=11)
+    name = "n02099601_golden_retriever.JPEG"
+    fitted = grid._fit(name, 92, font)
+    assert fitted.startswith("n02099") and fitted.endswith(".JPEG") and "…" in fitted, fitted
+    assert font.getlength(fitted) <= 92 < font.getlength(name)
+    assert grid._fit("short.jpg", 92, font) == "short.jpg"
+
+
 def test_a_units_caption_is_its_layer_number_and_name():
     assert grid.caption_lines("classifier", 282, "tiger cat") == ["classifier", "unit 282", "tiger cat"]
     assert grid.caption_lines("relu1", 0, None) == ["relu1", "unit 0"]  # no name: none made up

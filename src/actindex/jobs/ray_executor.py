@@ -281,7 +281,7 @@ class RayExecutor:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             if not ready:
-                patience.check([self.slots[self.actors.index(actor)] for actor in pending.values()])
+                patience.check({actor: self.slots[self.actors.index(actor)] for actor in pending.values()})
                 continue
             pending.pop(ready[0])
             try:
@@ -356,7 +356,7 @@ class _Scheduler:
             ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
             if not ready:
                 if not self.alive:
-                    self.patience.check([self.slots[actor] for actor in self.starting.values()])
+                    self.patience.check({actor: self.slots[actor] for actor in self.starting.values()})
                 continue
             for item in ready:
                 if item in self.starting:
@@ -446,7 +446,9 @@ class _Scheduler:
 
 
 class _Patience:
-    """Says once, WAIT_WARNING_S after the last progress, that model actors wait for resources."""
+    """Says once, WAIT_WARNING_S after the last progress, that model actors wait for resources, when they
+    really do: an actor Ray has given a process is starting (importing torch, loading the model), not
+    waiting, however long that takes."""
 
     def __init__(self):
         self.since, self.warned = time.monotonic(), False
@@ -454,8 +456,12 @@ class _Patience:
     def progressed(self) -> None:
         self.since = time.monotonic()
 
-    def check(self, waiting: list[ActorSlot]) -> None:
-        if self.warned or not waiting or time.monotonic() - self.since < WAIT_WARNING_S:
+    def check(self, actors: dict) -> None:
+        """`actors`: {actor handle: its ActorSlot} of the actors not ready yet."""
+        if self.warned or not actors or time.monotonic() - self.since < WAIT_WARNING_S:
+            return
+        waiting = [slot for actor, slot in actors.items() if not _has_process(actor)]
+        if not waiting:
             return
         import ray
 
@@ -473,6 +479,17 @@ class _Patience:
             free.get("CPU", 0),
             free.get("GPU", 0),
         )
+
+
+def _has_process(actor) -> bool:
+    """Whether Ray has placed `actor` (it has a worker process, its constructor runs or ran), from the GCS's
+    actor table: an actor waiting for resources has none. When the table cannot be read, it has not."""
+    from ray._private.state import actors as actor_table  # the GCS's table; the state API needs a dashboard
+
+    try:
+        return bool(actor_table(actor_id=actor._actor_id.hex()).get("Pid"))
+    except Exception:  # noqa: BLE001 - an unknown answer: say that it waits, as before this check existed
+        return False
 
 
 def _lost_actor_errors() -> tuple[type[Exception], ...]:

@@ -156,6 +156,8 @@ def _from_local(source: str, errors: list | None, retry: RetryPolicy) -> list[Im
         refs = _from_list_file(path)
     elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
         refs = [_ref(path.resolve(), path.resolve().parent, None)]
+    elif not path.exists():
+        raise MissingInputError(f"{source!r} does not exist")
     else:
         raise MissingInputError(
             f"{source!r} is not a folder, a glob, an image, a list file (.txt/.csv of paths), "

@@ -151,8 +151,12 @@ class Index:
     # the analysis catalog (queries/catalog/*.sql; in SQL: SELECT * FROM label_selectivity('layer4'))
 
     def label_selectivity(self, layer: str, k: int | None = None) -> Result:
-        """Per unit: the share of each label among its top-k images, its dominant label and purity."""
-        return Result(catalog.label_selectivity(self.con, layer, k))
+        """Per unit: the share of each label among its top-k images, its dominant label and purity; on an
+        index without labels, a note says why purity is NULL (also as a warning)."""
+        notes = catalog.label_notes(self.con)
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+        return Result(catalog.label_selectivity(self.con, layer, k), notes)
 
     def image_units(self, layer: str, image: str | int, n: int = 10) -> Result:
         """The n units that `image` (relpath, uri or image_id) excites most, relative to each unit's p99."""

@@ -102,6 +102,17 @@ def label_selectivity(con: duckdb.DuckDBPyConnection, layer: str, k: int | None 
     return _call(con, "label_selectivity", layer=layer, k=k)
 
 
+def label_notes(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """What a reader of label_selectivity should know: an index whose images have no label has no purity."""
+    labelled = con.execute("SELECT count(*) FROM images WHERE label IS NOT NULL").fetchone()[0]
+    if labelled:
+        return []
+    return [
+        "no image of this index has a label, so purity is NULL for every unit: labels come from class "
+        "subfolders, a list file's second column or --label-column"
+    ]
+
+
 def image_units(con: duckdb.DuckDBPyConnection, layer: str, image: str | int, n: int = 10) -> pa.Table:
     """The `n` units of `layer` that `image` (relpath, uri or image_id) excites most relative to each unit's
     own distribution (act / the unit's p99 over the index). Needs activations (a dense index).

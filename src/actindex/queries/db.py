@@ -135,9 +135,11 @@ def layer_geometry(con: duckdb.DuckDBPyConnection, layer: str) -> tuple[LayerInf
 
 
 def _not_an_index(index_dir: str | Path) -> NotAnIndexError:
+    """The hint never writes an index into the folder named (it may be the images themselves)."""
+    folder = str(index_dir).rstrip("/") or "."
     return NotAnIndexError(
-        f"{index_dir} is not an actindex index (no run.json); "
-        f"build one with: actindex index IMAGES --out {index_dir}"
+        f"{index_dir} is not an actindex index (no run.json); if it holds images, index them into a new "
+        f"folder: actindex index {folder} --out {folder}-index --weights DEFAULT --layers ..."
     )
 
 

@@ -146,12 +146,15 @@ def _tile(row: dict, picture: Image.Image, tile: int, font) -> Image.Image:
 
 
 def _fit(text: str, width: int, font) -> str:
-    """`text`, cut with an ellipsis to fit `width` pixels."""
+    """`text`, shortened in the middle with an ellipsis to fit `width` pixels: both ends tell, in file names
+    above all ("n02099601_g…retriever.JPEG": the synset and the class name)."""
     if font.getlength(text) <= width:
         return text
-    while text and font.getlength(text + "…") > width:
-        text = text[:-1]
-    return text + "…"
+    for keep in range(len(text) - 1, 0, -1):
+        head, tail = text[: (keep + 1) // 2], text[len(text) - keep // 2 :] if keep > 1 else ""
+        if font.getlength(head + "…" + tail) <= width:
+            return head + "…" + tail
+    return "…"
 
 
 def crop_tile(row: dict, tile: int, decode: str = "fast") -> Image.Image:
