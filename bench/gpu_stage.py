@@ -39,6 +39,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from actindex.pipeline.loop import DecodedBatch, Prefetcher, record_batches
+from actindex.pipeline.options import comma_list
 from actindex.pipeline.synthetic import encode_jpeg, natural_image
 
 DEFAULT_LAYERS = "relu,layer1,layer2,layer3,layer4"
@@ -369,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     loaded = load_model(args.model, args.weights)
     prep = preprocessing(args, loaded.preprocessing)
-    patterns = [p.strip() for p in args.layers.split(",") if p.strip()]
+    patterns = list(comma_list(args.layers))
     layers = resolve_layers(loaded.module, patterns, args.model)
     started = time.perf_counter()
     blobs = synthetic_jpegs(min(args.distinct, args.images))

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,28 +31,58 @@ from actindex.jobs.query_bench import synthetic_shard
 from actindex.jobs.spec import IndexRequest, resolve_spec
 from actindex.jobs.worker import ShardFinisher, WorkContext, make_recorder, plan_model
 from actindex.pipeline.decode import Decoder
+from actindex.pipeline.errors import InvalidInputError
 from actindex.pipeline.gpu import GpuDecoder
+from actindex.pipeline.model_args import MODEL
 from actindex.pipeline.models import load_model
+from actindex.pipeline.options import Option, check, comma_list
+from actindex.pipeline.patterns import LAYERS
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.synthetic import synthetic_jpeg
 
 LABELS = {"ray": "Ray", "local": "--executor local", "plain": "plain loop"}
 
 
+EXECUTORS = ("ray", "local", "plain")  # end-to-end runs; "plain" is the baseline loop (jobs.plain_loop)
+
+
+def executor_list(value: str | Sequence[str]) -> tuple[str, ...]:
+    """'ray,plain' (or a sequence) -> ("ray", "plain"); a run that is not one of EXECUTORS is refused."""
+    runs = comma_list(value)
+    unknown = [run for run in runs if run not in EXECUTORS]
+    if unknown:
+        raise InvalidInputError(f"{', '.join(unknown)}: choose from {', '.join(EXECUTORS)}")
+    return runs
+
+
 @dataclass
 class BenchConfig:
-    out: str  # working directory: dataset, indexes, results.json
-    model: str = "resnet50"  # as for `actindex index`
-    layers: tuple[str, ...] = ("relu", "layer*")  # as for `actindex index`
-    images: int = 128  # synthetic images to generate (ignored with source)
-    source: str | None = None  # an image folder to use instead of synthetic JPEGs
-    batch_size: int = 32  # images per forward pass
-    executors: tuple[str, ...] = ("ray", "local", "plain")  # end-to-end runs ("plain": the baseline loop)
-    scaling: bool = False  # also run the plain loop on 4x the images and compare peak memory
-    driver_cpu: bool = False  # also run the Ray job on 4x the images: driver CPU per 1,000 extra images
-    finish_shard: int = 1024  # images per synthetic shard in the finishing benchmark (0 = skip it)
+    """What `actindex bench` measures: its options (pipeline.options)."""
+
+    out: str = Option(  # dataset, indexes, results.json
+        "Working directory (dataset, indexes, results).", flags=("--out", "-o")
+    ).field("actindex-bench")
+    model: str = MODEL.field("resnet50")
+    layers: tuple[str, ...] = LAYERS.field(("relu", "layer*"))
+    images: int = Option("Synthetic 500x375 JPEGs to generate.", min=1).field(128)  # ignored with source
+    source: str | None = Option("Use this image folder instead of synthetic JPEGs.").field(None)
+    batch_size: int = Option("Images per forward pass.", min=1).field(32)
+    scaling: bool = Option("Also index 4x the images and compare peak memory.").field(False)
+    driver_cpu: bool = Option(
+        "Also run the Ray job on 4x the images: driver CPU per 1,000 extra images."
+    ).field(False)
+    executors: tuple[str, ...] = Option(
+        "End-to-end runs, comma-separated: ray, local, plain (the baseline loop).", parse=executor_list
+    ).field(EXECUTORS)
+    finish_shard: int = Option(
+        "Images per shard in the finish-shards benchmark (0 skips it).",
+        min=0,
+    ).field(1024)
     extra_args: tuple[str, ...] = ()  # more `actindex index` options (e.g. --resize/--crop/--decode)
     results: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def parse_report(stderr: str) -> dict:

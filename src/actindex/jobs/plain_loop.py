@@ -24,6 +24,7 @@ from actindex.pipeline.decode import Decoder
 from actindex.pipeline.layers import describe_layers, resolve_layers
 from actindex.pipeline.listing import list_images
 from actindex.pipeline.models import load_model
+from actindex.pipeline.options import comma_list
 from actindex.pipeline.preprocess import DECODES
 from actindex.pipeline.recorder import ActivationRecorder
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     overrides = {key: getattr(args, key) for key in ("resize", "crop", "decode") if getattr(args, key)}
     prep = dataclasses.replace(loaded.preprocessing, **overrides)
-    layers = resolve_layers(loaded.module, [p for p in args.layers.split(",") if p], args.model)
+    layers = resolve_layers(loaded.module, list(comma_list(args.layers)), args.model)
     recorder = ActivationRecorder(loaded.module, layers, prep)
     decoder = Decoder(prep)
     widths = {

@@ -21,9 +21,12 @@ from enum import Enum
 from actindex.pipeline.containers import Columns
 from actindex.pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED
 from actindex.pipeline.errors import InvalidInputError
-from actindex.pipeline.model_args import check_model_args
+from actindex.pipeline.model_args import MODEL, TRUST_CODE, check_model_args
+from actindex.pipeline.options import Option, check, flat_options, gather
+from actindex.pipeline.patterns import LAYERS
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.retry import DEFAULT_BUDGET_S
+from actindex.pipeline.topk import K
 
 
 class Executor(str, Enum):
@@ -51,6 +54,14 @@ class RfGates(str, Enum):
 
     constant = "constant"  # gates are constants: boxes follow the spatial path (rf_global_context marks them)
     strict = "strict"  # every position after a gate sees the whole image
+
+
+RF_GATES = Option(  # `actindex index` and `actindex layers`
+    "Receptive fields through squeeze-excitation gates: constant (default) treats the gates as constants, so "
+    "boxes follow the spatial path (rf_global_context marks those layers); strict makes every position after "
+    "a gate see the whole image.",
+    choices=RfGates,
+)
 
 
 class Store(str, Enum):
@@ -84,7 +95,7 @@ class RunSpec:
     batch_size: int  # images per forward pass; batches never cross a shard
     compile: bool  # torch.compile the forward and reductions
     columns: dict | None = None  # Parquet columns chosen (pipeline.containers.Columns); None: defaults
-    rf_gates: str = "constant"  # "constant" or "strict" (RfGates): receptive fields through SE gates
+    rf_gates: str = RfGates.constant.value  # "constant" or "strict": receptive fields through SE gates
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -102,9 +113,10 @@ class RunSpec:
 
     @classmethod
     def from_params(cls, params: dict) -> RunSpec:
-        optional = {"columns": None, "rf_gates": RfGates.constant.value}  # added after the first indexes
-        values = {f.name: params[f.name] for f in dataclasses.fields(cls) if f.name not in optional}
-        values.update({name: params.get(name, default) for name, default in optional.items()})
+        values = {  # fields with a default were added after the first indexes, which lack them
+            f.name: params[f.name] if f.default is dataclasses.MISSING else params.get(f.name, f.default)
+            for f in dataclasses.fields(cls)
+        }
         values["preprocessing"] = Preprocessing.from_dict(params["preprocessing"])
         return cls(**values)
 
@@ -116,89 +128,102 @@ class RunSpec:
 
 @dataclass
 class IndexRequest:
-    """An index job as the user asked for it (the CLI builds it; so can a notebook)."""
+    """An index job as the user asked for it: the arguments and options of `actindex index` (pipeline.options;
+    the CLI builds it from them, actindex.index(...) too; so can a notebook)."""
 
-    source: str  # image folder (recursive), glob, .txt/.csv list, .tar shards or .parquet files; or a URL
-    out: str  # index directory (created if missing)
-    layers: tuple[str, ...]  # named_modules() names or globs ('layer*', 'features.**')
-    model: str = "resnet50"  # torchvision name, timm:NAME, efficientnet_lite0, or a TorchScript file
-    weights: str | None = None  # None = the model's default (random, or built-in); "DEFAULT"; a .pth file
-    k: int = 100  # images kept per unit in the topk table
-    shard_size: int = 1024  # images per shard (unit of output files and of resume)
-    preprocessing: Preprocessing | dict | None = None  # None: the model's own; a dict: some of it replaced
-    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are recorded as errors ("too large")
-    store: Store = Store.dense  # dense, or topk (no activations table)
-    rf_gates: RfGates = RfGates.constant  # squeeze-excitation gates: constants for boxes, or strict (global)
-    device: Device = Device.auto  # auto = cuda where the workers have GPUs
-    precision: Precision = Precision.auto  # auto = bf16 on GPUs, fp32 on CPUs
-    device_decode: bool | None = None  # JPEGs decoded on the model's device; None = on GPUs, if decode "fast"
-    batch_size: int | None = None  # images per forward pass; None = 256 on GPUs, 32 on CPUs
-    compile: bool = False  # torch.compile the forward + reductions
-    executor: Executor = Executor.ray  # ray (local Ray started if no address) or local (no Ray)
-    address: str | None = None  # Ray cluster address; None = RAY_ADDRESS or a new local Ray
-    workers: int | None = None  # model actors; None = one per GPU, or one per node
-    overwrite: bool = False  # clear an index made with other parameters instead of refusing
-    prune: bool = False  # drop indexed images that are no longer in the dataset
-    trust_code: bool = False  # allow models that execute code when loaded (TorchScript, python:)
-    progress: bool = True  # show a progress bar (on a terminal) or progress lines (in a log)
-    progress_every: float = 30.0  # seconds between progress lines when stderr is not a terminal
-    extra: dict = field(default_factory=dict)  # free-form notes stored in run.json
-    columns: Columns = field(default_factory=Columns)  # Parquet sources: image, key and label columns
-    # unit names (pipeline.names): "FILE" names the output layer's units, "LAYER=FILE" those of LAYER; one
-    # name per line. Not a parameter of the index: a rerun with other files replaces those layers' names
-    names: tuple[str, ...] = ()
-    # seconds a request that fails transiently (pipeline.retry: 5xx, 429, timeouts, resets, EIO) is retried
-    # for; recorded in run.json's config, not a parameter of the index (a rerun may change it)
-    retry_budget: float = DEFAULT_BUDGET_S
-    # an image whose reads still fail after the budget is an error row "unreadable after retries" instead
-    # of failing its shard attempt (and, once the attempts are used up, stopping the job)
-    record_failed_reads: bool = False
-    retry_errors: bool = False  # index again every shard that holds an error row (files fixed, codecs added)
+    source: str = Option(
+        "Image folder (recursive; subfolders = labels), glob, .txt/.csv list, WebDataset shards (a.tar, "
+        "'shards/{00000..00099}.tar') or Parquet files ('data/*.parquet'); local or a URL (s3://bucket/prefix/).",
+        positional=True,
+    ).field()
+    out: str = Option(  # created if missing
+        "Index to write: a directory, or an S3 URL (s3://bucket/prefix/).", flags=("--out", "-o")
+    ).field()
+    layers: tuple[str, ...] = LAYERS.field()  # named_modules() names or globs ('layer*', 'features.**')
+    model: str = MODEL.field("resnet50")
+    weights: str | None = Option(
+        "DEFAULT (pretrained; needs internet) or a .pth state dict. Default: random or built-in."
+    ).field(None)
+    k: int = K.field(100)  # images kept per unit in the topk table
+    batch_size: int | None = Option(  # batches never cross a shard
+        "Images per forward pass (default: 256 on GPUs, 32 on CPUs).", min=1
+    ).field(None)
+    shard_size: int = Option("Images per shard (unit of output and resume).", min=1).field(1024)
+    executor: Executor = Option(
+        "ray (local Ray unless --address) or local (one process, no Ray).", choices=Executor
+    ).field(Executor.ray)
+    address: str | None = Option("Ray cluster address (default: RAY_ADDRESS, else a local Ray).").field(None)
+    device: Device = Option(
+        "Where the model runs: auto = cuda where the workers have GPUs.", choices=Device
+    ).field(Device.auto)
+    workers: int | None = Option("Model actors (default: one per GPU, or one).", min=1).field(None)
+    # None: the model's own; on the command line --resize, --crop, ... each replace part of it (a dict)
+    preprocessing: Preprocessing | dict | None = Option("", group=Preprocessing).field(None)
+    overwrite: bool = Option("Replace an index made with other parameters.").field(False)
+    prune: bool = Option("Drop indexed images that are no longer in the dataset.").field(False)
+    max_pixels: int = Option(  # larger images are error rows ("too large")
+        "Images with more pixels are recorded as errors (decompression bombs).", min=1
+    ).field(DEFAULT_MAX_PIXELS)
+    trust_code: bool = TRUST_CODE.field(False)
+    precision: Precision = Option(
+        "auto = bf16 on GPUs, fp32 on CPUs; fp32 for exact results.", choices=Precision
+    ).field(Precision.auto)
+    compile: bool = Option("torch.compile the forward pass (GPU workers).").field(False)
+    device_decode: bool | None = Option(  # None: on GPUs, if decode is "fast"
+        "Decode JPEGs on the model's device (default: on GPUs).", flags=("--device-decode/--cpu-decode",)
+    ).field(None)
+    store: Store = Option(
+        "dense: every image x unit in activations; topk: only the top-k table.", choices=Store
+    ).field(Store.dense)
+    rf_gates: RfGates = RF_GATES.field(RfGates.constant)
+    progress: bool = Option("Show a progress bar; with no terminal (batch logs), progress lines.").field(True)
+    progress_every: float = Option(
+        "With no terminal: seconds between progress lines (shards, images/s, ETA).", min=0.1, unit="seconds"
+    ).field(30.0)
+    # Parquet sources: on the command line --image-column, --key-column, --label-column (a dict of those)
+    columns: Columns | dict = Option(
+        "",
+        group=Columns,
+        group_names="{}_column",
+    ).field(default_factory=Columns)
+    # unit names (pipeline.names): not a parameter of the index, a rerun with other files replaces them
+    names: tuple[str, ...] = Option(
+        "Unit names: FILE (UTF-8, one name per line; line i names unit i of the model's output layer, a "
+        "blank line none) or LAYER=FILE for another layer; repeat for several. A rerun takes new files "
+        "without recomputing anything.",
+        flags=("--names",),
+    ).field(())
+    # pipeline.retry; recorded in run.json's config, not a parameter of the index (a rerun may change it)
+    retry_budget: float = Option(
+        "Seconds a request that fails transiently (HTTP 5xx/429, S3 SlowDown, timeouts, resets, EIO) is "
+        "retried for, with backoff; a shard whose reads still fail runs again, up to 4 times.",
+        min=0,
+        unit="seconds",
+    ).field(DEFAULT_BUDGET_S)
+    # otherwise such an image fails its shard attempt (and, once the attempts are used up, stops the job)
+    record_failed_reads: bool = Option(
+        "Record images whose reads still fail after the retry budget as error rows ('unreadable after "
+        "retries') and finish, instead of stopping; --retry-errors retries them."
+    ).field(False)
+    retry_errors: bool = Option(
+        "Index again every shard holding an error row (files fixed since, a codec installed since)."
+    ).field(False)
+    extra: dict = field(default_factory=dict)  # free-form notes stored in run.json (not an option)
 
     def __post_init__(self) -> None:
-        self.layers = tuple(self.layers)
         self.names = (self.names,) if isinstance(self.names, str) else tuple(self.names)
-        for name, kind in (
-            ("store", Store),
-            ("rf_gates", RfGates),
-            ("device", Device),
-            ("precision", Precision),
-            ("executor", Executor),
-        ):
-            setattr(self, name, _choice(kind, getattr(self, name), name))
+        check(self)
+        if isinstance(self.columns, dict):
+            self.columns = Columns(**self.columns)
         if not self.layers:
             raise InvalidInputError("choose at least one layer (--layers); see: actindex layers MODEL")
-        if self.k < 1:
-            raise InvalidInputError(f"k must be at least 1 (got {self.k})")
-        if (self.batch_size is not None and self.batch_size < 1) or self.shard_size < 1:
-            raise InvalidInputError(
-                f"batch_size ({self.batch_size}) and shard_size ({self.shard_size}) must be positive"
-            )
         if self.executor is Executor.local and self.address:
             raise InvalidInputError(
                 "--address joins a Ray cluster; it cannot be combined with --executor local"
             )
-        if isinstance(self.preprocessing, dict):
-            unknown = set(self.preprocessing) - {f.name for f in dataclasses.fields(Preprocessing)}
-            if unknown:
-                raise InvalidInputError(f"unknown preprocessing values {sorted(unknown)}")
         if self.device_decode and _decode(self.preprocessing) == "torchvision":
             raise InvalidInputError(DEVICE_DECODE_REFUSED)
-        if self.max_pixels < 1:
-            raise InvalidInputError(f"max_pixels must be positive (got {self.max_pixels})")
-        if self.workers is not None and self.workers < 1:
-            raise InvalidInputError(f"workers must be at least 1 (got {self.workers})")
-        if not self.retry_budget >= 0:
-            raise InvalidInputError(f"retry_budget must be 0 or more seconds (got {self.retry_budget})")
         check_model_args(self.model, self.weights, self.trust_code)
-
-
-def _choice(kind: type[Enum], value, name: str) -> Enum:
-    try:
-        return kind(value)
-    except ValueError:
-        choices = ", ".join(item.value for item in kind)
-        raise InvalidInputError(f"{name} {value!r} is not one of {choices}") from None
 
 
 def _decode(preprocessing: Preprocessing | dict | None) -> str:
@@ -317,43 +342,23 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
 
 
-PREPROCESSING_OPTIONS = ("resize", "crop", "interpolation", "mean", "std", "decode")
-COLUMN_OPTIONS = {"image_column": "image", "key_column": "key", "label_column": "label"}
-
-
 def index_request(source: str, out: str, layers: str | Sequence[str], **options) -> IndexRequest:
     """An IndexRequest from the options of `actindex index`, named as the CLI names them (underscores for
-    dashes): --resize/--crop/--interpolation/--mean/--std/--decode replace parts of the model's own
-    preprocessing, --image-column/--key-column/--label-column pick Parquet columns, and every other option
-    is the IndexRequest field of the same name. `layers` is a comma-separated string or a list."""
-    if isinstance(layers, str):
-        layers = [part.strip() for part in layers.split(",")]
-    fields = {f.name for f in dataclasses.fields(IndexRequest)} - {"source", "out", "layers"}
-    unknown = sorted(set(options) - fields - set(PREPROCESSING_OPTIONS) - set(COLUMN_OPTIONS))
+    dashes; pipeline.options.flat_options): --resize/--crop/--interpolation/--mean/--std/--decode replace
+    parts of the model's own preprocessing, --image-column/--key-column/--label-column pick Parquet columns,
+    and every other option is the IndexRequest field of the same name. `layers` is a comma-separated string
+    or a list."""
+    fields = {f.name for f in dataclasses.fields(IndexRequest)}
+    known = sorted((set(flat_options(IndexRequest)) | fields) - {"source", "out", "layers"})
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        known = ", ".join(sorted(fields | set(PREPROCESSING_OPTIONS) | set(COLUMN_OPTIONS)))
-        raise InvalidInputError(f"unknown index option(s) {', '.join(unknown)}; options: {known}")
-    overrides = {name: options.pop(name) for name in PREPROCESSING_OPTIONS if options.get(name) is not None}
-    options = {name: value for name, value in options.items() if name not in PREPROCESSING_OPTIONS}
-    if overrides and options.get("preprocessing") is not None:
-        raise InvalidInputError(f"give preprocessing or {', '.join(overrides)}, not both")
-    columns = {key: options.pop(name, None) for name, key in COLUMN_OPTIONS.items()}
-    return IndexRequest(
-        source=str(source),
-        out=str(out),
-        layers=tuple(name for name in layers if name),
-        preprocessing=options.pop("preprocessing", None) or _overrides(overrides),
-        columns=options.pop("columns", None) or Columns(**columns),
-        **options,
-    )
+        raise InvalidInputError(f"unknown index option(s) {', '.join(unknown)}; options: {', '.join(known)}")
+    values = {"source": str(source), "out": str(out), "layers": layers, **options}
+    return IndexRequest(**gather(IndexRequest, values))
 
 
-def _overrides(values: dict) -> dict | None:
-    """Preprocessing replacements in run.json's form: enum values as text, mean/std as three floats
-    (given as a sequence or as 'r,g,b')."""
-    for name in ("mean", "std"):
-        if isinstance(values.get(name), str):
-            values[name] = tuple(float(v) for v in values[name].split(","))
-        if name in values and len(values[name]) != 3:
-            raise InvalidInputError(f"{name} needs three numbers, e.g. 0.5,0.5,0.5 (got {values[name]})")
-    return {key: getattr(value, "value", value) for key, value in values.items()} or None
+# the options of `actindex index` that replace part of the model's preprocessing, and those naming columns
+PREPROCESSING_OPTIONS = tuple(
+    n for n, (name, _, _) in flat_options(IndexRequest).items() if name == "preprocessing"
+)
+COLUMN_OPTIONS = {n: key for n, (name, key, _) in flat_options(IndexRequest).items() if name == "columns"}

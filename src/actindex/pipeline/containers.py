@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.options import Option
 from actindex.pipeline.storage import open_binary
 
 IMAGE_COLUMNS = ("jpg", "image", "jpeg", "png", "webp", "img")  # img2dataset, Hugging Face, others
@@ -38,9 +39,14 @@ _SAMPLE = re.compile(r"^((?:.*/)?[^./]+)\.([^/]*)$")
 class Columns:
     """Which Parquet columns hold what (None: the default)."""
 
-    image: str | None = None  # encoded image bytes or {"bytes","path"} structs; None: first of IMAGE_COLUMNS
-    key: str | None = None  # a unique id per row (img2dataset "key"); None: "key" if present, else the row
-    label: str | None = None  # stored as the image's label ("caption", a class column...); None: no label
+    # options of `actindex index` as --image-column, --key-column, --label-column (IndexRequest.columns)
+    image: str | None = Option(  # encoded bytes or {"bytes", "path"} structs (Hugging Face)
+        "Parquet sources: the image-bytes column (default: jpg, image, ... if present)."
+    ).field(None)
+    key: str | None = Option(  # img2dataset's "key"
+        "Parquet: a unique id per row, hashed into image ids (default: key, else row)."
+    ).field(None)
+    label: str | None = Option("Parquet sources: the column stored as label, e.g. caption.").field(None)
 
     def to_dict(self) -> dict | None:
         """run.json form; None when every column is the default (older indexes record nothing)."""

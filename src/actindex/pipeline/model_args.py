@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 
 from actindex.pipeline.errors import MissingInputError, UserError
+from actindex.pipeline.options import Option
+
+MODEL = Option("torchvision name, timm:NAME, efficientnet_lite0, or a TorchScript file.")
+TRUST_CODE = Option("Allow models that execute code when loaded: TorchScript files, python: specs.")
 
 BUILTIN_EFFICIENTNET = "efficientnet_lite0"
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".torchscript", ".jit")

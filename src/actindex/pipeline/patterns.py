@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import re
 
+from actindex.pipeline.options import Option, comma_list
+
+# --layers of `actindex index` and `actindex report`: "layer4, fc" or a list of names
+LAYERS = Option("Comma-separated layer names or globs, e.g. 'layer*,fc'.", parse=comma_list)
+
 
 def pattern_regex(pattern: str) -> re.Pattern:
     """The regex of a layer glob: `*` within one dotted name, `**` across dots, `?` one character."""

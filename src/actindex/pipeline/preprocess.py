@@ -16,6 +16,7 @@ from enum import Enum
 import numpy as np
 
 from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.options import Option, check, three_floats
 
 
 class Interpolation(str, Enum):
@@ -25,9 +26,6 @@ class Interpolation(str, Enum):
     bilinear = "bilinear"
     bicubic = "bicubic"
     lanczos = "lanczos"
-
-
-INTERPOLATIONS = tuple(item.value for item in Interpolation)
 
 
 class Decode(str, Enum):
@@ -44,35 +42,37 @@ DECODES = tuple(item.value for item in Decode)
 class Preprocessing:
     """How an original image becomes a model input."""
 
-    resize: int = 256  # shorter side after resizing, in pixels (torchvision Resize(int) semantics)
-    crop: int = 224  # side of the square center crop taken from the resized image
-    interpolation: str = "bilinear"  # PIL resampling filter used for the resize
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel mean on [0, 1] pixels
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel std on [0, 1] pixels
-    decode: str = "fast"  # "fast" or "torchvision" (Decode): how the file becomes RGB before the resize
+    # each field is also an option of `actindex index` (pipeline.options): there it replaces the model's own
+    resize: int = Option("Override: shorter side after resize.").field(256)
+    crop: int = Option("Override: center-crop size (model input).").field(224)
+    interpolation: str = Option("Override: the resize filter.", choices=Interpolation).field("bilinear")
+    mean: tuple[float, float, float] = Option(  # on [0, 1] pixels
+        "Override: per-channel mean, e.g. 0.5,0.5,0.5.", parse=three_floats
+    ).field((0.485, 0.456, 0.406))
+    std: tuple[float, float, float] = Option(
+        "Override: per-channel std.",
+        parse=three_floats,
+    ).field((0.229, 0.224, 0.225))
+    decode: str = Option(  # how the file becomes RGB before the resize (pipeline.decode)
+        "fast (default): EXIF orientation applied, large JPEGs decoded at reduced scale; torchvision: "
+        "exactly torchvision's pixels (full decode, EXIF ignored; CPU decoding only).",
+        choices=Decode,
+    ).field("fast")
 
     def __post_init__(self) -> None:
+        check(self)  # the choices' members are kept as their text (run.json's form)
         for name in ("interpolation", "decode"):
-            if isinstance(getattr(self, name), Enum):
-                object.__setattr__(self, name, getattr(self, name).value)
+            object.__setattr__(self, name, getattr(self, name).value)
         if self.crop < 1 or self.resize < 1:
             raise InvalidInputError(f"resize ({self.resize}) and crop ({self.crop}) must be positive")
         if self.crop > self.resize:
             raise InvalidInputError(
                 f"crop ({self.crop}) must not exceed resize ({self.resize}): nothing to crop from"
             )
-        if self.interpolation not in INTERPOLATIONS:
-            raise InvalidInputError(
-                f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
-            )
-        if self.decode not in DECODES:
-            raise InvalidInputError(f"decode {self.decode!r} is not one of {', '.join(DECODES)}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+        if min(self.std) <= 0:
             raise InvalidInputError(
                 f"mean and std need 3 values each, std positive (got {self.mean}, {self.std})"
             )
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
     def to_dict(self) -> dict:
         return asdict(self)

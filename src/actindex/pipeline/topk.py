@@ -26,6 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from actindex.pipeline import schema
+from actindex.pipeline.options import Option
+
+# images kept per unit: the --k of `actindex index` (the topk table) and of the commands that read an index
+K = Option("How many top images per unit.", flags=("--k", "-k"), min=1, unit="image per unit")
 
 _LOW31 = np.int64(0x7FFF_FFFF)
 _NAN_KEY = np.int64(0xFFFF_FFFF)  # after every number

@@ -27,9 +27,9 @@ import pyarrow as pa
 
 from actindex.queries import catalog
 from actindex.queries.db import arrow_table, compare_topk, connect, run_sql_file, unit_tops
-from actindex.queries.grid import DEFAULT_THRESHOLD, unit_list
+from actindex.queries.grid import as_units
 from actindex.queries.report import ReportConfig, plan_report, write_report
-from actindex.queries.sheet import unit_sheet
+from actindex.queries.sheet import GridOptions, unit_sheet
 
 if TYPE_CHECKING:
     import duckdb
@@ -88,14 +88,6 @@ class Result:
         more = f" (first {PREVIEW_ROWS} shown)" if self.arrow.num_rows > PREVIEW_ROWS else ""
         caption = f"<caption>{self.arrow.num_rows} rows{more}</caption>"
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _units(units: int | str | Sequence[int]) -> list[int]:
-    """A unit, a list of them, or the CLI's text ('0-15', '285,1,207')."""
-
-    if isinstance(units, str):
-        return unit_list(units)
-    return [int(units)] if isinstance(units, int) else [int(unit) for unit in units]
 
 
 def _cell(value) -> str:
@@ -179,37 +171,22 @@ class Index:
         tops = unit_tops(self.location, layer, [int(unit)], k)
         return Result(tops.rows, tops.notes)
 
-    def grid(
-        self,
-        layer: str,
-        units: int | Sequence[int],
-        k: int = 9,
-        tile: int = 96,
-        layout: str = "row",
-        mask: str | None = None,
-        threshold: float = DEFAULT_THRESHOLD,
-        trust_code: bool = False,
-    ) -> Image.Image:
+    def grid(self, layer: str, units: int | str | Sequence[int], **options) -> Image.Image:
         """The sheet of `actindex grid`: each unit's top-k receptive-field crops, with its activation mask
-        ("highlight" or "heat", `threshold` x its top-1 activation) drawn over them where `mask` is given.
+        drawn over them where `mask` is "highlight" or "heat". `options` are the command's options
+        (queries.sheet.GridOptions: k, tile, layout, mask, threshold, trust_code), with the same defaults.
         What `actindex grid` prints as notes comes as warnings."""
 
-        units = _units(units)
-        sheet = unit_sheet(self.location, layer, units, k, tile, layout, mask, threshold, trust_code)
+        sheet = unit_sheet(self.location, layer, as_units(units), GridOptions(**options))
         for note in sheet.notes:
             warnings.warn(note, stacklevel=2)
         return sheet.image
 
     def report(self, out: str | Path, **options) -> Path:
-        """Write the static site of `actindex report` into `out`; `options` are its options (layers,
-        units, k, tile, mask, threshold, trust_code, workers). Returns the site's index.html."""
+        """Write the static site of `actindex report` into `out`; `options` are its options (ReportConfig:
+        layers, units, k, tile, mask, threshold, trust_code, workers). Returns the site's index.html."""
 
-        if isinstance(options.get("layers"), str):
-            options["layers"] = [name.strip() for name in options["layers"].split(",")]
-        if options.get("units") is not None:
-            options["units"] = _units(options["units"])
-        config = ReportConfig(index=self.location, out=Path(out), **options)
-        summary = write_report(plan_report(config))
+        summary = write_report(plan_report(ReportConfig(index=self.location, out=Path(out), **options)))
         for note in summary.notes:
             warnings.warn(note, stacklevel=2)
         return summary.out / "index.html"

@@ -25,6 +25,7 @@ from actindex.pipeline import schema
 from actindex.pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError, UserError
 from actindex.pipeline.geometry import LayerInfo, ReceptiveField, boxes, from_layers_row
 from actindex.pipeline.layout import IndexLayout, locked_by, topk_is_current
+from actindex.pipeline.options import Option
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.storage import user_errors
 from actindex.queries.catalog import define_macros, topk_drift
@@ -47,6 +48,11 @@ NO_ACTIVATIONS = (
     "here); rebuild it with --store dense to query every image"
 )
 
+
+# the index every reading command takes first (`actindex top IDX`, ReportConfig.index)
+INDEX = Option(
+    "Index written by `actindex index`: a directory, or a URL (s3://bucket/prefix/).", positional=True
+)
 
 OTHER = "other"  # the schema of the second index's views (connect's `compare`)
 NO_SECOND_INDEX = (

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from actindex.pipeline.decode import as_decoded
 from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.options import Option
 from actindex.pipeline.retry import READS
 from actindex.pipeline.sources import path_from_display
 from actindex.pipeline.storage import image_source
@@ -51,8 +53,16 @@ class Layout(str, Enum):
 
 
 LAYOUTS = tuple(item.value for item in Layout)
-DEFAULT_THRESHOLD = 0.5  # a mask's level, times the unit's top-1 activation (queries.masks explains why)
+LAYOUT = Option("row: one row per unit; block: a square block per unit.", choices=Layout)
+TILE = Option("Side in pixels of each crop (a grid's tile, a report's image file).", min=16, unit="pixels")
 DECODED_KEPT = 16  # decoded originals kept for their other crops (a 12-megapixel photo: 36 MB)
+
+
+def as_units(value: int | str | Sequence[int]) -> list[int]:
+    """A unit, a list of them, or the command line's text ('0-15', '285,1,207': unit_list)."""
+    if isinstance(value, str):
+        return unit_list(value)
+    return [int(value)] if isinstance(value, int) else [int(unit) for unit in value]
 
 
 def unit_list(text: str) -> list[int]:
@@ -65,7 +75,7 @@ def unit_list(text: str) -> list[int]:
     except ValueError:
         raise InvalidInputError(f"{text!r} is not a unit list like 0-15 or 3,7,9") from None
     if not units:
-        raise InvalidInputError("no units given")
+        raise InvalidInputError(f"{text!r} names no units, e.g. 0-15 or 3,7,9")
     return list(dict.fromkeys(units))
 
 

@@ -54,32 +54,45 @@ from actindex.pipeline.decode import Decoder
 from actindex.pipeline.errors import InvalidInputError, MissingInputError
 from actindex.pipeline.geometry import ReceptiveField
 from actindex.pipeline.models import load_model
+from actindex.pipeline.options import Option
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.receptive_field import compute_receptive_fields
 from actindex.pipeline.sources import path_from_display
 from actindex.pipeline.unit_maps import UnitMapper
 from actindex.pipeline.upsample import to_original
 from actindex.queries.db import connect, index_params, layer_geometry
-from actindex.queries.grid import (  # DEFAULT_THRESHOLD: of the unit's top-1 activation (module docstring)
-    DEFAULT_THRESHOLD,
-    MISSING,
-    decoded_original,
-    fit_crop,
-    open_crop,
-    place_in_tile,
-)
+from actindex.queries.grid import MISSING, decoded_original, fit_crop, open_crop, place_in_tile
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import torch
 
 
-class MaskMode(str, Enum):
+class Mask(str, Enum):
+    """How a crop shows where its unit fired."""
+
+    none = "none"  # the plain receptive-field crop: no model run
     highlight = "highlight"  # NetDissect's: outside the mask dimmed, its border outlined
     heat = "heat"  # the map in the jet colour map, blended over the crop
 
 
-MODES = tuple(item.value for item in MaskMode)
+DRAWN = (Mask.highlight, Mask.heat)  # the masks drawn over a crop
+DEFAULT_THRESHOLD = 0.5  # a mask's level, times the unit's top-1 activation (the module docstring says why)
+# options of `actindex grid` and `actindex report` (queries.sheet.GridOptions, queries.report.ReportConfig)
+MASK = Option(
+    "How crops show the unit's activation mask: highlight (outside it dimmed, its border outlined), heat "
+    "(its map as a colour map) or none (plain crops). Masks run the index's model on the images shown.",
+    choices=Mask,
+)
+THRESHOLD = Option(
+    "Masks: their level, a fraction (0-1] of the unit's top-1 activation.",
+    flags=("--mask-threshold",),
+    min=0,
+    max=1,
+    min_open=True,
+    unit="a fraction",
+)
+MASK_TRUST = Option("Masks: allow loading an index's TorchScript or python: model (runs its code).")
 BATCH = 16  # images per forward pass
 DIM = 1 / 3  # brightness kept outside a highlight mask
 OUTLINE = (255, 214, 0)  # a highlight mask's border
@@ -204,8 +217,9 @@ def _resized(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise InvalidInputError(f"mask mode {mode!r} is not one of {', '.join(MODES)}")
+    if mode not in DRAWN:
+        drawn = ", ".join(item.value for item in DRAWN)
+        raise InvalidInputError(f"mask mode {getattr(mode, 'value', mode)!r} is not one of {drawn}")
 
 
 # -------------------------------------------------------------------------------------------- the maps
@@ -223,8 +237,7 @@ def unit_mask_maps(
     the unit, in rank order: the model is loaded once (or `module`, the index_model of an earlier call),
     each image decoded and run once per layer."""
 
-    if not 0 < threshold <= 1:
-        raise InvalidInputError(f"threshold {threshold} is a fraction of the top-1 activation: in (0, 1]")
+    THRESHOLD.value(threshold, "threshold")  # (0, 1]
     if rows.num_rows == 0:
         raise InvalidInputError("no top-k rows to draw: is the unit indexed and the index complete?")
     params = index_params(index_dir)

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from enum import Enum
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -38,13 +37,25 @@ from urllib.parse import quote
 from actindex._version import __version__
 from actindex.pipeline.errors import InvalidInputError, UnknownNameError
 from actindex.pipeline.layout import IndexLayout, layer_dirname, marker_totals
-from actindex.pipeline.patterns import pattern_regex
+from actindex.pipeline.options import Option, check
+from actindex.pipeline.patterns import LAYERS, pattern_regex
 from actindex.pipeline.preprocess import Preprocessing
+from actindex.pipeline.topk import K
 from actindex.pipeline.unit_maps import CamMismatchError
 from actindex.queries.catalog import label_selectivity
-from actindex.queries.db import IncompleteIndexError, connect, run_sql_file, unit_tops
-from actindex.queries.grid import DEFAULT_THRESHOLD, crop_tile, decoded_original
-from actindex.queries.masks import index_model, mask_notes, tiles_from_maps, unit_mask_maps
+from actindex.queries.db import INDEX, IncompleteIndexError, connect, run_sql_file, unit_tops
+from actindex.queries.grid import TILE, as_units, crop_tile, decoded_original
+from actindex.queries.masks import (
+    DEFAULT_THRESHOLD,
+    MASK,
+    MASK_TRUST,
+    THRESHOLD,
+    Mask,
+    index_model,
+    mask_notes,
+    tiles_from_maps,
+    unit_mask_maps,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -63,38 +74,37 @@ SITE_MANIFEST = "report.json"  # what made the site; its presence marks a folder
 ERRORS_SHOWN = 20  # undecodable images listed on the index page
 
 
-class Mask(str, Enum):
-    none = "none"  # the plain receptive-field crop
-    highlight = "highlight"  # outside the unit's activation mask dimmed, its border outlined (queries.masks)
-    heat = "heat"  # the unit's map as a heat map over the crop (queries.masks)
-
-
 @dataclass
 class ReportConfig:
-    index: str  # the index: a directory or an object-store URL (s3://bucket/prefix/)
-    out: Path  # the site's folder (created; a previous report there is replaced)
-    layers: tuple[str, ...] | None = None  # layer names or globs; None: every indexed layer
-    units: tuple[int, ...] | None = None  # units to draw in each layer that has them; None: all
-    k: int = 9  # top images per unit
-    tile: int = 128  # side in pixels of a crop's image file
-    mask: Mask = Mask.highlight  # how a crop shows where the unit fired
-    threshold: float = DEFAULT_THRESHOLD  # the mask's level: a fraction of the unit's top-1 activation
-    trust_code: bool = False  # masks: allow loading an index's TorchScript or python: model
-    workers: int | None = None  # drawing threads; None: one per CPU
+    """What `actindex report` draws: its arguments and options (pipeline.options), Index.report's keywords."""
+
+    index: str = INDEX.field()
+    out: Path = Option(
+        "Folder for the site (created; a previous report there is replaced).", flags=("--out", "-o")
+    ).field()
+    layers: tuple[str, ...] | None = LAYERS.field(  # None: every indexed layer
+        None, help="Comma-separated layer names or globs, e.g. 'layer4,fc' (default: every indexed layer)."
+    )
+    units: tuple[int, ...] | None = Option(  # None: all
+        "Units to draw, e.g. 0-99 or 282,967 (default: all); each layer draws those it has.",
+        flags=("--units", "-u"),
+        parse=as_units,
+    ).field(None)
+    k: int = K.field(9)
+    tile: int = TILE.field(128)
+    mask: Mask = MASK.field(Mask.highlight)
+    threshold: float = THRESHOLD.field(DEFAULT_THRESHOLD)
+    trust_code: bool = MASK_TRUST.field(False)
+    workers: int | None = Option(
+        "Threads drawing crops (default: one per CPU).",
+        min=1,
+        unit="thread",
+    ).field(None)
 
     def __post_init__(self):
+        check(self)
         self.out = Path(self.out)
-        self.mask = Mask(self.mask)
-        self.layers = None if self.layers is None else tuple(self.layers)
-        self.units = None if self.units is None else tuple(int(unit) for unit in self.units)
-        if self.k < 1:
-            raise InvalidInputError(f"--k {self.k}: give at least 1 image per unit")
-        if self.tile < 16:
-            raise InvalidInputError(f"--tile {self.tile}: give at least 16 pixels")
-        if not 0 < self.threshold <= 1:
-            raise InvalidInputError(f"--mask-threshold {self.threshold}: give a fraction in (0, 1]")
-        if self.workers is not None and self.workers < 1:
-            raise InvalidInputError(f"--workers {self.workers}: give at least 1 thread")
+        self.units = None if self.units is None else tuple(self.units)
         if self.units is not None and (not self.units or min(self.units) < 0):
             raise InvalidInputError("--units: give unit numbers of 0 or more, e.g. 0-15 or 282,967")
 
@@ -348,7 +358,7 @@ def _draw_plain(rows: pa.Table, folder: Path, plan: ReportPlan) -> tuple[dict[tu
 
 
 def _draw_masked(maps: dict, folder: Path, plan: ReportPlan) -> tuple[dict[tuple[int, int], str], int]:
-    tiles = tiles_from_maps(maps, plan.config.tile, plan.config.mask.value)
+    tiles = tiles_from_maps(maps, plan.config.tile, plan.config.mask)
     ranks = {unit: [item.row["rank"] for item in items] for (_, unit), items in maps.items()}
     return _save_tiles(tiles, ranks, folder), len(tiles)
 

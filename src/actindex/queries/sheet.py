@@ -1,10 +1,11 @@
 """A unit sheet: what `actindex grid` and Index.grid draw, its top-k crops with masks, and its notes.
 
-    sheet = unit_sheet("idx/", "layer4", [0, 1, 2], k=9, mask="highlight")
+    sheet = unit_sheet("idx/", "layer4", [0, 1, 2], GridOptions(k=9, mask="highlight"))
     sheet.image.save("layer4.png"); print(*sheet.notes, sep="\n")
 
 It puts together the index's answer (queries.db.unit_tops), the masks (queries.masks) and the drawing
-(queries.grid).
+(queries.grid). GridOptions are the options of `actindex grid` (pipeline.options): its flags, Index.grid's
+keywords.
 """
 
 from __future__ import annotations
@@ -14,9 +15,36 @@ from pathlib import Path
 
 from PIL import Image
 
+from actindex.pipeline.options import check
+from actindex.pipeline.topk import K
 from actindex.queries.db import index_preprocessing, unit_tops
-from actindex.queries.grid import DEFAULT_THRESHOLD, decoded_original, render_grid
-from actindex.queries.masks import mask_notes, tiles_from_maps, unit_mask_maps
+from actindex.queries.grid import LAYOUT, TILE, Layout, decoded_original, render_grid
+from actindex.queries.masks import (
+    DEFAULT_THRESHOLD,
+    MASK,
+    MASK_TRUST,
+    THRESHOLD,
+    Mask,
+    mask_notes,
+    tiles_from_maps,
+    unit_mask_maps,
+)
+
+
+@dataclass
+class GridOptions:
+    """How a sheet is drawn: the options of `actindex grid` and the keywords of Index.grid."""
+
+    k: int = K.field(9)
+    tile: int = TILE.field(96)
+    layout: Layout = LAYOUT.field(Layout.row)
+    mask: Mask = MASK.field(Mask.none)  # None is Mask.none too
+    threshold: float = THRESHOLD.field(DEFAULT_THRESHOLD)
+    trust_code: bool = MASK_TRUST.field(False)
+
+    def __post_init__(self) -> None:
+        self.mask = Mask.none if self.mask is None else self.mask
+        check(self)
 
 
 @dataclass
@@ -29,24 +57,17 @@ class Sheet:
 
 
 def unit_sheet(
-    index_dir: str | Path,
-    layer: str,
-    units: list[int],
-    k: int = 9,
-    tile: int = 96,
-    layout: str = "row",
-    mask: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
-    trust_code: bool = False,
+    index_dir: str | Path, layer: str, units: list[int], options: GridOptions | None = None
 ) -> Sheet:
-    """The sheet of `units` of `layer`: their top-k crops (queries.db.unit_tops), with `mask` ("highlight"
-    or "heat", queries.masks) drawn over them, or plain with None."""
+    """The sheet of `units` of `layer`: their top-k crops (queries.db.unit_tops), with the mask of `options`
+    drawn over them (queries.masks), or plain with Mask.none."""
+    options = options or GridOptions()
     decoded_original.cache_clear()
-    tops = unit_tops(index_dir, layer, units, k)
+    tops = unit_tops(index_dir, layer, units, options.k)
     notes, crops = list(tops.notes), None
-    if mask is not None:
-        maps = unit_mask_maps(index_dir, tops.rows, threshold, trust_code)
-        crops, notes = tiles_from_maps(maps, tile, mask), notes + mask_notes(maps)
+    if options.mask is not Mask.none:
+        maps = unit_mask_maps(index_dir, tops.rows, options.threshold, options.trust_code)
+        crops, notes = tiles_from_maps(maps, options.tile, options.mask), notes + mask_notes(maps)
     decode = index_preprocessing(index_dir).decode  # crops are cut from the pixels the index decoded
-    image = render_grid(tops.rows, tile=tile, layout=layout, decode=decode, crops=crops)
+    image = render_grid(tops.rows, tile=options.tile, layout=options.layout.value, decode=decode, crops=crops)
     return Sheet(image, len(set(tops.rows.column("unit").to_pylist())), notes)
