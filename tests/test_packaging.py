@@ -10,6 +10,7 @@ without isolation (pip would otherwise download setuptools) on this environment'
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -56,8 +57,11 @@ def pip_install(python: Path, *args) -> None:
     assert done.returncode == 0, done.stderr
 
 
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the venvs' own paths only
+
+
 def run(python: Path, code: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=cwd, env=CLEAN_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,9 @@ def test_a_checkout_runs_with_nothing_of_it_installed(clean_venv):
         str(REPO / "actindex" / "jobs" / "cli.py"),
         str(REPO / "actindex" / "queries" / "db.py"),
     ]
-    cli = subprocess.run([python, "-m", "actindex", "--help"], capture_output=True, text=True, cwd=REPO)
+    cli = subprocess.run(
+        [python, "-m", "actindex", "--help"], capture_output=True, text=True, cwd=REPO, env=CLEAN_ENV
+    )
     assert cli.returncode == 0 and "Usage: python -m actindex" in cli.stdout, cli.stderr
 
 
@@ -105,7 +111,9 @@ def test_pip_install_installs_only_actindex(clean_venv, planted_index, tmp_path)
     assert done.returncode == 0, done.stderr
     where, top = done.stdout.splitlines()
     assert where.startswith(str(clean_venv)) and top == "red/red0.png red/red1.png red/red2.png"
-    cli = subprocess.run([clean_venv / "bin" / "actindex", "--help"], capture_output=True, text=True)
+    cli = subprocess.run(
+        [clean_venv / "bin" / "actindex", "--help"], capture_output=True, text=True, env=CLEAN_ENV
+    )
     assert cli.returncode == 0 and "Usage: actindex" in cli.stdout, cli.stderr
 
 
@@ -170,7 +178,7 @@ def test_mypy_resolves_every_actindex_import(editable, tmp_path):
     )
     done = subprocess.run(
         [python, "-m", "mypy", "--config-file", str(config), "-p", "actindex"],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True, text=True, cwd=tmp_path, env=CLEAN_ENV,
     )  # fmt: skip
     assert "checked" in done.stdout or "Success" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     unresolved = [

@@ -104,7 +104,7 @@ def label_selectivity(con: duckdb.DuckDBPyConnection, layer: str, k: int | None 
 
 def label_notes(con: duckdb.DuckDBPyConnection) -> list[str]:
     """What a reader of label_selectivity should know: an index whose images have no label has no purity."""
-    labelled = con.execute("SELECT count(*) FROM images WHERE label IS NOT NULL").fetchone()[0]
+    labelled = con.sql("SELECT count(*) FROM images WHERE label IS NOT NULL").fetchall()[0][0]
     if labelled:
         return []
     return [
