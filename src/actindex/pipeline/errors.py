@@ -26,5 +26,9 @@ class MissingInputError(UserError, FileNotFoundError):
     """A dataset, weights file or index that is not where the user said."""
 
 
+class UnsupportedActivationError(InvalidInputError):
+    """A projection method met a nonlinearity it has no stated rule for (pipeline.attribution.rules)."""
+
+
 class SourceUnreachableError(UserError, ConnectionError):
     """An object store (or other remote source) that does not answer: a wrong endpoint, no network."""
