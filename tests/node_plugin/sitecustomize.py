@@ -4,6 +4,9 @@ ACTINDEX_TEST_PAUSE_DIR: a worker there writes its ACTINDEX_TEST_PAUSE_AFTER-th 
 the first), says so with a file in that folder, then hangs (and so does every later write), so that the
 test can remove the node, or kill the job, while a shard is half written.
 
+ACTINDEX_TEST_PAUSE_GROUPS: with ACTINDEX_TEST_PAUSE_DIR, a contributions worker writes that many group files,
+says so with a file in that folder, then hangs, so that the test can kill the job mid-run.
+
 ACTINDEX_TEST_BARRIER_DIR: a Ray worker there writes no activations file until ACTINDEX_TEST_BARRIER_COUNT
 workers (on any node) have one to write, so that every node's model actor computes shards, whichever
 actor starts first (the first ones hold their shards; the others take the rest of the queue).
@@ -37,6 +40,29 @@ if _FOLDER:
             time.sleep(3600)
 
         _writer.write_activations = _write_then_hang
+
+if _FOLDER and os.environ.get("ACTINDEX_TEST_PAUSE_GROUPS"):
+    try:
+        import actindex.pipeline.layout as _layout
+    except ImportError:
+        _layout = None
+    if _layout is not None:
+        _put = _layout.IndexLayout.put
+        _groups = int(os.environ["ACTINDEX_TEST_PAUSE_GROUPS"])
+        _written_groups = []
+
+        def _put_then_hang(self, path, data):
+            _put(self, path, data)
+            if "contributions/" not in str(path) or "_contributions" in str(path):
+                return
+            _written_groups.append(path)
+            if len(_written_groups) < _groups:
+                return
+            with open(os.path.join(_FOLDER, f"paused-{os.getpid()}-{len(_written_groups)}"), "w") as f:
+                f.write(str(path))
+            time.sleep(3600)
+
+        _layout.IndexLayout.put = _put_then_hang
 
 # only Ray's workers: its agents and dashboard processes need not import the project
 if _BARRIER and sys.argv and sys.argv[0].endswith("default_worker.py"):

@@ -24,6 +24,7 @@ import typer
 
 from actindex.jobs.benchmark import BenchConfig, run_bench, table_rows
 from actindex.jobs.cli_options import annotated, fail, with_config
+from actindex.jobs.contributions import ContributionsRequest, run_contributions
 from actindex.jobs.demo import run_demo
 from actindex.jobs.indexing import run_index
 from actindex.jobs.query_bench import build_synthetic_index, time_queries
@@ -149,6 +150,32 @@ def retry_line(retried: int, failed: int, recorded: int) -> str:
     if recorded:
         text += f", {recorded} images recorded 'unreadable after retries' (--retry-errors retries them)"
     return text
+
+
+@app.command()
+@with_config
+def contributions(request: ContributionsRequest) -> None:
+    """Which units of a lower layer build each unit of a layer: activation x gradient per channel, averaged
+    over each unit's top images; the strongest (--top) kept in the index's contributions table.
+
+    Rerunning the same command resumes; query the table with `actindex sql IDX "SELECT * FROM
+    built_from('layer4', 17)"` or actindex.open(IDX).contributions('layer4', 17).
+    """
+    try:
+        summary = run_contributions(request)
+    except UserError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        typer.echo("Interrupted: completed groups are kept; rerun the same command to resume", err=True)
+        raise typer.Exit(code=130) from None
+    done = "nothing to do" if not summary.computed else f"{summary.computed} groups computed"
+    typer.echo(
+        f"contributions of {summary.layer} from {summary.source}: {summary.units} units in "
+        f"{summary.groups} groups ({done}, {summary.reused} kept from an earlier run; "
+        f"{summary.backward_passes} backward passes); {summary.seconds:.1f} s"
+    )
+    if summary.failed_images:
+        typer.echo(f"{summary.failed_images} top images could not be decoded now and were left out")
 
 
 @app.command()

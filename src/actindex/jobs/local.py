@@ -21,7 +21,6 @@ from actindex.jobs.worker import (
     ShardFailure,
     ShardResult,
     ShardTask,
-    ShardWorker,
     WorkContext,
     plan_model,
 )
@@ -52,7 +51,7 @@ class LocalExecutor:
     def run(
         self, context: WorkContext, tasks: Iterable[ShardTask]
     ) -> Iterator[int | ShardResult | ShardFailure]:
-        worker = ShardWorker(context, module=self.module)
+        worker = context.worker(module=self.module)
         events: queue.Queue = queue.Queue()
         pending, running, attempts = TaskQueue(tasks), 0, Attempts()
         by_shard: dict[int, ShardTask] = {}

@@ -187,7 +187,7 @@ class _ShardActor:
 
         torch.set_num_threads(threads)
         self.threads, self.node = threads, node
-        self.worker: ShardWorker | None = None
+        self.worker: ShardWorker | None = None  # or another context's worker (jobs.tasks.TaskContext)
         self.loaded = None  # (weights sha256, module) that plan() loaded, for the worker
         self.lock = threading.Lock()
 
@@ -211,7 +211,7 @@ class _ShardActor:
                     sha256, module = self.loaded
                     check_weights(sha256, context.spec)  # this node may have other files than the first
                     self.loaded = None
-                self.worker = ShardWorker(context, threads=self.threads, node=self.node, module=module)
+                self.worker = context.worker(threads=self.threads, node=self.node, module=module)
         return {**self.worker.writer, "threads": self.threads}
 
     def run_shard(self, context: WorkContext, task: ShardTask):

@@ -74,6 +74,19 @@ class Store(str, Enum):
 GPU_BATCH, CPU_BATCH = 256, 32  # 256 keeps an H100 busy with ResNet-50 (see README); more buys little
 EXECUTION_PARAMS = ("device", "precision", "device_decode", "batch_size", "compile")  # resolved per workers
 
+# how a job runs: `actindex index` and `actindex contributions`
+EXECUTOR = Option("ray (local Ray unless --address) or local (one process, no Ray).", choices=Executor)
+ADDRESS = Option("Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+DEVICE = Option("Where the model runs: auto = cuda where the workers have GPUs.", choices=Device)
+WORKERS = Option("Model actors (default: one per GPU, or one per node of a CPU cluster).", min=1)
+PROGRESS = Option("Show a progress bar; with no terminal (batch logs), progress lines.")
+RETRY_BUDGET = Option(
+    "Seconds a request that fails transiently (HTTP 5xx/429, S3 SlowDown, timeouts, resets, EIO) is "
+    "retried for, with backoff; a shard whose reads still fail runs again, up to 4 times.",
+    min=0,
+    unit="seconds",
+)
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -149,14 +162,10 @@ class IndexRequest:
         "Images per forward pass (default: 256 on GPUs, 32 on CPUs).", min=1
     ).field(None)
     shard_size: int = Option("Images per shard (unit of output and resume).", min=1).field(1024)
-    executor: Executor = Option(
-        "ray (local Ray unless --address) or local (one process, no Ray).", choices=Executor
-    ).field(Executor.ray)
-    address: str | None = Option("Ray cluster address (default: RAY_ADDRESS, else a local Ray).").field(None)
-    device: Device = Option(
-        "Where the model runs: auto = cuda where the workers have GPUs.", choices=Device
-    ).field(Device.auto)
-    workers: int | None = Option("Model actors (default: one per GPU, or one).", min=1).field(None)
+    executor: Executor = EXECUTOR.field(Executor.ray)
+    address: str | None = ADDRESS.field(None)
+    device: Device = DEVICE.field(Device.auto)
+    workers: int | None = WORKERS.field(None)
     # None: the model's own; on the command line --resize, --crop, ... each replace part of it (a dict)
     preprocessing: Preprocessing | dict | None = Option("", group=Preprocessing).field(None)
     overwrite: bool = Option("Replace an index made with other parameters.").field(False)
@@ -176,7 +185,7 @@ class IndexRequest:
         "dense: every image x unit in activations; topk: only the top-k table.", choices=Store
     ).field(Store.dense)
     rf_gates: RfGates = RF_GATES.field(RfGates.constant)
-    progress: bool = Option("Show a progress bar; with no terminal (batch logs), progress lines.").field(True)
+    progress: bool = PROGRESS.field(True)
     progress_every: float = Option(
         "With no terminal: seconds between progress lines (shards, images/s, ETA).", min=0.1, unit="seconds"
     ).field(30.0)
@@ -194,12 +203,7 @@ class IndexRequest:
         flags=("--names",),
     ).field(())
     # pipeline.retry; recorded in run.json's config, not a parameter of the index (a rerun may change it)
-    retry_budget: float = Option(
-        "Seconds a request that fails transiently (HTTP 5xx/429, S3 SlowDown, timeouts, resets, EIO) is "
-        "retried for, with backoff; a shard whose reads still fail runs again, up to 4 times.",
-        min=0,
-        unit="seconds",
-    ).field(DEFAULT_BUDGET_S)
+    retry_budget: float = RETRY_BUDGET.field(DEFAULT_BUDGET_S)
     # otherwise such an image fails its shard attempt (and, once the attempts are used up, stops the job)
     record_failed_reads: bool = Option(
         "Record images whose reads still fail after the retry budget as error rows ('unreadable after "

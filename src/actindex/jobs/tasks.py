@@ -41,6 +41,24 @@ class Attempts:
         return self.failed[shard]
 
 
+class TaskWorker(Protocol):
+    """What an executor runs: the index's ShardWorker, or another job's worker (jobs.contributions)."""
+
+    in_flight: int  # tasks it holds at once
+    writer: dict  # host, pid (and Ray node) of its process
+
+    def run_shard(self, task) -> Iterator:
+        """Yield progress (ints), then the task's result, or a ShardFailure (the task runs again)."""
+
+    def close(self) -> None: ...
+
+
+class TaskContext(Protocol):
+    """What every worker of a run needs (the index's WorkContext, ...): it makes the worker."""
+
+    def worker(self, threads: int | None = None, node: str | None = None, module=None) -> TaskWorker: ...
+
+
 class ShardExecutor(Protocol):
     name: str
 

@@ -129,6 +129,10 @@ class WorkContext:
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # every read and write of the worker
     record_failed_reads: bool = False  # images whose reads outlast `retry`: "unreadable after retries" rows
 
+    def worker(self, threads: int | None = None, node: str | None = None, module=None) -> ShardWorker:
+        """The worker an executor runs for this context (jobs.tasks.TaskContext)."""
+        return ShardWorker(self, threads=threads, node=node, module=module)
+
 
 @dataclass
 class ShardResult:

@@ -97,6 +97,8 @@ class IndexLayout:
     topk_covers = property(lambda self: self.root / "_topk.json")
     topk_base_covers = property(lambda self: self.root / "_topk_base.json")
     partials_dir = property(lambda self: self.root / "_topk")  # each shard's own top-k
+    contributions_dir = property(lambda self: self.root / "contributions")  # actindex contributions
+    contributions_done = property(lambda self: self.root / "_contributions")  # its markers and records
 
     @property
     def journal_dir(self) -> Path:
@@ -124,6 +126,32 @@ class IndexLayout:
 
     def marker(self, shard: int) -> IndexPath:
         return self.done / f"shard-{shard:05d}.json"
+
+    def contributions_folder(self, layer: str, source: str, markers: bool = False) -> IndexPath:
+        """Where the contributions of `layer`'s units from `source` live (their files; with `markers`, their
+        markers and record)."""
+        base = self.contributions_done if markers else self.contributions_dir
+        return base / layer_dirname(layer) / ("from=" + layer_dirname(source).removeprefix("layer="))
+
+    def contributions_file(self, layer: str, source: str, group: int, attempt: str) -> IndexPath:
+        return self.contributions_folder(layer, source) / f"group-{group:05d}.{attempt}.parquet"
+
+    def contributions_marker(self, layer: str, source: str, group: int) -> IndexPath:
+        return self.contributions_folder(layer, source, markers=True) / f"group-{group:05d}.json"
+
+    def contributions_record(self, layer: str, source: str) -> IndexPath:
+        """The parameters the committed groups were computed with (k, top, the topk table, the weights)."""
+        return self.contributions_folder(layer, source, markers=True) / "record.json"
+
+    def contributions_markers(self) -> list[dict]:
+        """Every committed group's marker, of every (layer, source)."""
+        paths = [
+            str(p) for p in self.files(self.contributions_done) if re.fullmatch(r"group-\d+\.json", p.name)
+        ]
+        if not paths:
+            return []
+        found = self._retried(self._cat_markers, paths, path=self.contributions_done)
+        return [json.loads(data) for _, data in sorted(found.items())]
 
     def location(self, path: IndexPath) -> str:
         """What a reader outside this class opens: the local path, or the object's URL."""
@@ -280,7 +308,16 @@ class IndexLayout:
 
     def clear(self) -> None:
         """Remove everything actindex writes (and nothing else) from the directory."""
-        for name in ("images", "activations", "topk", "_topk", "_topk_base", "_done"):
+        for name in (
+            "images",
+            "activations",
+            "topk",
+            "_topk",
+            "_topk_base",
+            "_done",
+            "contributions",
+            "_contributions",
+        ):
             self.delete_tree(self.root / name)
         shutil.rmtree(self.journal_dir, ignore_errors=True)
         self.delete([self.manifest, self.layers, self.units, self.topk_covers, self.topk_base_covers])

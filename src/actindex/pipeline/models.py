@@ -139,6 +139,28 @@ def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
         )
 
 
+def index_model(params: dict, trust_code: bool = False, purpose: str = "masks") -> torch.nn.Module:
+    """The index's model (run.json's `params`), loaded as its job loaded it, with the same weights: a
+    weights file that is gone or whose sha256 differs from the recorded one is refused in one line, naming
+    `purpose` (what needs them: masks, projections, contributions)."""
+    weights = params["weights"]
+    if weights in ("random", "builtin", "torchscript"):
+        weights = None  # what load_model makes of the model name alone (jobs.spec.RunSpec.weights_arg)
+    elif weights != "DEFAULT" and not os.path.isfile(weights):
+        raise MissingInputError(
+            f"the index was computed with the weights file {weights!r}, which is not there now (from "
+            f"{os.getcwd()}); {purpose} recompute the units with those very weights: put the file back"
+        )
+    loaded = load_model(params["model"], weights, trust_code=trust_code)
+    if loaded.weights_sha256 != params["weights_sha256"]:
+        raise InvalidInputError(
+            f"the weights of {params['model']} ({params['weights']}) have changed since indexing (sha256 "
+            f"{loaded.weights_sha256[:12]}, the index recorded {params['weights_sha256'][:12]}): {purpose} "
+            "need the weights the index was computed with; put them back, or index again"
+        )
+    return loaded.module
+
+
 def state_dict_sha256(module: torch.nn.Module) -> str:
     import torch
 

@@ -139,7 +139,32 @@ UNITS = pa.schema(
     ]
 )
 
-TABLES = {"images": IMAGES, "layers": LAYERS, "activations": ACTIVATIONS, "topk": TOPK, "units": UNITS}
+CONTRIBUTIONS = pa.schema(
+    [
+        _field("layer", pa.string(), "layers.layer: the layer of the unit explained"),
+        _field("unit", pa.int32(), "the unit explained (channel index within `layer`)"),
+        _field("src_layer", pa.string(), "the lower layer (any module of the model, indexed or not)"),
+        _field("src_unit", pa.int32(), "a channel of `src_layer`"),
+        _field("rank", pa.int16(), "1 = the largest |score| among src_layer's channels for this unit"),
+        _field(
+            "score",
+            pa.float32(),
+            "sum over positions of src_unit's activation x the gradient of the unit's value at its peak, "
+            "averaged over the unit's top images; negative: the channel inhibits the unit",
+        ),
+        _field("share", pa.float32(), "score / the sum of |score| over every channel of src_layer"),
+        _field("images", pa.int16(), "top images the score is averaged over"),
+    ]
+)
+
+TABLES = {
+    "images": IMAGES,
+    "layers": LAYERS,
+    "activations": ACTIVATIONS,
+    "topk": TOPK,
+    "units": UNITS,
+    "contributions": CONTRIBUTIONS,
+}
 
 # activations/ and topk/ hold one directory per layer, `layer=<name>` (hive partitioning): their files
 # have every column but `layer`, which readers take from the directory name.
@@ -150,6 +175,9 @@ ADDED_COLUMNS = {"layers": {"rf_global_context": False}}
 
 # what the docs say of a table beyond its columns (besides the partitioned ones)
 NOTES = {
+    "contributions": "Files: `contributions/layer=<layer>/from=<src_layer>/group-NNNNN.<attempt>.parquet`, "
+    "one per group of units, written by `actindex contributions` and listed by its markers "
+    "(`_contributions/layer=<layer>/from=<src_layer>/`); the top N sources of each unit (`--top`).",
     "units": "File: `units.parquet`, one row per named unit. The `units` view lists every unit of every "
     "indexed layer, with a NULL name where the file has none (an index written before names existed has no "
     "file: every name is NULL).",

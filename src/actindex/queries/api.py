@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from actindex.queries import catalog
 from actindex.queries.db import arrow_table, compare_topk, connect, run_sql_file, unit_tops
@@ -158,6 +159,18 @@ class Index:
         """Per unit: quantiles of its per-image maxima, dead or not, and how many image families its top-k
         holds ('stem', 'folder' or 'label')."""
         return Result(catalog.unit_stats(self.con, layer, k, family))
+
+    def contributions(self, layer: str, unit: int, n: int = 10) -> Result:
+        """The units of lower layers that build `unit` (`actindex contributions`): columns src_layer,
+        src_unit, score (signed: negative inhibits), share, rank; best first, at most `n` per lower layer."""
+        table = catalog.built_from(self.con, layer, int(unit))
+        table = table.filter(pc.less_equal(table.column("rank"), n))
+        return Result(table.select(["src_layer", "src_unit", "score", "share", "rank"]))
+
+    def feeds(self, src_layer: str, src_unit: int, n: int = 10) -> Result:
+        """The units of higher layers that `src_unit` of `src_layer` feeds most (columns layer, unit, name,
+        score, share, rank)."""
+        return Result(catalog.feeds(self.con, src_layer, int(src_unit), n))
 
     def topk_drift(self, other: str | Path | Index, layer: str, k: int | None = None) -> Result:
         """Per unit: how its top-k moved between this index and `other` (of the same images: another

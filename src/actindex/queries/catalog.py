@@ -148,6 +148,19 @@ def _call(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table:
         raise stopped(exc) from None
 
 
+def built_from(
+    con: duckdb.DuckDBPyConnection, layer: str, unit: int, src_layer: str | None = None
+) -> pa.Table:
+    """The units of lower layers that build `unit` of `layer` (the contributions table), strongest first.
+    queries/catalog/built_from.sql."""
+    return _call(con, "built_from", layer=layer, unit=unit, src_layer=src_layer)
+
+
+def feeds(con: duckdb.DuckDBPyConnection, src_layer: str, src_unit: int, n: int = 10) -> pa.Table:
+    """The units of higher layers that `src_unit` of `src_layer` feeds most. queries/catalog/feeds.sql."""
+    return _call(con, "feeds", src_layer=src_layer, src_unit=src_unit, n=n)
+
+
 def stopped(exc: Exception) -> InvalidInputError:
     """A query stopped by error(), as the catalog's checks do, as a one-line InvalidInputError."""
     return InvalidInputError(str(exc).removeprefix("Invalid Input Error: "))

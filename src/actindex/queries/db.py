@@ -96,6 +96,7 @@ def _attach(con: duckdb.DuckDBPyConnection, index_dir: str | Path, where: str) -
         topk = layout.topk_files() if layout.exists(layout.topk_covers) else []
         has_layers = layout.exists(layout.layers)
         has_units = layout.exists(layout.units)  # not in an index written before unit names
+        contributions = layout.contributions_markers()
     if layout.remote and _protocol(layout.fs) not in con.list_filesystems():
         con.register_filesystem(layout.fs)
     files = [f for marker in markers.values() for f in marker["files"]]
@@ -106,6 +107,8 @@ def _attach(con: duckdb.DuckDBPyConnection, index_dir: str | Path, where: str) -
         activations = [layout.location(layout.root / f) for f in files if f.startswith("activations/")]
         _view(con, "activations", activations, where)
     _view(con, "layers", [layout.location(layout.layers)] if has_layers else [], where)
+    groups = [f for marker in contributions for f in marker["files"]]  # actindex contributions
+    _view(con, "contributions", [layout.location(layout.root / f) for f in groups], where)
     _view(con, "topk", [layout.location(path) for path in topk], where)
     names = _select("units", [layout.location(layout.units)] if has_units else [])
     # every unit of every layer, named from units.parquet; a view cannot take parameters: the file is a CTE

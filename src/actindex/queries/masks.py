@@ -40,7 +40,6 @@ output has the identity as weights (the channel's map before pooling), a Sequent
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from enum import Enum
@@ -51,9 +50,9 @@ import numpy as np
 from PIL import Image
 
 from actindex.pipeline.decode import Decoder
-from actindex.pipeline.errors import InvalidInputError, MissingInputError
+from actindex.pipeline.errors import InvalidInputError
 from actindex.pipeline.geometry import ReceptiveField
-from actindex.pipeline.models import load_model
+from actindex.pipeline.models import index_model
 from actindex.pipeline.options import Option
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.receptive_field import compute_receptive_fields
@@ -251,28 +250,6 @@ def unit_mask_maps(
         _, rf = layer_geometry(con, layer)
         maps.update(_layer_maps(module, params, layer, rf, layer_rows, threshold, device))
     return maps
-
-
-def index_model(params: dict, trust_code: bool = False) -> torch.nn.Module:
-    """The index's model (run.json's `params`), loaded as its job loaded it, with the same weights: a
-    weights file that is gone or whose sha256 differs from the recorded one is refused."""
-
-    weights = params["weights"]
-    if weights in ("random", "builtin", "torchscript"):
-        weights = None  # what load_model makes of the model name alone (jobs.spec.RunSpec.weights_arg)
-    elif weights != "DEFAULT" and not os.path.isfile(weights):
-        raise MissingInputError(
-            f"the index was computed with the weights file {weights!r}, which is not there now (from "
-            f"{os.getcwd()}); masks recompute the units' maps with those very weights: put the file back"
-        )
-    loaded = load_model(params["model"], weights, trust_code=trust_code)
-    if loaded.weights_sha256 != params["weights_sha256"]:
-        raise InvalidInputError(
-            f"the weights of {params['model']} ({params['weights']}) have changed since indexing (sha256 "
-            f"{loaded.weights_sha256[:12]}, the index recorded {params['weights_sha256'][:12]}): masks "
-            "need the weights the index was computed with; put them back, or index again"
-        )
-    return loaded.module
 
 
 def _layer_maps(module, params: dict, layer: str, rf, rows: list[dict], threshold: float, device: str):
