@@ -23,11 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from actindex.pipeline.errors import InvalidInputError, MissingInputError
 from actindex.queries import catalog
 from actindex.queries.db import arrow_table, compare_topk, connect, run_sql_file, unit_tops
+from actindex.queries.explain import Show, unit_explanations
 from actindex.queries.grid import as_units
 from actindex.queries.report import ReportConfig, plan_report, write_report
 from actindex.queries.sheet import GridOptions, unit_sheet
@@ -184,10 +187,50 @@ class Index:
         tops = unit_tops(self.location, layer, [int(unit)], k)
         return Result(tops.rows, tops.notes)
 
+    def projection(
+        self, layer: str, unit: int, rank: int = 1, method: str = "deconvnet", *, trust_code: bool = False
+    ) -> np.ndarray:
+        """The unit's value at its peak on its rank-th top image, projected back to the pixels (deconvnet:
+        Zeiler & Fergus's rule; guided: guided backpropagation; gradient): float32 (h, w, 3) over exactly
+        the box `top(layer, unit)` gives for that rank, in original-image pixels, NaN where the model saw
+        nothing. queries.explain.projection_image draws it as Z&F's grey image."""
+        return self._explained(layer, unit, rank, Show.projection, method=method, trust_code=trust_code)
+
+    def occlusion(
+        self,
+        layer: str,
+        unit: int,
+        rank: int = 1,
+        window: int | None = None,
+        stride: int | None = None,
+        *,
+        trust_code: bool = False,
+    ) -> np.ndarray:
+        """How much a grey square over each part of the unit's receptive field lowers its value at its peak
+        on its rank-th top image: float32 (h, w) over the box of `top(layer, unit)` for that rank, each
+        pixel the mean drop of the windows covering it. `window` and `stride` are in model-input pixels
+        (default: a quarter of the box's shorter side, and half that)."""
+        return self._explained(
+            layer, unit, rank, Show.occlusion, window=window, stride=stride, trust_code=trust_code
+        )
+
+    def _explained(self, layer: str, unit: int, rank: int, show: Show, **options) -> np.ndarray:
+        if rank < 1:
+            raise InvalidInputError(f"rank {rank}: ranks start at 1")
+        rows = unit_tops(self.location, layer, [int(unit)], rank).rows
+        rows = rows.filter(pc.equal(rows.column("rank"), rank))
+        if rows.num_rows == 0:
+            raise LookupError(f"{layer} unit {unit} has no top image of rank {rank}")
+        found = unit_explanations(self.location, rows, show, **options)
+        if found.maps[0] is None:
+            raise MissingInputError(found.notes[0])
+        return found.maps[0]
+
     def grid(self, layer: str, units: int | str | Sequence[int], **options) -> Image.Image:
-        """The sheet of `actindex grid`: each unit's top-k receptive-field crops, with its activation mask
-        drawn over them where `mask` is "highlight" or "heat". `options` are the command's options
-        (queries.sheet.GridOptions: k, tile, layout, mask, threshold, trust_code), with the same defaults.
+        """The sheet of `actindex grid`: each unit's top-k receptive-field crops (or, with show="projection"
+        or "occlusion", what drives the unit in them), with its activation mask drawn over them where `mask`
+        is "highlight" or "heat". `options` are the command's options (queries.sheet.GridOptions: k, tile,
+        layout, show, method, window, stride, mask, threshold, trust_code), with the same defaults.
         What `actindex grid` prints as notes comes as warnings."""
 
         sheet = unit_sheet(self.location, layer, as_units(units), GridOptions(**options))

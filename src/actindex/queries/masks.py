@@ -91,7 +91,9 @@ THRESHOLD = Option(
     min_open=True,
     unit="a fraction",
 )
-MASK_TRUST = Option("Masks: allow loading an index's TorchScript or python: model (runs its code).")
+MASK_TRUST = Option(
+    "Masks, projections, occlusion: allow loading an index's TorchScript or python: model (runs its code)."
+)
 BATCH = 16  # images per forward pass
 DIM = 1 / 3  # brightness kept outside a highlight mask
 OUTLINE = (255, 214, 0)  # a highlight mask's border
@@ -154,20 +156,35 @@ def masked_tiles(
 
 
 def tiles_from_maps(
-    maps: dict[tuple[str, int], list[MaskMap]], tile: int, mode: str
+    maps: dict[tuple[str, int], list[MaskMap]],
+    tile: int,
+    mode: str,
+    pictures: dict[tuple[str, int], list[Image.Image | None]] | None = None,
 ) -> dict[tuple[str, int], list[Image.Image]]:
-    """masked_tiles from maps already computed (one model pass serves several drawings)."""
-    return {key: [masked_tile(item, tile, mode) for item in items] for key, items in maps.items()}
+    """masked_tiles from maps already computed (one model pass serves several drawings); the masks drawn
+    over `pictures` (per (layer, unit), in rank order, each fitted to the tile like its crop: projections,
+    occlusion maps) instead of the crops where given."""
+    pictures = pictures or {}
+    return {
+        key: [
+            masked_tile(item, tile, mode, pictures[key][i] if key in pictures else None)
+            for i, item in enumerate(items)
+        ]
+        for key, items in maps.items()
+    }
 
 
-def masked_tile(item: MaskMap, tile: int, mode: str) -> Image.Image:
-    """One tile: the row's crop fitted into tile x tile, its mask drawn over it at that size; grey if the
-    file is gone; the plain crop where there is no map (item.note says why)."""
+def masked_tile(item: MaskMap, tile: int, mode: str, picture: Image.Image | None = None) -> Image.Image:
+    """One tile: the row's crop (or `picture` of it, as fit_crop sizes the crop) fitted into tile x tile,
+    its mask drawn over it at that size; grey if the file is gone; the plain crop where there is no map
+    (item.note says why)."""
     _check_mode(mode)
-    crop = open_crop(item.row, item.preprocessing.decode)
-    if crop is None:
-        return Image.new("RGB", (tile, tile), MISSING)
-    fitted = fit_crop(crop, tile)
+    fitted = picture
+    if fitted is None:
+        crop = open_crop(item.row, item.preprocessing.decode)
+        if crop is None:
+            return Image.new("RGB", (tile, tile), MISSING)
+        fitted = fit_crop(crop, tile)
     if item.fmap is not None:
         fitted = draw_mask(fitted, item.values(item.box), item.threshold, item.reference, mode)
     return place_in_tile(fitted, tile)
@@ -256,7 +273,7 @@ def _layer_maps(module, params: dict, layer: str, rf, rows: list[dict], threshol
     """{(layer, unit): [MaskMap]} for one layer's rows: one forward pass per batch of their images."""
     prep = Preprocessing.from_dict(params["preprocessing"])
     units = list(dict.fromkeys(row["unit"] for row in rows))
-    pixels, problems = _decode(rows, prep, params["max_pixels"])
+    pixels, problems = decode_rows(rows, prep, params["max_pixels"])
     run = _forward(module, layer, prep, device, pixels, units)
     rf = _cam_rf(module, run.source, prep.crop) if run.cam else rf
     tolerance = AGREEMENT.get(params["precision"], max(AGREEMENT.values()))
@@ -287,7 +304,7 @@ class _Run:
     cam: bool  # class activation maps
 
 
-def _decode(rows: list[dict], prep: Preprocessing, max_pixels: int) -> tuple[dict, dict]:
+def decode_rows(rows: list[dict], prep: Preprocessing, max_pixels: int) -> tuple[dict, dict]:
     """({image_id: (3, crop, crop) uint8 pixels}, {image_id: why it cannot be masked}): each image once,
     decoded as the index decoded it; one that fails now, or whose size changed, is a problem."""
 

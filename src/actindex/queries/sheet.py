@@ -15,10 +15,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from actindex.pipeline.attribution.rules import Method
+from actindex.pipeline.models import index_model
 from actindex.pipeline.options import check
 from actindex.pipeline.topk import K
-from actindex.queries.db import index_preprocessing, unit_tops
-from actindex.queries.grid import LAYOUT, TILE, Layout, decoded_original, render_grid
+from actindex.queries.db import index_params, index_preprocessing, unit_tops
+from actindex.queries.explain import METHOD, SHOW, STRIDE, WINDOW, Show, explained_pictures, unit_explanations
+from actindex.queries.grid import LAYOUT, MISSING, TILE, Layout, decoded_original, place_in_tile, render_grid
 from actindex.queries.masks import (
     DEFAULT_THRESHOLD,
     MASK,
@@ -38,6 +41,10 @@ class GridOptions:
     k: int = K.field(9)
     tile: int = TILE.field(96)
     layout: Layout = LAYOUT.field(Layout.row)
+    show: Show = SHOW.field(Show.crop)
+    method: Method = METHOD.field(Method.deconvnet)
+    window: int | None = WINDOW.field(None)
+    stride: int | None = STRIDE.field(None)
     mask: Mask = MASK.field(Mask.none)  # None is Mask.none too
     threshold: float = THRESHOLD.field(DEFAULT_THRESHOLD)
     trust_code: bool = MASK_TRUST.field(False)
@@ -59,15 +66,32 @@ class Sheet:
 def unit_sheet(
     index_dir: str | Path, layer: str, units: list[int], options: GridOptions | None = None
 ) -> Sheet:
-    """The sheet of `units` of `layer`: their top-k crops (queries.db.unit_tops), with the mask of `options`
-    drawn over them (queries.masks), or plain with Mask.none."""
+    """The sheet of `units` of `layer`: their top-k crops (queries.db.unit_tops), or their projections or
+    occlusion maps (queries.explain, options.show), with the mask of `options` drawn over them
+    (queries.masks), or plain with Mask.none."""
     options = options or GridOptions()
     decoded_original.cache_clear()
     tops = unit_tops(index_dir, layer, units, options.k)
-    notes, crops = list(tops.notes), None
-    if options.mask is not Mask.none:
-        maps = unit_mask_maps(index_dir, tops.rows, options.threshold, options.trust_code)
-        crops, notes = tiles_from_maps(maps, options.tile, options.mask), notes + mask_notes(maps)
     decode = index_preprocessing(index_dir).decode  # crops are cut from the pixels the index decoded
+    notes, crops, pictures, module = list(tops.notes), None, None, None
+    if options.show is not Show.crop or options.mask is not Mask.none:
+        purpose = f"{options.show.value}s" if options.show is not Show.crop else "masks"
+        module = index_model(index_params(index_dir), options.trust_code, purpose)
+    if options.show is not Show.crop:
+        found = unit_explanations(
+            index_dir, tops.rows, options.show, options.method, options.window, options.stride, module=module
+        )
+        pictures, notes = (
+            explained_pictures(tops.rows, found.maps, options.show, options.tile, decode),
+            notes + found.notes,
+        )
+        crops = {key: [_placed(p, options.tile) for p in items] for key, items in pictures.items()}
+    if options.mask is not Mask.none:
+        maps = unit_mask_maps(index_dir, tops.rows, options.threshold, options.trust_code, module=module)
+        crops, notes = tiles_from_maps(maps, options.tile, options.mask, pictures), notes + mask_notes(maps)
     image = render_grid(tops.rows, tile=options.tile, layout=options.layout.value, decode=decode, crops=crops)
     return Sheet(image, len(set(tops.rows.column("unit").to_pylist())), notes)
+
+
+def _placed(picture: Image.Image | None, tile: int) -> Image.Image:
+    return Image.new("RGB", (tile, tile), MISSING) if picture is None else place_in_tile(picture, tile)
