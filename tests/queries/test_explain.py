@@ -80,13 +80,15 @@ def test_wrong_requests_are_answered_in_one_line(planted):
         unit_explanations(idx.location, rows, "crop")
 
 
-def test_a_projection_is_drawn_grey_where_nothing_flows():
-    values = np.zeros((4, 6, 3), np.float32)
-    values[1, 2] = (2.0, -1.0, 0.0)
-    values[3, 5] = np.nan  # off the centre crop
+def test_a_projection_is_drawn_grey_where_nothing_flows_and_one_outlier_does_not_wash_it_out():
+    values = np.zeros((10, 20, 3), np.float32)
+    values[:5, :, 0], values[5:, :, 1] = 1.0, -0.5  # red helps, green hinders
+    values[0, 0, 0] = 50.0  # one pixel far above the rest
+    values[9, 19] = np.nan  # off the centre crop
     pixels = np.asarray(projection_image(values))
-    assert pixels.shape == (4, 6, 3) and tuple(pixels[1, 2]) == (255, 64, 128)
-    assert tuple(pixels[0, 0]) == (128, 128, 128) and tuple(pixels[3, 5]) == (0, 0, 0)
+    assert pixels.shape == (10, 20, 3) and tuple(pixels[0, 0]) == tuple(pixels[1, 1]) == (255, 128, 128)
+    assert tuple(pixels[6, 1]) == (128, 64, 128) and tuple(pixels[9, 19]) == (0, 0, 0)
+    assert tuple(np.asarray(projection_image(np.zeros((2, 2, 3), np.float32)))[0, 0]) == (128, 128, 128)
 
 
 def _first_tile(sheet: Image.Image, tile: int) -> np.ndarray:
@@ -202,3 +204,16 @@ def test_a_blocks3_units_three_methods_differ(photos_index):
     for a, b in (("deconvnet", "guided"), ("guided", "gradient"), ("deconvnet", "gradient")):
         difference = np.nanmax(np.abs(maps[a] - maps[b]))
         assert difference > 0.05 * scale, (a, b)  # no method fell back to another
+
+
+def test_show_several_draws_a_panel_of_each_beside_the_crops(planted):
+    idx, _ = planted
+    crops = np.asarray(idx.grid("relu2", 0, k=4, layout="block"))
+    both = np.asarray(idx.grid("relu2", 0, k=4, layout="block", show="projection,crop", trust_code=True))
+    assert both.shape == (crops.shape[0], 2 * crops.shape[1], 3)
+    assert np.array_equal(both[:, crops.shape[1] :], crops)  # Zeiler & Fergus: projections, then crops
+    assert not np.array_equal(both[:, : crops.shape[1]], crops)
+    with pytest.raises(InvalidInputError, match="--show 'crops' is not one of crop, projection, occlusion"):
+        idx.grid("relu2", 0, show="projection,crops")
+    with pytest.raises(InvalidInputError, match="name each of crop, projection, occlusion at most once"):
+        idx.grid("relu2", 0, show="crop,crop")

@@ -56,7 +56,7 @@ def parameters(cls: type) -> list[inspect.Parameter]:
         hint = hints[cls][field] if key is None else hints[options(cls)[field].group][key]
         default = _default(cls, field) if key is None else None
         if option.parse is not None and isinstance(default, tuple):
-            default = ",".join(map(str, default))
+            default = ",".join(str(getattr(part, "value", part)) for part in default)
         kind = inspect.Parameter.KEYWORD_ONLY
         params.append(
             inspect.Parameter(name, kind, default=default, annotation=_annotation(option, hint, default))

@@ -25,6 +25,7 @@ value at its peak at the top of the scale.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path, PurePosixPath
@@ -40,7 +41,7 @@ from actindex.pipeline.attribution.targets import Targets
 from actindex.pipeline.errors import InvalidInputError
 from actindex.pipeline.geometry import ReceptiveField, boxes
 from actindex.pipeline.models import index_model
-from actindex.pipeline.options import Option
+from actindex.pipeline.options import Option, comma_list
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.upsample import to_original
 from actindex.queries.db import connect, index_params, layer_geometry
@@ -60,10 +61,26 @@ class Show(str, Enum):
     occlusion = "occlusion"  # how much hiding each part of the crop lowers the unit (costly)
 
 
+def shows(value: str | Show | Sequence[str | Show]) -> tuple[Show, ...]:
+    """'projection,crop' (or a Show, or a sequence of them) -> (Show.projection, Show.crop)."""
+    parts = comma_list(value) if isinstance(value, str) else [value] if isinstance(value, Show) else value
+    found = []
+    for part in parts:
+        try:
+            found.append(Show(part))
+        except ValueError:
+            names = ", ".join(item.value for item in Show)
+            raise InvalidInputError(f"{getattr(part, 'value', part)!r} is not one of {names}") from None
+    if not found or len(set(found)) < len(found):
+        raise InvalidInputError(f"{value!r}: name each of crop, projection, occlusion at most once")
+    return tuple(found)
+
+
 SHOW = Option(
     "What each tile shows: crop, projection (the unit carried back to the crop's pixels, --method) or "
-    "occlusion (how much a grey square over each part lowers the unit; costly).",
-    choices=Show,
+    "occlusion (how much a grey square over each part lowers the unit; costly); several, e.g. "
+    "'projection,crop', draw a panel of each per unit, as Zeiler & Fergus did.",
+    parse=shows,
 )
 METHOD = Option(
     "How projections carry the unit back: deconvnet (Zeiler & Fergus), guided (guided backpropagation) "
@@ -78,6 +95,7 @@ WINDOW = Option(
 STRIDE = Option(
     "Occlusion: pixels between the square's positions [default: half the window].", min=1, unit="pixels"
 )
+CONTRAST = 99.5  # the percentile of a projection's |values| drawn at full contrast (projection_image)
 PIXEL = ReceptiveField(1, 1, 1, 1, 0, 0, False)  # a model-input pixel's own field: maps laid over originals
 
 
@@ -103,7 +121,7 @@ def unit_explanations(
     float32, NaN where the model saw nothing: a projection (h, w, 3) or an occlusion map (h, w); None where
     its image cannot be decoded as it was indexed (a note says why). `module`: the index's model already
     loaded (pipeline.models.index_model)."""
-    show = SHOW.value(show, "show")
+    show = Show(show)
     method = METHOD.value(method, "method")
     window, stride = WINDOW.value(window, "window"), STRIDE.value(stride, "stride")
     if show is Show.crop:
@@ -212,10 +230,12 @@ def _picture(row: dict, values: np.ndarray, show: Show, decode: str, tile: int) 
 
 
 def projection_image(values: np.ndarray) -> Image.Image:
-    """Zeiler & Fergus's grey image of a projection (h, w, 3): 128 where nothing flows, the map's largest
-    |value| at 0 or 255; black where the model saw nothing."""
-    finite = np.isfinite(values)
-    scale = float(np.abs(values[finite]).max()) if finite.any() else 0.0
+    """Zeiler & Fergus's grey image of a projection (h, w, 3): 128 where nothing flows, contrast stretched
+    so that the largest |value|s (the top 0.5% of the map's, CONTRAST) reach 0 or 255; black where the
+    model saw nothing. A map's few largest values would otherwise leave the rest of it grey."""
+    finite = np.abs(values[np.isfinite(values)])
+    scale = float(np.percentile(finite, CONTRAST)) if finite.size else 0.0
+    scale = scale if scale > 0 else float(finite.max(initial=0.0))
     grey = 128.0 + (127.0 / scale if scale > 0 else 0.0) * values
     return Image.fromarray(np.round(np.nan_to_num(grey, nan=0.0)).clip(0, 255).astype(np.uint8))
 

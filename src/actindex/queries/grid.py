@@ -85,10 +85,14 @@ def render_grid(
     layout: str = "row",
     decode: str = "fast",
     crops: dict[tuple[str, int], list[Image.Image]] | None = None,
+    views: Sequence[tuple[str | None, dict[tuple[str, int], list[Image.Image]] | None]] | None = None,
 ) -> Image.Image:
     """One sheet for the units in `rows` (the columns of queries/top_images.sql) of an index whose
     preprocessing decoded images the `decode` way (its boxes are in that frame). `crops`: tile x tile
-    pictures to show instead of the plain crops, per (layer, unit) in rank order (masks.masked_tiles)."""
+    pictures to show instead of the plain crops, per (layer, unit) in rank order (masks.masked_tiles).
+    `views`: several panels per unit, next to each other (one under the other in the row layout), each
+    (its caption's last line or None, its pictures or None for the plain crops): Zeiler & Fergus's
+    projections beside their crops."""
     if layout not in LAYOUTS:
         raise InvalidInputError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if rows.num_rows == 0:
@@ -98,21 +102,25 @@ def render_grid(
         by_unit[(row["layer"], row["unit"], row.get("name"))].append(row)
     k = max(len(v) for v in by_unit.values())
     font = _font(max(10, tile // 8))
-    panels = [
-        _panel(
-            key, sorted(v, key=lambda r: r["rank"]), k, tile, layout, font, decode, (crops or {}).get(key[:2])
-        )
-        for key, v in by_unit.items()
-    ]
-    return _stack(panels, layout)
+    views = views or [(None, crops)]
+    panels = []
+    for key, unit_rows in by_unit.items():
+        ranked = sorted(unit_rows, key=lambda r: r["rank"])
+        for label, made in views:
+            panels.append(
+                _panel(key, label, ranked, k, tile, layout, font, decode, (made or {}).get(key[:2]))
+            )
+    return _stack(panels, layout, len(views))
 
 
-def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font, decode: str, crops) -> Image.Image:
+def _panel(
+    key, label, rows: list[dict], k: int, tile: int, layout: str, font, decode: str, crops
+) -> Image.Image:
     caption_h = font.size + 6
     pictures = crops or [crop_tile(row, tile, decode) for row in rows]
     tiles = [_tile(row, picture, tile, font) for row, picture in zip(rows, pictures, strict=True)]
     tile_h = tiles[0].height
-    lines = caption_lines(*key)
+    lines = caption_lines(*key) + ([label] if label else [])
     if layout == "row":
         label_w = tile + 16
         panel = Image.new("RGB", (label_w + k * (tile + 4), tile_h + 4), BACKGROUND)
@@ -211,14 +219,16 @@ def place_in_tile(image: Image.Image, tile: int) -> Image.Image:
     return canvas
 
 
-def _stack(panels: list[Image.Image], layout: str) -> Image.Image:
+def _stack(panels: list[Image.Image], layout: str, views: int = 1) -> Image.Image:
+    """Panels one under the other (row), or in lines of up to four (block; a unit's `views` panels on one
+    line)."""
     if layout == "row":
         width, height = max(p.width for p in panels), sum(p.height for p in panels)
         sheet = Image.new("RGB", (width, height), BACKGROUND)
         for i, panel in enumerate(panels):
             sheet.paste(panel, (0, sum(p.height for p in panels[:i])))
         return sheet
-    per_line = min(4, len(panels))
+    per_line = min(max(4 // views, 1) * views, len(panels))
     w, h = max(p.width for p in panels), max(p.height for p in panels)
     lines = math.ceil(len(panels) / per_line)
     sheet = Image.new("RGB", (per_line * (w + 8), lines * (h + 8)), BACKGROUND)

@@ -41,7 +41,7 @@ class GridOptions:
     k: int = K.field(9)
     tile: int = TILE.field(96)
     layout: Layout = LAYOUT.field(Layout.row)
-    show: Show = SHOW.field(Show.crop)
+    show: tuple[Show, ...] = SHOW.field((Show.crop,))
     method: Method = METHOD.field(Method.deconvnet)
     window: int | None = WINDOW.field(None)
     stride: int | None = STRIDE.field(None)
@@ -73,25 +73,37 @@ def unit_sheet(
     decoded_original.cache_clear()
     tops = unit_tops(index_dir, layer, units, options.k)
     decode = index_preprocessing(index_dir).decode  # crops are cut from the pixels the index decoded
-    notes, crops, pictures, module = list(tops.notes), None, None, None
-    if options.show is not Show.crop or options.mask is not Mask.none:
-        purpose = f"{options.show.value}s" if options.show is not Show.crop else "masks"
+    notes, module = list(tops.notes), None
+    explained = [show for show in options.show if show is not Show.crop]
+    if explained or options.mask is not Mask.none:
+        purpose = f"{explained[0].value}s" if explained else "masks"
         module = index_model(index_params(index_dir), options.trust_code, purpose)
-    if options.show is not Show.crop:
+    pictures: dict[Show, dict | None] = {Show.crop: None}
+    for show in explained:
         found = unit_explanations(
-            index_dir, tops.rows, options.show, options.method, options.window, options.stride, module=module
+            index_dir, tops.rows, show, options.method, options.window, options.stride, module=module
         )
-        pictures, notes = (
-            explained_pictures(tops.rows, found.maps, options.show, options.tile, decode),
-            notes + found.notes,
-        )
-        crops = {key: [_placed(p, options.tile) for p in items] for key, items in pictures.items()}
+        pictures[show] = explained_pictures(tops.rows, found.maps, show, options.tile, decode)
+        notes += found.notes
     if options.mask is not Mask.none:
         maps = unit_mask_maps(index_dir, tops.rows, options.threshold, options.trust_code, module=module)
-        crops, notes = tiles_from_maps(maps, options.tile, options.mask, pictures), notes + mask_notes(maps)
-    image = render_grid(tops.rows, tile=options.tile, layout=options.layout.value, decode=decode, crops=crops)
+        tiles = {
+            show: tiles_from_maps(maps, options.tile, options.mask, pictures[show]) for show in options.show
+        }
+        notes += mask_notes(maps)
+    else:
+        tiles = {show: _placed(pictures[show], options.tile) for show in options.show}
+    views = [(None if show is Show.crop else show.value, tiles[show]) for show in options.show]
+    image = render_grid(tops.rows, tile=options.tile, layout=options.layout.value, decode=decode, views=views)
     return Sheet(image, len(set(tops.rows.column("unit").to_pylist())), notes)
 
 
-def _placed(picture: Image.Image | None, tile: int) -> Image.Image:
-    return Image.new("RGB", (tile, tile), MISSING) if picture is None else place_in_tile(picture, tile)
+def _placed(pictures: dict | None, tile: int) -> dict | None:
+    """Pictures fitted to a tile, each centred on one (grey where there is none); None stays None (crops)."""
+    if pictures is None:
+        return None
+    blank = Image.new("RGB", (tile, tile), MISSING)
+    return {
+        key: [blank if p is None else place_in_tile(p, tile) for p in items]
+        for key, items in pictures.items()
+    }
