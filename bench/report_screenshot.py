@@ -1,4 +1,4 @@
-"""The README's screenshot of a report's layer page, made the way a user would see it: in Chromium.
+"""The screenshot of a report's layer page in docs/units.md, made the way a user would see it: in Chromium.
 
     python -m bench.report_screenshot --out docs/images/report_layer.png
 

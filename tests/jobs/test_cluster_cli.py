@@ -1,14 +1,14 @@
-"""The README's cluster recipe, run as written: a head and a second node started with `ray start` (token
-auth, as Ray 2.60 wants it), the job submitted with
+"""The cluster recipe of docs/clusters.md ("On a cluster"), run as written: a head and a second node started
+with `ray start` (token auth, as Ray 2.60 wants it), the job submitted with
 `ray job submit --working-dir . -- python -m actindex index ...`, its log read back with `ray job logs`,
 and the index it wrote compared with `--executor local`'s.
 
-The commands come from the README's code block. The test fills in its placeholders (HEAD, SECRET, PHOTOS/,
-/shared/idx/, JOB_ID, the default ports) and appends only what running both nodes on one machine needs
-(their own ports, one temp dir, two CPUs each, `--block` to keep each node in a session of its own) and,
-to the job, `--resize 64 --crop 64 --shard-size 2` so that 14 small images make 7 quick shards. A node
-plugin (tests/node_plugin) holds each worker's first write until both nodes' actors have shards, so both
-nodes write some whichever actor starts first.
+The commands come from that page's code block. The test fills in its placeholders (HEAD, SECRET, PHOTOS/,
+/shared/idx/, JOB_ID, the default ports, and DEFAULT, the pretrained weights: see `recipe_weights`) and
+appends only what running both nodes on one machine needs (their own ports, one temp dir, two CPUs each,
+`--block` to keep each node in a session of its own) and, to the job, `--resize 64 --crop 64 --shard-size 2`
+so that 14 small images make 7 quick shards. A node plugin (tests/node_plugin) holds each worker's first
+write until both nodes' actors have shards, so both nodes write some whichever actor starts first.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 from actindex.pipeline.layout import IndexLayout
 from tests.jobs.test_cli import invoke
@@ -39,6 +40,7 @@ from tests.tables import assert_same_tables
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).parents[2]
+RECIPE = REPO / "docs" / "clusters.md"
 NODE_PLUGIN = REPO / "tests" / "node_plugin"
 TEST_SIZE = ["--resize", "64", "--crop", "64", "--shard-size", "2"]
 CPUS = 2  # per node; the local run uses as many torch threads, so both give the same bits
@@ -48,17 +50,17 @@ WAIT_S = 180  # for a node or the cluster to come up (a bound for failures, not 
 REFUSED_TRIES = "2"
 
 
-def readme_commands() -> list[list[str]]:
-    """The lines of the bash block of the README's "On a cluster" section, as argument lists."""
-    section = (REPO / "README.md").read_text().split("### On a cluster\n", 1)[1]
+def recipe_commands() -> list[list[str]]:
+    """The lines of the bash block of the "On a cluster" section (docs/clusters.md), as argument lists."""
+    section = RECIPE.read_text().split("## On a cluster\n", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
-    assert block, "README: no bash block in 'On a cluster'"
+    assert block, "docs/clusters.md: no bash block in 'On a cluster'"
     return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line.strip()]
 
 
 def command(commands: list[list[str]], *prefix: str) -> list[str]:
     found = [args for args in commands if args[: len(prefix)] == list(prefix)]
-    assert found, f"README: no `{' '.join(prefix)} ...` line in the cluster recipe"
+    assert found, f"docs/clusters.md: no `{' '.join(prefix)} ...` line in the cluster recipe"
     return found[0]
 
 
@@ -179,19 +181,19 @@ def alive_nodes(env: dict[str, str]) -> list[dict]:
 
 @dataclass
 class RunningCluster:
-    values: dict[str, str]  # the README's placeholders for this cluster (HEAD, SECRET, ports)
-    client: dict[str, str]  # the environment of a client: the README's exports
+    values: dict[str, str]  # the recipe's placeholders for this cluster (HEAD, SECRET, ports)
+    client: dict[str, str]  # the environment of a client: the recipe's exports
     temp_dir: Path  # Ray's, where the working dir is unpacked
     node_ids: set[str]
     barrier: Path  # one file per worker that wrote (tests/node_plugin)
 
 
 @pytest.fixture
-def readme_cluster(tmp_path):
-    """The README's head and one more node, on this machine, with token auth."""
+def recipe_cluster(tmp_path):
+    """The recipe's head and one more node, on this machine, with token auth."""
     for attempt in range(START_TRIES):
         try:
-            cluster, running = start_readme_cluster(tmp_path / f"try{attempt}")
+            cluster, running = start_recipe_cluster(tmp_path / f"try{attempt}")
             break
         except PortClash:
             if attempt == START_TRIES - 1:
@@ -204,10 +206,10 @@ def readme_cluster(tmp_path):
         assert not left, f"processes of the test cluster still running: {left}"
 
 
-def start_readme_cluster(folder: Path) -> tuple[LocalCluster, RunningCluster]:
-    """Start the README's two nodes, every port chosen at once (tests/ports.py); raises PortClash (with the
+def start_recipe_cluster(folder: Path) -> tuple[LocalCluster, RunningCluster]:
+    """Start the recipe's two nodes, every port chosen at once (tests/ports.py); raises PortClash (with the
     nodes stopped) when another process took one of them in the meantime."""
-    commands = readme_commands()
+    commands = recipe_commands()
     gcs, dashboard, client_server, *ports = free_ports(3 + 2 * len(NODE_PORTS))
     values = {"HEAD": "127.0.0.1", "6379": str(gcs), "8265": str(dashboard), "SECRET": secrets.token_hex(32)}
     exported = dict(
@@ -216,8 +218,10 @@ def start_readme_cluster(folder: Path) -> tuple[LocalCluster, RunningCluster]:
         if args[0] == "export"
         for assignment in fill(args[1:], values)
     )
-    assert exported.get("RAY_AUTH_MODE") == "token", "README: the recipe should turn token auth on"
-    assert exported.get("RAY_ADDRESS") == f"http://127.0.0.1:{dashboard}", "README: RAY_ADDRESS for submit"
+    assert exported.get("RAY_AUTH_MODE") == "token", "the recipe should turn token auth on"
+    assert exported.get("RAY_ADDRESS") == f"http://127.0.0.1:{dashboard}", (
+        "the recipe: RAY_ADDRESS for submit"
+    )
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
     # `ray` and the job's `python` are this environment's, even where it is not activated
     base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
@@ -246,13 +250,24 @@ def start_readme_cluster(folder: Path) -> tuple[LocalCluster, RunningCluster]:
     return cluster, RunningCluster(values, client, Path(temp_dir), node_ids, barrier)
 
 
-def test_readme_recipe_runs_on_two_nodes_and_equals_the_local_executor(
-    readme_cluster, natural_dataset, tmp_path
+@pytest.fixture
+def recipe_weights(tmp_path) -> str:
+    """What fills the recipe's `--weights DEFAULT`: torchvision's pretrained ResNet-50 is a download, and the
+    tests have no internet, so a state dict of a ResNet-50 stands in (the nodes and the local run load the
+    same file, as every node of a real cluster loads the same pretrained weights)."""
+    path = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    return str(path)
+
+
+def test_the_recipe_runs_on_two_nodes_and_equals_the_local_executor(
+    recipe_cluster, natural_dataset, recipe_weights, tmp_path
 ):
-    cluster, commands = readme_cluster, readme_commands()
+    cluster, commands = recipe_cluster, recipe_commands()
     client = cluster.client
     out, local = tmp_path / "idx", tmp_path / "local"
     values = {**cluster.values, "PHOTOS/": f"{natural_dataset}/", "/shared/idx/": f"{out}/"}
+    values["DEFAULT"] = recipe_weights
     submit = fill(command(commands, "ray", "job", "submit"), values) + TEST_SIZE
     assert submit[:5] == ["ray", "job", "submit", "--working-dir", "."]
     assert submit[5:10] == ["--", "python", "-m", "actindex", "index"]

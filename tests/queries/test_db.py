@@ -37,46 +37,46 @@ def test_docs_tables_is_generated_from_the_schema():
     )
 
 
-STATUS_VALUES = "(`ok`/`error`)"  # the values of images.status, named in the README's images entry
+INDEX_PAGE = Path(__file__).parents[2] / "docs" / "index-format.md"
+STATUS_VALUES = "(`ok`/`error`)"  # the values of images.status, named in the images entry of INDEX_PAGE
 
 
-def readme_table_entries() -> dict[str, set[str]]:
-    """The README's short list of each table's columns: {table: every `name` its entry mentions}."""
-    text = (Path(__file__).parents[2] / "README.md").read_text()
-    section = text[text.index("## The index on disk") :]
+def index_page_table_entries() -> dict[str, set[str]]:
+    """The short list of each table's columns on "The index on disk" (docs/index-format.md): {table: every
+    `name` its entry mentions}."""
+    text = INDEX_PAGE.read_text()
+    section = text[text.index("# The index on disk") :]
     entries = re.findall(r"^- `(\w+)`: (.*?)(?=^- `|^$)", section, flags=re.M | re.S)
     return {
         name: set(re.findall(r"`([a-z_*0-9]+)`", body.replace(STATUS_VALUES, ""))) for name, body in entries
     }
 
 
-def test_readme_lists_exactly_the_columns_of_every_table():
-    entries = readme_table_entries()
+def test_the_index_page_lists_exactly_the_columns_of_every_table():
+    entries = index_page_table_entries()
     assert set(entries) == set(schema.TABLES)
     for name, mentioned in entries.items():
         columns = schema.TABLES[name].names
-        for word in mentioned:  # a name the README gives that the table does not have (`shard` once)
+        for word in mentioned:  # a name the page gives that the table does not have (`shard` once)
             assert any(fnmatch.fnmatchcase(c, word) for c in columns), (
-                f"README: {name} has no column {word!r}"
+                f"{INDEX_PAGE.name}: {name} has no column {word!r}"
             )
-        for column in columns:  # a column the README forgets
-            assert any(fnmatch.fnmatchcase(column, w) for w in mentioned), f"README: {name}.{column} missing"
+        for column in columns:  # a column the page forgets
+            assert any(fnmatch.fnmatchcase(column, w) for w in mentioned), (
+                f"{INDEX_PAGE.name}: {name}.{column} missing"
+            )
 
 
-def test_the_readme_check_catches_a_column_that_does_not_exist(monkeypatch):
+def test_the_index_page_check_catches_a_column_that_does_not_exist(monkeypatch):
     real = Path.read_text
 
     def with_shard(self, *args, **kwargs):
         text = real(self, *args, **kwargs)
-        return (
-            text.replace("`label`, `status`", "`label`, `shard`, `status`")
-            if self.name == "README.md"
-            else text
-        )
+        return text.replace("`label`, `status`", "`label`, `shard`, `status`") if self == INDEX_PAGE else text
 
     monkeypatch.setattr(Path, "read_text", with_shard)
     with pytest.raises(AssertionError, match="images has no column 'shard'"):
-        test_readme_lists_exactly_the_columns_of_every_table()
+        test_the_index_page_lists_exactly_the_columns_of_every_table()
 
 
 def test_empty_index_has_empty_views(tmp_path):

@@ -71,7 +71,7 @@ class Store(str, Enum):
     topk = "topk"  # `images`, `layers` and `topk` only: for datasets whose dense table is too large
 
 
-GPU_BATCH, CPU_BATCH = 256, 32  # 256 keeps an H100 busy with ResNet-50 (see README); more buys little
+GPU_BATCH, CPU_BATCH = 256, 32  # 256 keeps an H100 busy on ResNet-50 (docs/performance.md); more buys little
 EXECUTION_PARAMS = ("device", "precision", "device_decode", "batch_size", "compile")  # resolved per workers
 
 # how a job runs: `actindex index` and `actindex contributions`

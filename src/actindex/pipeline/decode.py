@@ -15,7 +15,7 @@ are torchvision's `Resize(resize, interpolation, antialias=True)` + `CenterCrop(
                final resize still averages >= 2x2 decoded pixels per output pixel: an 8000x6000 JPEG then
                decodes in 0.03-0.13 s instead of 0.4-0.5 s. Drafted JPEGs differ from a full decode by a mean
                of 0.2-0.5 grey levels and up to about a dozen at sharp edges (`python -m bench.decode_error`,
-               in a checkout, measures it; the README gives the figures). The geometry is unchanged:
+               in a checkout, measures it; docs/indexing.md gives the figures). The geometry is unchanged:
                `width`/`height` stay the original's, and the resize maps the drafted image's exact original
                extent, so boxes land on the same pixels. Images that are not drafted, carry no EXIF rotation
                and have no alpha or 16-bit samples decode to the same pixels as "torchvision".
