@@ -145,14 +145,14 @@ CONTRIBUTIONS = pa.schema(
         _field("unit", pa.int32(), "the unit explained (channel index within `layer`)"),
         _field("src_layer", pa.string(), "the lower layer (any module of the model, indexed or not)"),
         _field("src_unit", pa.int32(), "a channel of `src_layer`"),
-        _field("rank", pa.int16(), "1 = the largest |score| among src_layer's channels for this unit"),
+        _field("rank", pa.int16(), "1 = the largest absolute score among src_layer's channels for this unit"),
         _field(
             "score",
             pa.float32(),
             "sum over positions of src_unit's activation x the gradient of the unit's value at its peak, "
             "averaged over the unit's top images; negative: the channel inhibits the unit",
         ),
-        _field("share", pa.float32(), "score / the sum of |score| over every channel of src_layer"),
+        _field("share", pa.float32(), "score / the sum of absolute scores over every channel of src_layer"),
         _field("images", pa.int16(), "top images the score is averaged over"),
     ]
 )
