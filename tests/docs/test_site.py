@@ -128,8 +128,11 @@ def test_api_reference_documents_the_public_api(site, page):
     api = "actindex.queries.api"
     expected = {"actindex.open", "actindex.index", f"{api}.Index", f"{api}.Result"}
     expected |= {f"actindex.queries.masks.{name}" for name in ("masked_tiles", "unit_mask_maps", "MaskMap")}
-    catalog = ("label_selectivity", "image_units", "unit_stats", "topk_drift")
+    catalog = ("label_selectivity", "image_units", "unit_stats", "topk_drift", "built_from", "feeds")
     expected |= {f"actindex.queries.catalog.{name}" for name in catalog}
+    explain = ("unit_explanations", "projection_image", "occlusion_image")
+    expected |= {f"actindex.queries.explain.{name}" for name in explain}
+    expected.add("actindex.jobs.contributions.run_contributions")
     for cls in (Index, Result):
         path = f"{api}.{cls.__name__}"
         expected |= {f"{path}.{n}" for n, m in vars(cls).items() if not n.startswith("_") and callable(m)}
