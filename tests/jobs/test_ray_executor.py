@@ -62,6 +62,7 @@ def nodes(made, *args: dict):
 def slow_config(source, out, **kwargs):
     config = index_config(source, out, trust_code=True, **kwargs)
     config.model, config.shard_size, config.batch_size = SLOW, 2, 2  # 7 shards of one slow batch each
+    config.weights = None  # its own: resnet18's, seeded
     return config
 
 
@@ -72,7 +73,7 @@ def slow_plain(natural_dataset, tmp_path_factory):
     only the cluster runs need."""
     out = tmp_path_factory.mktemp("slow_plain")
     config = slow_config(natural_dataset, out, executor="local")
-    config.model = "resnet18"
+    config.model, config.weights = "resnet18", "random"
     run_index(config)
     return out
 

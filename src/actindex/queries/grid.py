@@ -85,10 +85,12 @@ def render_grid(
     layout: str = "row",
     decode: str = "fast",
     crops: dict[tuple[str, int], list[Image.Image]] | None = None,
+    note: str | None = None,
 ) -> Image.Image:
     """One sheet for the units in `rows` (the columns of queries/top_images.sql) of an index whose
     preprocessing decoded images the `decode` way (its boxes are in that frame). `crops`: tile x tile
-    pictures to show instead of the plain crops, per (layer, unit) in rank order (masks.masked_tiles)."""
+    pictures to show instead of the plain crops, per (layer, unit) in rank order (masks.masked_tiles).
+    `note`: a last line of every unit's caption ("random weights")."""
     if layout not in LAYOUTS:
         raise InvalidInputError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if rows.num_rows == 0:
@@ -99,20 +101,21 @@ def render_grid(
     k = max(len(v) for v in by_unit.values())
     font = _font(max(10, tile // 8))
     panels = [
-        _panel(
-            key, sorted(v, key=lambda r: r["rank"]), k, tile, layout, font, decode, (crops or {}).get(key[:2])
-        )
+        _panel(key, sorted(v, key=lambda r: r["rank"]), k, tile, layout, font, decode, crops, note)
         for key, v in by_unit.items()
     ]
     return _stack(panels, layout)
 
 
-def _panel(key, rows: list[dict], k: int, tile: int, layout: str, font, decode: str, crops) -> Image.Image:
+def _panel(
+    key, rows: list[dict], k: int, tile: int, layout: str, font, decode: str, crops, note: str | None = None
+) -> Image.Image:
+    """One unit's panel; `crops`: the sheet's, by (layer, unit)."""
     caption_h = font.size + 6
-    pictures = crops or [crop_tile(row, tile, decode) for row in rows]
+    pictures = (crops or {}).get(key[:2]) or [crop_tile(row, tile, decode) for row in rows]
     tiles = [_tile(row, picture, tile, font) for row, picture in zip(rows, pictures, strict=True)]
     tile_h = tiles[0].height
-    lines = caption_lines(*key)
+    lines = caption_lines(*key) + ([note] if note else [])
     if layout == "row":
         label_w = tile + 16
         panel = Image.new("RGB", (label_w + k * (tile + 4), tile_h + 4), BACKGROUND)

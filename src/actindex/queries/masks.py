@@ -53,6 +53,7 @@ from PIL import Image
 from actindex.pipeline.decode import Decoder
 from actindex.pipeline.errors import InvalidInputError, MissingInputError
 from actindex.pipeline.geometry import ReceptiveField
+from actindex.pipeline.model_args import RANDOM, weights_to_load
 from actindex.pipeline.models import load_model
 from actindex.pipeline.options import Option
 from actindex.pipeline.preprocess import Preprocessing
@@ -257,10 +258,8 @@ def index_model(params: dict, trust_code: bool = False) -> torch.nn.Module:
     """The index's model (run.json's `params`), loaded as its job loaded it, with the same weights: a
     weights file that is gone or whose sha256 differs from the recorded one is refused."""
 
-    weights = params["weights"]
-    if weights in ("random", "builtin", "torchscript"):
-        weights = None  # what load_model makes of the model name alone (jobs.spec.RunSpec.weights_arg)
-    elif weights != "DEFAULT" and not os.path.isfile(weights):
+    weights = weights_to_load(params["model"], params["weights"])  # as jobs.spec.RunSpec.weights_arg
+    if weights not in (None, "DEFAULT", RANDOM) and not os.path.isfile(weights):
         raise MissingInputError(
             f"the index was computed with the weights file {weights!r}, which is not there now (from "
             f"{os.getcwd()}); masks recompute the units' maps with those very weights: put the file back"

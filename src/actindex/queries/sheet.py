@@ -69,5 +69,8 @@ def unit_sheet(
         maps = unit_mask_maps(index_dir, tops.rows, options.threshold, options.trust_code)
         crops, notes = tiles_from_maps(maps, options.tile, options.mask), notes + mask_notes(maps)
     decode = index_preprocessing(index_dir).decode  # crops are cut from the pixels the index decoded
-    image = render_grid(tops.rows, tile=options.tile, layout=options.layout.value, decode=decode, crops=crops)
+    note = "random weights" if tops.random_weights else None
+    image = render_grid(
+        tops.rows, tile=options.tile, layout=options.layout.value, decode=decode, crops=crops, note=note
+    )
     return Sheet(image, len(set(tops.rows.column("unit").to_pylist())), notes)
