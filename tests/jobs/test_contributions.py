@@ -134,7 +134,7 @@ def resnet_index(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("contributions_resnet") / "idx"
     run_index(
         IndexRequest(
-            source=str(folder), out=str(out), model="resnet18", layers=("layer1", "layer2"),
+            source=str(folder), out=str(out), model="resnet18", weights="random", layers=("layer1", "layer2"),
             preprocessing=RESNET_PREP, k=3, shard_size=6, executor="local", progress=False,
         )
     )  # fmt: skip

@@ -51,6 +51,7 @@ def request(source: str, out: str, **kwargs) -> IndexRequest:
         source=source,
         out=out,
         model="resnet18",
+        weights="random",
         layers=("layer2", "layer4"),
         k=4,
         shard_size=2,

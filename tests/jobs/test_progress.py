@@ -21,7 +21,10 @@ def test_a_job_without_a_terminal_logs_progress_lines(natural_dataset, tmp_path)
     ]  # fmt: skip
     done = CliRunner().invoke(app, command)  # in this process: its stderr is no terminal either
     assert done.exit_code == 0, done.output
-    lines = [line for line in done.stderr.splitlines() if line.startswith("actindex: ")]
+    logged = [line for line in done.stderr.splitlines() if line.startswith("actindex: ")]
+    plan = [line for line in logged if " shards, " not in line]  # what the run computes: said first
+    assert plan[0].startswith("actindex: model python:tests.faults:Slow") and logged[: len(plan)] == plan
+    lines = logged[len(plan) :]
     assert len(lines) >= 5, done.stderr
     pattern = re.compile(r"actindex: (\d+)/4 shards, (\d+)/14 images")
     counts = [tuple(map(int, pattern.match(line).groups())) for line in lines]

@@ -30,6 +30,8 @@ PREP = Preprocessing(resize=36, crop=32)
 ARGS = [
     "--model",
     "resnet18",
+    "--weights",
+    "random",
     "--layers",
     "layer2,layer4",
     "--k",
@@ -54,6 +56,7 @@ def config(source: Path, out: Path, **kwargs) -> IndexRequest:
         source=str(source),
         out=str(out),
         model="resnet18",
+        weights="random",
         layers=("layer2", "layer4"),
         k=4,
         shard_size=2,

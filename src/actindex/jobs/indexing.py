@@ -51,6 +51,7 @@ from actindex.jobs.incremental import (
     repair_markers,
     shards_to_retry,
 )
+from actindex.jobs.plan_lines import PREFIX, plan_lines
 from actindex.jobs.spec import (
     EXECUTION_PARAMS,
     Device,
@@ -67,6 +68,7 @@ from actindex.jobs.worker import ModelPlan, ShardFailure, ShardResult, ShardTask
 from actindex.pipeline import schema
 from actindex.pipeline.errors import UserError
 from actindex.pipeline.geometry import LayerInfo, ReceptiveField, from_layers_row
+from actindex.pipeline.layers import resolve_layers
 from actindex.pipeline.layout import (
     INDEX_FORMAT,
     IndexLayout,
@@ -78,9 +80,11 @@ from actindex.pipeline.layout import (
 )
 from actindex.pipeline.listing import Listing
 from actindex.pipeline.lock import index_lock
+from actindex.pipeline.model_args import BUILTIN_EFFICIENTNET, RANDOM, brings_own_weights, random_weights
+from actindex.pipeline.models import ensure_pretrained, model_skeleton
 from actindex.pipeline.names import NamesFile, read_names_options, unit_names
 from actindex.pipeline.retry import RETRIES, RetryPolicy, TransientError
-from actindex.pipeline.sources import dataset_root, display_path
+from actindex.pipeline.sources import check_source, dataset_root, display_path, is_list_file, list_root
 from actindex.pipeline.topk import RunningTopK
 
 log = logging.getLogger("actindex")
@@ -123,6 +127,7 @@ class Summary:
     failed_shard_attempts: int = 0  # shard attempts a transient failure ended (each shard ran again)
     recorded_after_retries: int = 0  # images recorded "unreadable after retries" (--record-failed-reads)
     retried_errors: int = 0  # error rows of earlier runs indexed again (transient kinds; --retry-errors: all)
+    random_weights: bool = False  # the index's network has random weights (--weights random); not in run.json
 
     @property
     def images_per_second(self) -> float:
@@ -145,6 +150,9 @@ def run_index(request: IndexRequest) -> Summary:
             return _finish_idle(layout, plan.existing, plan.state, plan.work, *clocks)
         spec = plan.spec
         infos, rfs = _geometry(layout, plan.executor, request, plan.model, plan.existing is not None)
+        if request.progress:  # before any image is decoded: what the run will compute
+            for line in plan_lines(spec, infos, rfs, plan.model.notes):
+                print(line, file=sys.stderr, flush=True)
         units = _units(layout, spec.layers, infos, plan.model, names)  # a names file that does not fit: stop
         manifest = _manifest(request, len(plan.listing), plan.listing_errors, spec, clocks[0])
         layout.put_json(layout.manifest, manifest)
@@ -178,16 +186,19 @@ class RunPlan:
 def plan_run(
     request: IndexRequest, layout: IndexLayout, stack: ExitStack, clocks: tuple[float, float]
 ) -> RunPlan:
-    """Everything the run will do, decided once, each check as early as it can be made: the directory
-    and the parameters the request fixes before the images are listed, the work before the model is
+    """Everything the run will do, decided once, each check as early as it can be made: the source, the
+    directory and the parameters the request fixes, then the model's and layers' names and its pretrained
+    weights (check_model), all before the images are listed or Ray starts; the work before the model is
     loaded (a rerun with nothing to do starts no executor), the resolved parameters once the workers
     have loaded it. A rerun whose parameters differ is refused; with --overwrite the index is cleared,
     and the work planned again from nothing."""
-    root = dataset_root(request.source)
+    check_source(request.source)  # a path that does not exist: before anything is read or built
     existing = _existing_index(layout, request.overwrite)
+    root = _dataset_root(request, existing, layout.retry)
     if existing is not None and not request.overwrite:
         compare_params(layout, existing, pinned_params(request, root), partial=True)
-    listing, listing_errors = _list(request, stack, layout.retry)
+    check_model(request)  # names and weights: before the images are listed or Ray starts
+    listing, listing_errors = _list(request, stack, layout.retry, root)
     # a new index has nothing done; the broken markers of an existing one are deleted when the run starts
     state = IndexState({}) if existing is None else read_state(layout, repair=False)
     work = _plan(listing, state, layout, request)
@@ -205,6 +216,35 @@ def plan_run(
         spec = resolve_spec(request, model, root, executor.gpus())
     plan.executor, plan.spec = executor, spec
     return plan
+
+
+def _dataset_root(request: IndexRequest, existing: dict | None, retry: RetryPolicy) -> str:
+    """What the dataset's relpaths (image ids) are relative to. A folder, glob or container source: the folder
+    it names. A list file: --root; else the root the index recorded on its first run (so ids never move as the
+    list grows; --overwrite finds it again); else its files' longest common folder."""
+    if not is_list_file(request.source):
+        return dataset_root(request.source)
+    if request.root is None and existing is not None and not request.overwrite:
+        return existing["params"]["dataset_root"]
+    return list_root(request.source, request.root, retry)
+
+
+def check_model(request: IndexRequest, echo=None) -> None:
+    """The model's and layers' names, and the DEFAULT weights, checked in the driver before anything starts:
+    the model built on the meta device (pipeline.models.model_skeleton: no weights, about a second), its
+    layer patterns resolved, and its pretrained weights found in the cache or downloaded into it (a line on
+    stderr says so, with progress on). TorchScript and python: models are checked where they load."""
+    skeleton = model_skeleton(request.model)
+    if skeleton is None:
+        return
+    resolve_layers(skeleton, request.layers, request.model)
+    if request.weights in (None, "DEFAULT") and request.model != BUILTIN_EFFICIENTNET:
+        say = echo or (_say if request.progress else lambda line: None)
+        ensure_pretrained(request.model, skeleton, echo=say)
+
+
+def _say(line: str) -> None:
+    print(PREFIX + line, file=sys.stderr, flush=True)
 
 
 def _plan(refs: Listing, state: IndexState, layout: IndexLayout, request: IndexRequest) -> Work:
@@ -299,10 +339,16 @@ def _units(
     return unit_names(channels, model.output_layers, model.categories, names, stored)
 
 
-def _list(request: IndexRequest, stack: ExitStack, retry: RetryPolicy) -> tuple[Listing, list[str]]:
-    """The dataset's images, sorted (spilled to a temporary folder while the job runs, when large)."""
+def _list(
+    request: IndexRequest, stack: ExitStack, retry: RetryPolicy, root: str
+) -> tuple[Listing, list[str]]:
+    """The dataset's images, sorted (spilled to a temporary folder while the job runs, when large); a list
+    file's relpaths relative to `root`."""
     errors: list[tuple[str, str]] = []
-    listing = Listing.build(request.source, errors=errors, columns=request.columns, retry=retry)
+    root_option = root if is_list_file(request.source) else None
+    listing = Listing.build(
+        request.source, errors=errors, columns=request.columns, retry=retry, root=root_option
+    )
     refs = stack.enter_context(listing)
     for relpath, reason in errors:
         log.warning("not listed: %s (%s)", relpath, reason)
@@ -358,8 +404,11 @@ def compare_params(
     else:
         changed = differences({k: v for k, v in recorded.items() if k not in skip}, params)
     if changed and not overwrite:
+        hint = ""
+        if recorded.get("weights") == RANDOM and any(line.startswith("weights:") for line in changed):
+            hint = " (it was indexed with random weights: --weights random continues it)"
         raise IndexMismatchError(
-            f"{layout.url} holds an index made with different parameters ({'; '.join(changed)}); "
+            f"{layout.url} holds an index made with different parameters ({'; '.join(changed)}){hint}; "
             "use another --out, or --overwrite to replace it"
         )
     return bool(changed)
@@ -372,6 +421,8 @@ def _with_defaults(manifest: dict) -> dict:
     params = manifest["params"]
     preprocessing = {"decode": "fast", **params["preprocessing"]}
     params = {"rf_gates": RfGates.constant.value, **params, "preprocessing": preprocessing}
+    if params["weights"] == RANDOM and brings_own_weights(params["model"]):
+        params["weights"] = "factory"  # what a python: model's own weights were recorded as before "factory"
     return {**manifest, "params": params}
 
 
@@ -540,10 +591,12 @@ def _finish(layout, manifest: dict, markers: dict, topk_rows: int, counts: dict,
         seconds=time.time() - started,
         bytes_on_disk=layout.bytes_on_disk(),
         out=layout.url,
+        random_weights=random_weights(manifest["params"]),
         **counts,
     )
     # run.json keeps the unlisted folders themselves under "listing_errors"; the summary counts them
-    totals = {k: v for k, v in asdict(summary).items() if k not in ("out", "bytes_on_disk", "listing_errors")}
+    left_out = ("out", "bytes_on_disk", "listing_errors", "random_weights")  # params say the weights
+    totals = {k: v for k, v in asdict(summary).items() if k not in left_out}
     layout.put_json(
         layout.manifest, {**manifest, **totals, "finished": _iso(time.time()), "status": "complete"}
     )

@@ -37,6 +37,7 @@ from urllib.parse import quote
 from actindex._version import __version__
 from actindex.pipeline.errors import InvalidInputError, UnknownNameError
 from actindex.pipeline.layout import IndexLayout, layer_dirname, marker_totals
+from actindex.pipeline.model_args import random_weights
 from actindex.pipeline.options import Option, check
 from actindex.pipeline.patterns import LAYERS, pattern_regex
 from actindex.pipeline.preprocess import Preprocessing
@@ -517,7 +518,8 @@ def _write_index(plan: ReportPlan, pages: list[dict], errors: list[dict]) -> Non
 
 def _lede(plan: ReportPlan) -> str:
     ok, layers, k = plan.images[1], plan.indexed_layers, plan.manifest["params"]["k"]
-    return f"{ok:,} images · {layers} layer{'s' * (layers != 1)} indexed · top {k} kept per unit"
+    weights = " · random weights" if random_weights(plan.manifest["params"]) else ""
+    return f"{ok:,} images · {layers} layer{'s' * (layers != 1)} indexed · top {k} kept per unit{weights}"
 
 
 def run_facts(plan: ReportPlan) -> list[tuple[str, str]]:
