@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from actindex.jobs.cli import app
 from actindex.jobs.demo import DEMO_LABELS, copy_labelled_demo_photos
 from actindex.jobs.indexing import run_index
 from actindex.jobs.spec import IndexRequest
@@ -148,9 +150,10 @@ def test_a_report_replaces_the_previous_one(labelled_index, tmp_path):
 
 
 def test_help_lists_the_options():
-    result = invoke("report", "--help")
+    result = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"})  # no name cut short
     assert result.exit_code == 0
-    for option in ("--out", "--layers", "--units", "--k", "--tile", "--mask", "--workers", "--no-progress"):
+    options = ("--out", "--layers", "--units", "--k", "--tile", "--mask", "--mask-threshold", "--workers")
+    for option in (*options, "--no-progress", "--progress-every"):
         assert option in result.output
 
 

@@ -14,7 +14,6 @@ Heavy modules (torch, ray, duckdb) are imported inside the commands so `--help` 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from actindex.jobs.cli_options import annotated, fail, with_config
 from actindex.jobs.contributions import ContributionsRequest, run_contributions
 from actindex.jobs.demo import run_demo
 from actindex.jobs.indexing import run_index
+from actindex.jobs.progress import EVERY, PROGRESS_EVERY, ReportProgress
 from actindex.jobs.query_bench import build_synthetic_index, time_queries
 from actindex.jobs.spec import RF_GATES, Executor, IndexRequest, RfGates
 from actindex.jobs.status import index_status
@@ -60,6 +60,13 @@ TrustCodeOpt = annotated(TRUST_CODE, bool)
 ResizeOpt = annotated(options(Preprocessing)["resize"], int | None)  # actindex bench's overrides
 CropOpt = annotated(options(Preprocessing)["crop"], int | None)
 DecodeOpt = annotated(options(Preprocessing)["decode"], Decode | None)
+ReportEveryOpt = annotated(
+    dataclasses.replace(
+        PROGRESS_EVERY,
+        help="With no terminal: seconds between progress lines (model images, crops, crops/s, ETA).",
+    ),
+    float,
+)
 
 
 def _console():
@@ -302,15 +309,19 @@ def grid(
 @with_config
 def report(
     config: ReportConfig,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar while crops are drawn.")] = True,
+    progress: Annotated[
+        bool, typer.Option(help="Show a progress bar; with no terminal (batch logs), progress lines.")
+    ] = True,
+    progress_every: ReportEveryOpt = EVERY,
 ) -> None:
     """Write a static site of the index: run facts, one page per layer with a card per unit (top-k crops,
     histogram of its maxima, label purity), sortable; opens from disk with no server or network."""
 
     try:
-        plan = plan_report(config)
-        with _units_progress(progress, plan.units) as advance:
-            summary = write_report(plan, advance)
+        plan = plan_report(config)  # every refusal comes here, before anything is drawn or written
+        typer.echo(f"actindex: {plan.describe()}", err=True)
+        with ReportProgress(progress, plan.mask_images, plan.crops, progress_every) as shown:
+            summary = write_report(plan, shown.advance)
     except IncompleteIndexError as exc:
         raise fail(exc, code=1) from None
     except UserError as exc:
@@ -321,24 +332,6 @@ def report(
     for note in summary.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"open: {site.resolve().as_uri()}")
-
-
-@contextlib.contextmanager
-def _units_progress(enabled: bool, total: int):
-    """A rich bar on stderr counting units drawn (nothing with --no-progress); yields its advance(n)."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("drawing"), BarColumn(), MofNCompleteColumn(), TextColumn("units"), TimeRemainingColumn(),
-        console=Console(stderr=True), refresh_per_second=4,
-    )  # fmt: skip
-    task = bar.add_task("report", total=total)
-    with bar:
-        yield lambda n: bar.advance(task, n)
 
 
 def _sql_help() -> str:

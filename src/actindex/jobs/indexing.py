@@ -52,6 +52,9 @@ from actindex.jobs.incremental import (
     shards_to_retry,
 )
 from actindex.jobs.plan_lines import PREFIX, plan_lines
+from actindex.jobs.progress import LogLines
+from actindex.jobs.progress import duration as _duration
+from actindex.jobs.progress import rate as _rate
 from actindex.jobs.spec import (
     EXECUTION_PARAMS,
     Device,
@@ -545,11 +548,6 @@ def own_cpu_seconds() -> float:
         return times.user + times.system
 
 
-def _rate(images: int, seconds: float) -> float | None:
-    """images / seconds; None for a window too short to measure (MIN_RATE_SECONDS)."""
-    return images / seconds if images > 0 and seconds >= MIN_RATE_SECONDS else None
-
-
 def _iso(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -603,7 +601,6 @@ def _finish(layout, manifest: dict, markers: dict, topk_rows: int, counts: dict,
     return summary
 
 
-MIN_RATE_SECONDS = 3.0  # a rate over a shorter window says more about the clock than the job: shown as "-"
 STALL_SECONDS = 30.0  # a batch log says when nothing (not even a batch) has finished for this long
 
 
@@ -619,13 +616,13 @@ class _progress:
         self.started, self.last_change = started, time.time()
         self.first: tuple[float, int] | None = None  # (when, images) of the first progress: start-up over
         self.lock = threading.Lock()
-        self.stop = threading.Event()
 
     def __enter__(self) -> _progress:
         if self.enabled and self.terminal:
             self._start_bar()
         elif self.enabled:
-            threading.Thread(target=self._log_every, name="actindex-progress", daemon=True).start()
+            self.log = LogLines(self.line, self.every)
+            self.log.start()
         return self
 
     def images(self, n: int) -> None:
@@ -675,10 +672,6 @@ class _progress:
                 text += f"; nothing finished for {stalled:.0f} s (see ray status, or the workers' logs)"
             return text
 
-    def _log_every(self) -> None:
-        while not self.stop.wait(self.every):
-            print(self.line(), file=sys.stderr, flush=True)
-
     def _start_bar(self) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -696,13 +689,9 @@ class _progress:
         self.task = self.bar.add_task("index", total=self.total, rate="-")
 
     def __exit__(self, *exc) -> None:
-        self.stop.set()
         if self.enabled and self.terminal:
             self.bar.stop()
-        elif self.enabled and exc[0] is None:
-            print(self.line(final=True), file=sys.stderr, flush=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        elif self.enabled:
+            self.log.stop()
+            if exc[0] is None:
+                print(self.line(final=True), file=sys.stderr, flush=True)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from actindex.jobs.progress import EVERY, PROGRESS_EVERY
 from actindex.pipeline.containers import Columns
 from actindex.pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED
 from actindex.pipeline.errors import InvalidInputError
@@ -205,9 +206,9 @@ class IndexRequest:
     ).field(Store.dense)
     rf_gates: RfGates = RF_GATES.field(RfGates.constant)
     progress: bool = PROGRESS.field(True)
-    progress_every: float = Option(
-        "With no terminal: seconds between progress lines (shards, images/s, ETA).", min=0.1, unit="seconds"
-    ).field(30.0)
+    progress_every: float = PROGRESS_EVERY.field(
+        EVERY, help="With no terminal: seconds between progress lines (shards, images/s, ETA)."
+    )
     # Parquet sources: on the command line --image-column, --key-column, --label-column (a dict of those)
     columns: Columns | dict = Option(
         "",

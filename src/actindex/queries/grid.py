@@ -197,10 +197,15 @@ def open_crop(row: dict, decode: str = "fast") -> Image.Image | None:
 
 @functools.lru_cache(maxsize=DECODED_KEPT)
 def decoded_original(uri: str, decode: str) -> Image.Image:
-    """The original behind `uri`, decoded the index's way and loaded. The last DECODED_KEPT are kept: an
-    image in the top-k of several units of a sheet or a report is decoded once for all of its crops (a
-    sheet and a report clear them first, so that a file changed since is read again). A transient failure
-    to read it (pipeline.retry) is retried for READ_BUDGET_S."""
+    """read_original, the last DECODED_KEPT kept: an image in the top-k of several units of a sheet is
+    decoded once for all of its crops (a sheet clears them first, so that a file changed since is read
+    again; a report keeps its originals itself: queries.drawing)."""
+    return read_original(uri, decode)
+
+
+def read_original(uri: str, decode: str) -> Image.Image:
+    """The original behind `uri`, decoded the index's way and loaded. A transient failure to read it
+    (pipeline.retry) is retried for READ_BUDGET_S."""
     return READS.call(_decoded_original, uri, decode, what=uri)
 
 
