@@ -567,12 +567,14 @@ class _progress:
         self.first: tuple[float, int] | None = None  # (when, images) of the first progress: start-up over
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.logger: threading.Thread | None = None
 
     def __enter__(self) -> _progress:
         if self.enabled and self.terminal:
             self._start_bar()
         elif self.enabled:
-            threading.Thread(target=self._log_every, name="actindex-progress", daemon=True).start()
+            self.logger = threading.Thread(target=self._log_every, name="actindex-progress", daemon=True)
+            self.logger.start()
         return self
 
     def images(self, n: int) -> None:
@@ -644,6 +646,8 @@ class _progress:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
+        if self.logger is not None:  # a periodic line being printed comes before the last one, never after
+            self.logger.join()
         if self.enabled and self.terminal:
             self.bar.stop()
         elif self.enabled and exc[0] is None:
