@@ -171,6 +171,7 @@ def test_killed_twice_then_rerun_gives_the_uninterrupted_table(resnet_index, res
     command = [sys.executable, "-m", "actindex", "contributions", str(out), "--layer", "layer2", "--k", "3",
                "--executor", "local", "--no-progress"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{NODE_PLUGIN}{os.pathsep}{REPO}"}
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # as this process's reference: the same bits
     for groups in (2, 3):  # the first run hangs after writing its 2nd group, the second after its 3rd
         pause = tmp_path / f"pause-{groups}"
         pause.mkdir()

@@ -285,7 +285,7 @@ def test_a_layer_of_more_units_than_a_page_is_paged_with_lazy_crops(site, page):
     assert card_units(page) == CLASSIFIER_UNITS[:PAGE_SIZE]
     assert page.inner_text("#page") == "Page 1 of 2 · units 1–100"
     assert set(page.eval_on_selector_all(".card img", "images => images.map(i => i.loading)")) == {"lazy"}
-    page.wait_for_timeout(300)
+    page.wait_for_function("() => document.querySelector('.card img').naturalWidth > 0")  # the crops in view
     widths = page.eval_on_selector_all(".card img", "images => images.map(i => i.naturalWidth)")
     assert widths[0] == 128 and widths[-1] == 0  # the crops far below the window are not loaded yet
     page.click("#next")

@@ -50,7 +50,9 @@ class LogLines:
         self.thread.start()
 
     def stop(self) -> None:
+        """Returns once no line is being printed: a periodic line comes before the last one, never after."""
         self.stopped.set()
+        self.thread.join()
 
     def _run(self) -> None:
         while not self.stopped.wait(self.every):
