@@ -3,7 +3,7 @@
     python -m bench.gpu_stage                # resnet50, relu + layer1..4, bf16, cuda
     python -m bench.gpu_stage --compile --json gpu.json
     python -m bench.gpu_stage --job 20000  # and the whole job (--executor local), 20,000 images
-    python -m bench.gpu_stage --device cpu --model resnet18 --images 64 --batch-size 16 \
+    python -m bench.gpu_stage --device cpu --model resnet18 --weights random --images 64 --batch-size 16 \
         --precision fp32
 
 Synthetic ImageNet-like JPEGs (about 500x375, smooth colour fields with shapes, fine texture and noise,
