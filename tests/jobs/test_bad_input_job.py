@@ -10,7 +10,8 @@ from actindex.jobs.spec import IndexRequest
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.sources import display_path, path_from_display
 from actindex.queries.db import connect
-from tests.badinputs import delete_listed, make_corpus, natural_image
+from tests.badinputs import delete_listed, make_corpus
+from tests.conftest import natural_image
 
 PREP = Preprocessing(resize=72, crop=64, interpolation="bilinear")
 LAYER1_UNITS = 64  # resnet18 layer1 channels

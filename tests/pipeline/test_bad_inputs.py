@@ -30,10 +30,10 @@ from tests.badinputs import (
     delete_listed,
     jpeg_bytes,
     make_corpus,
-    natural_image,
     save_with_orientation,
     write_big_jpeg,
 )
+from tests.conftest import natural_image
 
 PREP = Preprocessing(resize=72, crop=64, interpolation="bilinear")
 

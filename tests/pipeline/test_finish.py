@@ -7,8 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from actindex.pipeline import schema
-from actindex.pipeline.finish import activations_table, descending_keys, order_units
+from actindex.pipeline.finish import activations_table, order_units
 from actindex.pipeline.layout import write_activations
+from actindex.pipeline.topk import descending_keys
 from tests.pipeline.test_topk import brute_force, random_data
 
 

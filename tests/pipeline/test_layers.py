@@ -7,17 +7,17 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from actindex.pipeline.geometry import LayerInfo
 from actindex.pipeline.layers import (
-    LayerInfo,
     container_notes,
     describe_all,
     describe_layers,
     module_names,
     output_shapes,
-    pattern_regex,
     resolve_layers,
 )
 from actindex.pipeline.models import model_skeleton
+from actindex.pipeline.patterns import pattern_regex
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from actindex.pipeline import receptive_field
-from actindex.pipeline.receptive_field import ReceptiveField, boxes, compute_receptive_fields
+from actindex.pipeline.geometry import ReceptiveField, boxes
+from actindex.pipeline.receptive_field import compute_receptive_fields
 
 EFFICIENTNET_BLOCKS = [f"blocks.{i}" for i in range(7)]
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from actindex.pipeline.errors import InvalidInputError, MissingInputError
-from actindex.pipeline.models import UntrustedCodeError, load_model
+from actindex.pipeline.model_args import UntrustedCodeError
+from actindex.pipeline.models import index_model, load_model
 from actindex.pipeline.unit_maps import CamMismatchError
 from actindex.queries.db import unit_tops
 from actindex.queries.grid import crop_tile
 from actindex.queries.masks import (
     DIM,
     OUTLINE,
-    index_model,
     mask_notes,
     masked_tile,
     masked_tiles,

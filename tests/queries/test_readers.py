@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from actindex.pipeline import schema
-from actindex.queries.db import arrow_table, connect
+from actindex.queries.db import connect
+from actindex.queries.sql import arrow_table
 
 TABLES = ["images", "activations", "topk"]
 

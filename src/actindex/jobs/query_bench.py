@@ -25,7 +25,7 @@ from actindex.jobs.finalize import write_topk
 from actindex.jobs.spec import RunSpec
 from actindex.jobs.worker import ShardFinisher, ShardTask, WorkContext
 from actindex.pipeline import schema
-from actindex.pipeline.layers import LayerInfo
+from actindex.pipeline.geometry import LayerInfo, ReceptiveField
 from actindex.pipeline.layout import (
     INDEX_FORMAT,
     ROWS_PER_GROUP,
@@ -35,7 +35,6 @@ from actindex.pipeline.layout import (
     write_parquet,
 )
 from actindex.pipeline.models import IMAGENET
-from actindex.pipeline.receptive_field import ReceptiveField
 from actindex.pipeline.shards import ids_digest
 from actindex.pipeline.sources import ImageRef
 from actindex.pipeline.topk import RunningTopK

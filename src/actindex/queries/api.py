@@ -29,11 +29,12 @@ import pyarrow.compute as pc
 
 from actindex.pipeline.errors import InvalidInputError, MissingInputError
 from actindex.queries import catalog
-from actindex.queries.db import arrow_table, compare_topk, connect, run_sql_file, unit_tops
+from actindex.queries.db import compare_topk, connect, unit_tops
 from actindex.queries.explain import Show, unit_explanations
 from actindex.queries.grid import as_units
 from actindex.queries.report import ReportConfig, plan_report, write_report
 from actindex.queries.sheet import GridOptions, unit_sheet
+from actindex.queries.sql import arrow_table, run_sql_file
 
 if TYPE_CHECKING:
     import duckdb
