@@ -13,10 +13,11 @@ import os
 from actindex.pipeline.errors import MissingInputError, UserError
 from actindex.pipeline.options import Option
 
-MODEL = Option("torchvision name, timm:NAME, efficientnet_lite0, or a TorchScript file.")
+MODEL = Option("torchvision name, timm:NAME, efficientnet_lite0, tiny_conv, or a TorchScript file.")
 TRUST_CODE = Option("Allow models that execute code when loaded: TorchScript files, python: specs.")
 
 BUILTIN_EFFICIENTNET = "efficientnet_lite0"
+TINY_CONV = "tiny_conv"  # two small convolutions at 64 px: a forward that costs almost nothing (bench --host)
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".torchscript", ".jit")
 
 

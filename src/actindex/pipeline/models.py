@@ -1,6 +1,7 @@
 """Load a CNN by name with its preprocessing and a hash that identifies its weights.
 
     loaded = load_model("efficientnet_lite0")           # built-in, real ImageNet weights
+    loaded = load_model("tiny_conv")                   # built-in: two small convolutions (bench --host)
     loaded = load_model("resnet50", weights="DEFAULT")  # torchvision (downloads where there is internet)
     loaded = load_model("resnet18", weights="my.pth")   # a state dict, loaded with weights_only=True
     loaded = load_model("timm:convnext_tiny")           # timm, random weights
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from actindex.pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError
 from actindex.pipeline.model_args import (  # noqa: F401 - UntrustedCodeError is part of this module's interface
     BUILTIN_EFFICIENTNET,
+    TINY_CONV,
     TORCHSCRIPT_SUFFIXES,
     UntrustedCodeError,
     check_model_args,
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 RANDOM_SEED = 0
 IMAGENET = Preprocessing(resize=256, crop=224, interpolation="bilinear")
+TINY = Preprocessing(resize=64, crop=64, interpolation="bilinear")
 EFFICIENTNET_LITE0 = Preprocessing(
     resize=256, crop=224, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
 )
@@ -58,6 +61,8 @@ def load_model(name: str, weights: str | None = None, trust_code: bool = False) 
     check_model_args(name, weights, trust_code)
     if name == BUILTIN_EFFICIENTNET:
         module, prep, label = _builtin_efficientnet(weights)
+    elif name == TINY_CONV:
+        module, prep, label = _seeded(_tiny_conv), TINY, "random"
     elif name.startswith("timm:"):
         module, prep, label = _timm(name[5:], weights)
     elif name.startswith("python:"):
@@ -177,6 +182,23 @@ def _seeded(build):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         return build()
+
+
+def _tiny_conv() -> torch.nn.Module:
+    """conv1 (3 -> 8, 3x3, stride 2) -> relu1 -> conv2 (8 -> 16, 3x3, stride 2) -> relu2: about 0.5M
+    multiply-adds per 64 px image, so that a job with it measures the host, not the model."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            relu1=nn.ReLU(),
+            conv2=nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            relu2=nn.ReLU(),
+        )
+    )
 
 
 def _builtin_efficientnet(weights: str | None) -> tuple[torch.nn.Module, Preprocessing, str]:
