@@ -322,7 +322,11 @@ def check_correctness(args, decoder, stage, count: int) -> dict:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_stage", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--weights", default=None, help="None = random (seeded); DEFAULT or a .pth")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="As actindex index: none = pretrained (DEFAULT); random (seeded); a .pth",
+    )
     parser.add_argument("--layers", default=DEFAULT_LAYERS, help="comma-separated names or globs")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--images", type=int, default=2048, help="images per measurement")

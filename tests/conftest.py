@@ -129,6 +129,15 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))  # stable: else as found
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fault_flags(tmp_path_factory):
+    """tests/faults.py's flags in a folder of this session's own, set before any Ray or job starts (they
+    inherit it): another test session on the same machine cannot take a flag armed here."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ACTINDEX_TEST_FAULTS_DIR", str(tmp_path_factory.mktemp("fault_flags")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the tests that need it (2 CPUs, like CI)."""

@@ -1,7 +1,7 @@
 """Models and decoder plugins that fail on purpose, for the failure tests.
 
 Models are loaded by the job as `python:tests.faults:NAME` (with trust_code). A flag file in
-FLAG_DIR arms a one-shot fault: the first process that sees it removes it and fails.
+flag_dir() arms a one-shot fault: the first process that sees it removes it and fails.
 """
 
 from __future__ import annotations
@@ -13,19 +13,25 @@ from pathlib import Path
 import torch
 from torchvision.models.resnet import BasicBlock, ResNet
 
-FLAG_DIR = Path(tempfile.gettempdir()) / "actindex-test-faults"
+
+def flag_dir() -> Path:
+    """This test session's folder (tests/conftest.py sets ACTINDEX_TEST_FAULTS_DIR; the jobs and Ray workers
+    the session starts inherit it), so that a test session running beside it on the same machine can
+    neither fire nor take its flags."""
+    default = Path(tempfile.gettempdir()) / "actindex-test-faults"
+    return Path(os.environ.get("ACTINDEX_TEST_FAULTS_DIR") or default)
 
 
 def arm(name: str) -> Path:
-    FLAG_DIR.mkdir(exist_ok=True)
-    flag = FLAG_DIR / name
+    flag_dir().mkdir(parents=True, exist_ok=True)
+    flag = flag_dir() / name
     flag.write_text("armed")
     return flag
 
 
 def _fire(name: str) -> bool:
     try:
-        (FLAG_DIR / name).unlink()
+        (flag_dir() / name).unlink()
         return True
     except FileNotFoundError:
         return False

@@ -67,7 +67,7 @@ def forward_maps(
     """{relpath: {layer: (U, H, W) float32 feature maps}}: each image alone (a batch of one), decoded by
     the job's own Decoder so that only the batching differs from the job, or by `model_input` (path ->
     (3, crop, crop) normalized float tensor, e.g. torchvision's transforms) when it is given."""
-    module = load_model(model).module.eval()
+    module = load_model(model, "random").module.eval()
     recorder = ActivationRecorder(module, layers, prep)  # for its normalization only
     decoder = Decoder(prep)
     named = dict(module.named_modules())

@@ -21,6 +21,7 @@ def config(source, out, **kwargs) -> IndexRequest:
         source=str(source),
         out=str(out),
         model="resnet18",
+        weights="random",
         layers=("layer1",),
         preprocessing=PREP,
         k=3,

@@ -28,6 +28,7 @@ def test_bench_measures_every_stage_and_the_size_per_column(tmp_path):
     config = BenchConfig(
         out=str(tmp_path),
         model="resnet18",
+        weights="random",
         layers=("layer3", "layer4"),
         images=6,
         batch_size=4,

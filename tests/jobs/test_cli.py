@@ -174,7 +174,7 @@ def test_strict_fails_when_an_image_fails(natural_dataset, tmp_path):
     (folder / "good.png").write_bytes((natural_dataset / "b" / "img00.png").read_bytes())
     (folder / "bad.jpg").write_bytes(b"not a jpeg")
     args = ["index", folder, "--out", tmp_path / "idx", "--model", "resnet18", "--layers", "layer4"]
-    args += ["--resize", "36", "--crop", "32", "--executor", "local", "--no-progress"]
+    args += ["--weights", "random", "--resize", "36", "--crop", "32", "--executor", "local", "--no-progress"]
     lenient = invoke(*args)
     assert lenient.exit_code == 0 and "1 failed (see: actindex sql" in lenient.output
     assert invoke(*args, "--strict").exit_code == 1
@@ -245,7 +245,8 @@ def test_a_bug_shows_its_traceback_and_user_errors_do_not(natural_dataset, tmp_p
         raise ValueError("an internal invariant broke")
 
     monkeypatch.setattr("actindex.jobs.indexing.plan_work", broken)
-    args = ["--model", "resnet18", "--layers", "fc", "--executor", "local", "--no-progress"]
+    args = ["--model", "resnet18", "--weights", "random", "--layers", "fc", "--executor", "local"]
+    args += ["--no-progress"]
     result = invoke("index", natural_dataset, "--out", tmp_path / "idx", *args)
     assert result.exit_code == 1 and isinstance(result.exception, ValueError)  # not the user's fault: exit 1
     assert "Error: an internal invariant broke" not in result.output
@@ -253,7 +254,7 @@ def test_a_bug_shows_its_traceback_and_user_errors_do_not(natural_dataset, tmp_p
 
 def test_a_resume_with_another_resolved_precision_refuses_in_one_line(natural_dataset, tmp_path):
     args = ["index", natural_dataset, "--out", tmp_path / "idx", "--model", "resnet18", "--layers", "layer4"]
-    args += ["--resize", "36", "--crop", "32", "--executor", "local", "--no-progress"]
+    args += ["--weights", "random", "--resize", "36", "--crop", "32", "--executor", "local", "--no-progress"]
     assert invoke(*args, "--precision", "fp32").exit_code == 0
     (tmp_path / "idx" / "_done" / "shard-00000.json").unlink()  # as if the first run had been killed
     refused = invoke(*args, "--precision", "bf16")
@@ -265,7 +266,8 @@ def test_a_resume_with_another_resolved_precision_refuses_in_one_line(natural_da
 
 def test_a_rerun_with_nothing_to_do_starts_no_ray(natural_dataset, tmp_path):
     args = [sys.executable, "-m", "actindex", "index", str(natural_dataset), "--out", str(tmp_path / "idx")]
-    args += ["--model", "resnet18", "--layers", "layer4", "--resize", "36", "--crop", "32", "--no-progress"]
+    args += ["--model", "resnet18", "--weights", "random", "--layers", "layer4", "--resize", "36"]
+    args += ["--crop", "32", "--no-progress"]
     first = invoke(*args[3:], "--executor", "local")  # in this process: only the rerun needs a fresh one
     assert first.exit_code == 0, first.output
     code = (
@@ -295,7 +297,11 @@ def test_default_weights_offline_give_one_line_naming_the_fix(natural_dataset, t
     def offline(url, *args, **kwargs):
         raise urllib.error.URLError(OSError(-2, "Name or service not known"))
 
-    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)  # the worker's download
+    monkeypatch.setattr(
+        "torch.hub.download_url_to_file", offline
+    )  # the driver's (pipeline.models.ensure_pretrained)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing cached
     for args in (
         ["layers", "resnet18", "--weights", "DEFAULT"],
         ["index", natural_dataset, "--out", tmp_path / "idx", "--model", "resnet18", "--weights", "DEFAULT",
@@ -380,3 +386,57 @@ def test_sql_runs_the_catalog_and_compares_two_indexes(planted_cli_index):
     assert result.exit_code == 2 and "no second index to compare with" in result.output
     result = invoke("sql", out, "SELECT * FROM image_units('relu1', 'red/nope.png')")
     assert result.exit_code == 2 and "red/nope.png is not in this index" in result.output
+
+
+def test_workers_help_says_what_plan_actors_does():
+    from actindex.jobs.ray_executor import plan_actors
+
+    result = invoke("index", "--help")
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "Default: one per GPU, or one per node of a CPU cluster (a local Ray is one node)" in text
+    node = lambda i, cpus, gpus: {"NodeID": f"n{i}", "Alive": True, "Resources": {"CPU": cpus, "GPU": gpus}}  # noqa: E731
+    assert len(plan_actors([node(0, 8, 2), node(1, 8, 1)], "cuda", None)) == 3  # one per GPU
+    assert len(plan_actors([node(0, 8, 0), node(1, 4, 0)], "cpu", None)) == 2  # one per node
+    assert len(plan_actors([node(0, 8, 2)], "cuda", 5)) == 2  # at most one per GPU
+
+
+def test_layers_says_which_modules_it_skipped_and_why():
+    result = invoke("layers", "vit_b_16", "--pattern", "encoder.layers.*")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert (
+        "skipped 12 modules that output (B, N, C) token sequences (e.g. (1, 197, 768)), not feature maps"
+        in text
+    )
+    assert "encoder.layers.encoder_layer_0, encoder.layers.encoder_layer_1" in text
+
+
+def test_sql_notes_that_an_unlabelled_index_has_no_purity(planted_dataset, tmp_path):
+    folder, _ = planted_dataset
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in sorted(folder.rglob("*.png"))[:4]:
+        (flat / path.name).write_bytes(path.read_bytes())
+    args = [
+        "--model",
+        PLANTED,
+        "--trust-code",
+        "--layers",
+        "relu1",
+        "--k",
+        "2",
+        "--resize",
+        "16",
+        "--crop",
+        "16",
+    ]
+    assert (
+        invoke(
+            "index", flat, "--out", tmp_path / "idx", *args, "--executor", "local", "--no-progress"
+        ).exit_code
+        == 0
+    )
+    result = invoke("sql", tmp_path / "idx", "SELECT unit, purity FROM label_selectivity('relu1')")
+    assert result.exit_code == 0, result.output
+    assert "note: no image of this index has a label, so purity is NULL" in " ".join(result.output.split())
+    assert "note:" not in invoke("sql", tmp_path / "idx", "SELECT count(*) FROM images").output

@@ -134,7 +134,7 @@ def resnet_index(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("contributions_resnet") / "idx"
     run_index(
         IndexRequest(
-            source=str(folder), out=str(out), model="resnet18", layers=("layer1", "layer2"),
+            source=str(folder), out=str(out), model="resnet18", weights="random", layers=("layer1", "layer2"),
             preprocessing=RESNET_PREP, k=3, shard_size=6, executor="local", progress=False,
         )
     )  # fmt: skip
@@ -171,6 +171,7 @@ def test_killed_twice_then_rerun_gives_the_uninterrupted_table(resnet_index, res
     command = [sys.executable, "-m", "actindex", "contributions", str(out), "--layer", "layer2", "--k", "3",
                "--executor", "local", "--no-progress"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{NODE_PLUGIN}{os.pathsep}{REPO}"}
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # as this process's reference: the same bits
     for groups in (2, 3):  # the first run hangs after writing its 2nd group, the second after its 3rd
         pause = tmp_path / f"pause-{groups}"
         pause.mkdir()

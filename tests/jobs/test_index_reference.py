@@ -85,6 +85,7 @@ def index_config(source, out, preprocessing=PREP, **kwargs) -> IndexRequest:
         source=str(source),
         out=str(out),
         model="resnet18",
+        weights="random",
         layers=LAYERS,
         preprocessing=preprocessing,
         k=K,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import actindex
 from actindex.jobs.indexing import run_index
@@ -43,6 +44,7 @@ s3fs = pytest.importorskip("s3fs")
 SHARDS = 12  # 24 images, 2 per shard
 REPO = Path(__file__).parents[2]
 NODE_PLUGIN = REPO / "tests" / "node_plugin"
+WAIT_S = 600  # for a job to reach a point (a bound for failures; a loaded CI machine takes a minute)
 
 
 def request(source: str, out: str, **kwargs) -> IndexRequest:
@@ -51,6 +53,7 @@ def request(source: str, out: str, **kwargs) -> IndexRequest:
         source=source,
         out=out,
         model="resnet18",
+        weights="random",
         layers=("layer2", "layer4"),
         k=4,
         shard_size=2,
@@ -78,10 +81,12 @@ def uninterrupted(photos) -> str:
 
 
 def start_job(source: str, out: str, pause: Path | None = None, after: int = 0) -> subprocess.Popen:
-    """The job in its own process (it inherits the endpoint and credentials from the environment); with
-    `pause`, it hangs once it has written `after` activations files (tests/node_plugin), mid-run."""
+    """The job in its own process (it inherits the endpoint and credentials from the environment), on as
+    many torch threads as this one (the same threads give the same bits: tests/tables.py); with `pause`, it
+    hangs once it has written `after` activations files (tests/node_plugin), mid-run."""
     command = [sys.executable, "-m", "actindex", "index", source, "--out", out, *ARGS]
     env = {**os.environ, "PYTHONPATH": f"{NODE_PLUGIN}{os.pathsep}{REPO}"}
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     if pause is not None:
         env.update(ACTINDEX_TEST_PAUSE_DIR=str(pause), ACTINDEX_TEST_PAUSE_AFTER=str(after))
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -91,7 +96,7 @@ def lease_holder(layout: IndexLayout) -> dict | None:
     return layout.read_json(layout.root / ".lock")
 
 
-def wait_until(condition, proc: subprocess.Popen, timeout: float = 120) -> bool:
+def wait_until(condition, proc: subprocess.Popen, timeout: float = WAIT_S) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if condition():

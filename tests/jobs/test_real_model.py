@@ -126,6 +126,7 @@ def se_photo_index(skimage_photos, tmp_path_factory):
         source=str(photos),
         out=str(out),
         model="efficientnet_b0",
+        weights="random",
         layers=("features.6",),
         k=2,
         preprocessing={"resize": SE_INPUT, "crop": SE_INPUT},

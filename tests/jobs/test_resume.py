@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from actindex.jobs.indexing import run_index
 from actindex.jobs.spec import IndexRequest
@@ -30,6 +31,8 @@ PREP = Preprocessing(resize=36, crop=32)
 ARGS = [
     "--model",
     "resnet18",
+    "--weights",
+    "random",
     "--layers",
     "layer2,layer4",
     "--k",
@@ -40,6 +43,9 @@ ARGS = [
     "2",
 ]
 ARGS += ["--resize", "36", "--crop", "32", "--executor", "local", "--no-progress"]
+REPO = Path(__file__).parents[2]
+NODE_PLUGIN = REPO / "tests" / "node_plugin"
+WAIT_S = 600  # for a job to reach a point (a bound for failures; a loaded CI machine takes a minute)
 
 
 def make_images(folder: Path, count: int, first: int = 0) -> Path:
@@ -54,6 +60,7 @@ def config(source: Path, out: Path, **kwargs) -> IndexRequest:
         source=str(source),
         out=str(out),
         model="resnet18",
+        weights="random",
         layers=("layer2", "layer4"),
         k=4,
         shard_size=2,
@@ -65,12 +72,32 @@ def config(source: Path, out: Path, **kwargs) -> IndexRequest:
     )
 
 
-def start_job(source: Path, out: Path) -> subprocess.Popen:
+def start_job(source: Path, out: Path, pause: Path | None = None, after: int = 0) -> subprocess.Popen:
+    """The job in its own process, on as many torch threads as this one (the same threads give the same
+    bits: tests/tables.py); with `pause`, it hangs once it has written `after` activations files
+    (tests/node_plugin)."""
     command = [sys.executable, "-m", "actindex", "index", str(source), "--out", str(out), *ARGS]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": f"{NODE_PLUGIN}{os.pathsep}{REPO}"}
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    if pause is not None:
+        env.update(ACTINDEX_TEST_PAUSE_DIR=str(pause), ACTINDEX_TEST_PAUSE_AFTER=str(after))
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def wait_for_lock(out: Path, proc: subprocess.Popen, timeout: float = 60) -> bool:
+def wait_for_pause(pause: Path, proc: subprocess.Popen) -> None:
+    """Until the job hangs at its pause; fails if it ended first."""
+    deadline = time.time() + WAIT_S
+    while not any(pause.iterdir()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert any(pause.iterdir()), stderr_of(proc) or "no pause"
+
+
+def stderr_of(proc: subprocess.Popen) -> str:
+    """The end of an ended job's stderr ("" while it runs: reading would wait for its end)."""
+    return proc.communicate()[1][-3000:] if proc.poll() is not None else ""
+
+
+def wait_for_lock(out: Path, proc: subprocess.Popen, timeout: float = WAIT_S) -> bool:
     """True once `proc` holds the index lock (it has planned and starts indexing)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -81,7 +108,7 @@ def wait_for_lock(out: Path, proc: subprocess.Popen, timeout: float = 60) -> boo
     return False
 
 
-def wait_for_markers(out: Path, proc: subprocess.Popen, count: int, timeout: float = 60) -> None:
+def wait_for_markers(out: Path, proc: subprocess.Popen, count: int, timeout: float = WAIT_S) -> None:
     """Return as soon as `count` shards are complete (or the job has ended)."""
     done = out / "_done"
     deadline = time.time() + timeout
@@ -119,16 +146,24 @@ def uninterrupted(dataset, tmp_path_factory) -> Path:
 def test_ten_kills_then_resume_gives_identical_tables(dataset, uninterrupted, tmp_path):
     out = tmp_path / "idx"
     rng = random.Random(7)
-    # None: killed while still loading the model; 0: just after taking the lock; n: once n shards
-    # (of 20) are complete, plus a random few milliseconds, so that most kills land mid-shard.
+    # None: killed while still loading the model; 0: just after taking the lock; n: mid-shard, with n shards
+    # (of 20) complete or n - 1 (the last marker may not be committed yet), plus a random few milliseconds.
+    # A kill never depends on how fast the job runs: each run hangs (tests/node_plugin) at the first
+    # activations file of the shard after the n-th (2 files a shard; at its first file for None and 0).
     targets = [None, 0, 1, 3, 5, 7, 9, 12, 15, 18]
     shards_at_kill = []
-    for target in targets:
-        proc = start_job(dataset, out)
+    for i, target in enumerate(targets):
+        done = shards_at_kill[-1] if shards_at_kill else 0
+        pause = tmp_path / f"pause-{i}"
+        pause.mkdir()
+        proc = start_job(dataset, out, pause, after=2 * max((target or 0) - done, 0) + 1)
         if target is None:
             time.sleep(rng.uniform(0.3, 1.0))
-        elif wait_for_lock(out, proc):
-            wait_for_markers(out, proc, target)
+        elif target == 0:
+            assert wait_for_lock(out, proc), stderr_of(proc) or "no lock"
+            time.sleep(rng.uniform(0, 0.03))
+        else:
+            wait_for_pause(pause, proc)
             time.sleep(rng.uniform(0, 0.03))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -150,7 +185,7 @@ def test_sigint_stops_cleanly_and_resume_finishes(dataset, uninterrupted, tmp_pa
     assert wait_for_lock(out, proc)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 130 and "rerun the same command to resume" in stderr
     assert "Traceback" not in stderr
     assert_readers_see_whole_shards(out)
@@ -160,7 +195,9 @@ def test_sigint_stops_cleanly_and_resume_finishes(dataset, uninterrupted, tmp_pa
 
 def test_second_job_refuses_and_a_killed_job_leaves_no_stale_lock(dataset, tmp_path, monkeypatch):
     out = tmp_path / "idx"
-    proc = start_job(dataset, out)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    proc = start_job(dataset, out, pause, after=40)  # hangs at its last activations file: it cannot finish
     try:
         assert wait_for_lock(out, proc)  # the job takes the lock first, before it loads the model
         with monkeypatch.context() as patched:  # the second job refuses before loading any model

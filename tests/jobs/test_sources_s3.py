@@ -164,6 +164,11 @@ def test_a_list_file_and_a_glob_on_s3_list_what_a_local_one_does(s3, planted_dat
     local_list.write_text(text.replace("red/", f"{folder}/red/").replace("edge/", f"{folder}/edge/"))
     local = list_images(str(local_list))
     assert [r.label for r in local] == [r.label for r in listed]  # the same rows kept, the same labels
+    assert [r.relpath for r in local] == [r.relpath for r in listed]  # relative to their common folder
+    rooted = list_images(f"s3://{BUCKET}/folder/list.csv", root=f"s3://{BUCKET}")
+    assert [r.relpath for r in rooted] == ["folder/edge/edge1.png", "folder/red/red0.png"]
+    with pytest.raises(ValueError, match="edge1.png .*outside the dataset root .*--root"):
+        list_images(f"s3://{BUCKET}/folder/list.csv", root=f"s3://{BUCKET}/folder/red")
     globbed = list_images(f"s3://{BUCKET}/folder/red/*.png")
     assert [(r.relpath, r.label) for r in globbed] == [(f"red{i}.png", None) for i in range(3)]
     prefix = list_images(f"s3://{BUCKET}/folder/")

@@ -96,7 +96,7 @@ def test_the_job_runs_where_neither_ray_nor_duckdb_is_installed(natural_dataset,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(Path.cwd())])}
     command = [sys.executable, "-m", "actindex", "index", str(natural_dataset)]
     command += ["--out", str(tmp_path / "idx"), "--model", "resnet18", "--layers", "layer4"]
-    command += ["--resize", "36", "--crop", "32"]
+    command += ["--weights", "random", "--resize", "36", "--crop", "32"]
     command += ["--executor", "local", "--no-progress"]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -114,7 +114,9 @@ def test_a_worker_whose_model_has_other_weights_refuses(tmp_path):
     from actindex.jobs.worker import ShardWorker, WorkContext, plan_model
     from actindex.pipeline.errors import UserError
 
-    request = IndexRequest(source=str(tmp_path), out=str(tmp_path), model="resnet18", layers=("layer4",))
+    request = IndexRequest(
+        source=str(tmp_path), out=str(tmp_path), model="resnet18", weights="random", layers=("layer4",)
+    )
     plan, _ = plan_model(request)
     spec = resolve_spec(request, plan, str(tmp_path), gpus=False)
     other = dataclasses.replace(spec, weights_sha256="f" * 64)  # a node with another torchvision, say

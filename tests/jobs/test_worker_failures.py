@@ -23,7 +23,7 @@ CRASH_PLUGIN = Path(__file__).parents[1] / "crash_plugin"
 
 def faulty_config(source, out, model: str, executor: str):
     config = index_config(source, out, executor=executor, trust_code=True)
-    config.model = f"python:tests.faults:{model}"
+    config.model, config.weights = f"python:tests.faults:{model}", None  # its own weights: resnet18's seeded
     return config
 
 
@@ -74,8 +74,8 @@ def crash_dataset(natural_dataset: Path, folder: Path) -> Path:
     return folder
 
 
-CLI_ARGS = ["--model", "resnet18", "--layers", "layer4", "--resize", "36", "--crop", "32"]
-CLI_ARGS += ["--batch-size", "4", "--no-progress"]
+CLI_ARGS = ["--model", "resnet18", "--weights", "random", "--layers", "layer4", "--resize", "36"]
+CLI_ARGS += ["--crop", "32", "--batch-size", "4", "--no-progress"]
 
 
 def run_cli(source: Path, out: Path, executor: str, *extra: str) -> subprocess.CompletedProcess:

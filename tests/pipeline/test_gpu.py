@@ -319,7 +319,8 @@ def test_gpu_stage_script_runs_on_cpu(tmp_path, capsys):
     from bench.gpu_stage import main
 
     out = tmp_path / "gpu.json"
-    argv = "--device cpu --model resnet18 --images 16 --batch-size 8 --precision fp32 --resize 40 --crop 32"
+    argv = "--device cpu --model resnet18 --weights random --images 16 --batch-size 8 --precision fp32"
+    argv += " --resize 40 --crop 32"
     results = main([*argv.split(), "--check-images", "8", "--distinct", "8", "--json", str(out)])
     for key in ("decode_images_per_s", "forward_images_per_s", "end_to_end_images_per_s"):
         assert 0 < results[key] < 1e6

@@ -9,12 +9,15 @@ from torchvision.models import resnet18
 
 from actindex.pipeline.layers import (
     LayerInfo,
+    container_notes,
+    describe_all,
     describe_layers,
     module_names,
     output_shapes,
     pattern_regex,
     resolve_layers,
 )
+from actindex.pipeline.models import model_skeleton
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +131,23 @@ def test_layer_without_tensor_output_raises() -> None:
 
     with pytest.raises(ValueError, match="no tensor output"):
         describe_layers(Net(), ["pair"], (4, 4))
+
+
+def test_a_glob_that_matched_a_container_says_so_and_names_the_glob_of_its_children() -> None:
+    skeleton = model_skeleton("efficientnet_lite0")  # timm's blocks: a Sequential of 7 stages
+    (note,) = container_notes(
+        skeleton, ["block*", "blocks.6", "conv_*"]
+    )  # exact names and leaves say nothing
+    assert note.startswith("--layers 'block*' matched blocks, a container of 7 modules")
+    assert note.endswith("use --layers 'block*.*'")
+    assert resolve_layers(skeleton, ["block*.*"]) == [f"blocks.{i}" for i in range(7)]
+
+
+def test_describe_all_says_which_modules_it_skipped_and_why() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(2), nn.Identity())
+    rows, skipped = describe_all(model, "*", (8, 6))
+    assert [info.name for info, _ in rows] == ["0"]
+    assert skipped == [
+        "skipped 2 modules that output (B, N, C) token sequences (e.g. (1, 4, 48)), not feature maps "
+        "(B, C, H, W) or vectors (B, C): 1, 2"
+    ]

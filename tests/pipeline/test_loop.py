@@ -15,6 +15,8 @@ from actindex.pipeline.loop import DecodedBatch, Prefetcher, Ready, record_batch
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.recorder import ActivationRecorder
 
+WAIT_S = 120  # for threads to start on a loaded machine (a bound for failures, not a timing assertion)
+
 
 class SumRecorder:
     """A stand-in model: unit 0 is each image's pixel sum, unit 1 its first pixel; counts its calls."""
@@ -63,7 +65,7 @@ def test_prefetcher_starts_at_once_and_yields_in_order():
 
     with ThreadPoolExecutor(2) as pool:
         fetched = Prefetcher(decode, [[0, 1], [2, 3], [4]], pool, depth=2)
-        deadline = time.time() + 5
+        deadline = time.time() + WAIT_S
         while len(started) < 2 and time.time() < deadline:
             time.sleep(0.01)
         assert sorted(started) == [0, 2]  # two batches decoding before anyone iterates

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actindex.pipeline.listing import list_images
-from actindex.pipeline.sources import ImageRef, dataset_root, image_id_for
+from actindex.pipeline.sources import ImageRef, dataset_root, image_id_for, list_root
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -120,17 +120,22 @@ def test_csv_list_with_header_and_labels(tmp_path: Path) -> None:
     refs = list_images(str(list_file))
     by_rel = {r.relpath: r for r in refs}
     assert [r.relpath for r in refs] == sorted(by_rel)
-    assert by_rel["imgs/one.jpg"].label is None
-    assert by_rel["imgs/two.png"].label == "cat"
-    assert Path(by_rel["imgs/two.png"].uri) == (lists / "imgs" / "two.png").resolve()
-    assert Path(by_rel["imgs/two.png"].uri).is_file()
-    assert by_rel["imgs/two.png"].image_id == image_id_for("imgs/two.png")
+    # relpaths are relative to the listed files' longest common folder (tmp_path), never with '..'
+    assert sorted(by_rel) == ["abs/three.jpg", "lists/imgs/one.jpg", "lists/imgs/two.png"]
+    assert by_rel["lists/imgs/one.jpg"].label is None
+    assert by_rel["lists/imgs/two.png"].label == "cat"
+    assert Path(by_rel["lists/imgs/two.png"].uri) == (lists / "imgs" / "two.png").resolve()
+    assert Path(by_rel["lists/imgs/two.png"].uri).is_file()
+    assert by_rel["lists/imgs/two.png"].image_id == image_id_for("lists/imgs/two.png")
     # an absolute path outside the list's folder keeps working and is labelled
-    (abs_ref,) = [r for r in refs if r.label == "dog"]
-    assert Path(abs_ref.uri) == absolute
-    assert abs_ref.image_id == image_id_for(abs_ref.relpath)
+    assert Path(by_rel["abs/three.jpg"].uri) == absolute and by_rel["abs/three.jpg"].label == "dog"
     assert len(refs) == 3
-    assert dataset_root(str(list_file)) == str(lists.resolve())
+    assert list_root(str(list_file)) == str(tmp_path.resolve())
+    # with a root given, relpaths are relative to it; a file outside it is refused naming --root
+    inside = list_images(str(list_file), root=str(tmp_path / "lists" / ".."))
+    assert [r.relpath for r in inside] == [r.relpath for r in refs]
+    with pytest.raises(ValueError, match="three.jpg .*outside the dataset root .*--root"):
+        list_images(str(list_file), root=str(lists))
 
 
 def test_list_is_resolved_against_the_list_folder_not_the_cwd(tmp_path: Path, monkeypatch) -> None:

@@ -81,3 +81,22 @@ def test_hooks_are_removed_after_each_call_even_a_refused_one(pixels):
         UnitMapper(net, "head", PLANTED_PREP)(pixels, [0])
     UnitMapper(net, "relu1", PLANTED_PREP)(pixels, [0])
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+
+
+def test_one_forward_maps_several_layers_as_a_call_per_layer_would(pixels):
+    net = _averaging_net()
+    mapper = UnitMapper(net, ["relu1", "head", "relu2"], PLANTED_PREP)
+    both = mapper.maps_of(pixels, {"relu2": [1], "head": [1, 0], "relu1": [0]})
+    for layer, units in (("relu2", [1]), ("head", [1, 0]), ("relu1", [0])):
+        alone = UnitMapper(net, layer, PLANTED_PREP)(pixels, units)
+        assert (both[layer].source, both[layer].cam) == (alone.source, alone.cam)
+        np.testing.assert_array_equal(both[layer].values, alone.values)
+        np.testing.assert_array_equal(both[layer].outputs, alone.outputs)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+
+
+def test_a_layer_without_a_map_is_refused_alone_and_the_others_are_mapped(pixels):
+    net = PlantedNet()  # head: max pooling under its Linear
+    found = UnitMapper(net, ["relu2", "head"], PLANTED_PREP).maps_of(pixels, {"relu2": [0], "head": [0]})
+    assert isinstance(found["head"], CamMismatchError) and "without --mask" in str(found["head"])
+    np.testing.assert_array_equal(found["relu2"].values, _relu2(net, pixels)[:, [0]])

@@ -245,6 +245,8 @@ def test_drift_needs_a_second_index(planted):
 
 def test_every_catalog_file_documents_its_macro():
     assert {m.name: m.signature for m in macros()} == {
+        "built_from": "built_from(layer, unit, src_layer := NULL)",
+        "feeds": "feeds(src_layer, src_unit, n := 10)",
         "image_units": "image_units(layer, image, n := 10)",
         "label_selectivity": "label_selectivity(layer, k := NULL)",
         "topk_drift": "topk_drift(layer, k := NULL)",
@@ -252,4 +254,4 @@ def test_every_catalog_file_documents_its_macro():
     }
     for macro in macros():
         assert macro.summary and "-- Parameters:" in macro.sql and "$" not in macro.sql, macro.name
-    assert help_text().splitlines()[0].startswith("image_units(layer, image, n := 10): For one image")
+    assert help_text().splitlines()[0].startswith("built_from(layer, unit, src_layer := NULL): Which units")

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from actindex.jobs.cli import app
 from actindex.jobs.demo import DEMO_LABELS, copy_labelled_demo_photos
 from actindex.jobs.indexing import run_index
 from actindex.jobs.spec import IndexRequest
@@ -148,9 +150,10 @@ def test_a_report_replaces_the_previous_one(labelled_index, tmp_path):
 
 
 def test_help_lists_the_options():
-    result = invoke("report", "--help")
+    result = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"})  # no name cut short
     assert result.exit_code == 0
-    for option in ("--out", "--layers", "--units", "--k", "--tile", "--mask", "--workers", "--no-progress"):
+    options = ("--out", "--layers", "--units", "--k", "--tile", "--mask", "--mask-threshold", "--workers")
+    for option in (*options, "--no-progress", "--progress-every"):
         assert option in result.output
 
 
@@ -282,7 +285,7 @@ def test_a_layer_of_more_units_than_a_page_is_paged_with_lazy_crops(site, page):
     assert card_units(page) == CLASSIFIER_UNITS[:PAGE_SIZE]
     assert page.inner_text("#page") == "Page 1 of 2 · units 1–100"
     assert set(page.eval_on_selector_all(".card img", "images => images.map(i => i.loading)")) == {"lazy"}
-    page.wait_for_timeout(300)
+    page.wait_for_function("() => document.querySelector('.card img').naturalWidth > 0")  # the crops in view
     widths = page.eval_on_selector_all(".card img", "images => images.map(i => i.naturalWidth)")
     assert widths[0] == 128 and widths[-1] == 0  # the crops far below the window are not loaded yet
     page.click("#next")

@@ -44,7 +44,7 @@ from actindex.jobs.worker import ShardFinisher, WorkContext, make_recorder, plan
 from actindex.pipeline.decode import Decoder
 from actindex.pipeline.errors import InvalidInputError
 from actindex.pipeline.gpu import GpuDecoder
-from actindex.pipeline.model_args import MODEL, TINY_CONV
+from actindex.pipeline.model_args import MODEL, TINY_CONV, WEIGHTS
 from actindex.pipeline.models import TINY, load_model
 from actindex.pipeline.options import Option, check, comma_list
 from actindex.pipeline.patterns import LAYERS
@@ -74,6 +74,7 @@ class BenchConfig:
         "Working directory (dataset, indexes, results).", flags=("--out", "-o")
     ).field("actindex-bench")
     model: str = MODEL.field("resnet50")
+    weights: str | None = WEIGHTS.field(None)  # speed does not depend on them; the model's preprocessing does
     layers: tuple[str, ...] = LAYERS.field(("relu", "layer*"))
     images: int = Option("Synthetic 500x375 JPEGs to generate.", min=1).field(128)  # ignored with source
     source: str | None = Option("Use this image folder instead of synthetic JPEGs.").field(None)
@@ -207,14 +208,15 @@ def run_job(source: str, out: Path, config: BenchConfig, executor: str) -> dict:
     """Run the index job (or the plain loop) as a whole process; its wall time from start to exit, images/s,
     and the process's own CPU seconds and peak RSS. `out` is emptied first: every run indexes every image."""
     shutil.rmtree(out, ignore_errors=True)
+    weights = ["--weights", config.weights] if config.weights else []
     if executor == "plain":
         command = [sys.executable, "-m", "actindex.jobs.plain_loop", source, "--out", str(out)]
         command += ["--model", config.model, "--layers", ",".join(config.layers)]
-        command += ["--batch-size", str(config.batch_size), *config.extra_args]
+        command += ["--batch-size", str(config.batch_size), *weights, *config.extra_args]
     else:
         command = [sys.executable, "-m", "actindex.jobs.measured", source, "--out", str(out)]
         command += ["--model", config.model, "--layers", ",".join(config.layers), "--executor", executor]
-        command += ["--batch-size", str(config.batch_size), "--no-progress", *config.extra_args]
+        command += ["--batch-size", str(config.batch_size), "--no-progress", *weights, *config.extra_args]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -314,10 +316,11 @@ def bench_request(config: BenchConfig, source: str):
     applied."""
 
     overrides = _overrides(config.extra_args)
-    prep = _preprocessing(load_model(config.model).preprocessing, overrides) if overrides else None
+    model = load_model(config.model, config.weights) if overrides else None
+    prep = _preprocessing(model.preprocessing, overrides) if model else None
     return IndexRequest(
-        source=source, out=config.out, layers=config.layers, model=config.model, batch_size=config.batch_size,
-        preprocessing=prep,
+        source=source, out=config.out, layers=config.layers, model=config.model, weights=config.weights,
+        batch_size=config.batch_size, preprocessing=prep,
     )  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 
     actindex demo --out demo/
     actindex layers resnet50
-    actindex index PHOTOS/ --model resnet50 --weights DEFAULT --layers 'layer*' --k 100 --out idx/
+    actindex index PHOTOS/ --model resnet50 --layers 'layer*' --k 100 --out idx/    # pretrained weights
     actindex top idx/ --layer layer4 --unit 17 --k 9
     actindex grid idx/ --layer layer4 --units 0-15 --k 9 --out layer4.png
     actindex report idx/ --out site/            # a static site: a page per layer, a card per unit
@@ -14,7 +14,6 @@ Heavy modules (torch, ray, duckdb) are imported inside the commands so `--help` 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -27,18 +26,19 @@ from actindex.jobs.cli_options import annotated, fail, with_config
 from actindex.jobs.contributions import ContributionsRequest, run_contributions
 from actindex.jobs.demo import run_demo
 from actindex.jobs.indexing import run_index
+from actindex.jobs.progress import EVERY, PROGRESS_EVERY, ReportProgress
 from actindex.jobs.query_bench import build_synthetic_index, time_queries
 from actindex.jobs.spec import RF_GATES, Executor, IndexRequest, RfGates
 from actindex.jobs.stages import summary_line
 from actindex.jobs.status import index_status
 from actindex.pipeline.errors import InvalidInputError, UserError
 from actindex.pipeline.layers import describe_all
-from actindex.pipeline.model_args import MODEL, TRUST_CODE
+from actindex.pipeline.model_args import MODEL, RANDOM, TRUST_CODE, brings_own_weights
 from actindex.pipeline.models import load_model
 from actindex.pipeline.options import options
 from actindex.pipeline.preprocess import Decode, Preprocessing
 from actindex.pipeline.topk import K
-from actindex.queries.catalog import macros, stopped
+from actindex.queries.catalog import label_notes, macros, stopped
 from actindex.queries.db import INDEX, IncompleteIndexError, arrow_table, connect, unit_tops
 from actindex.queries.grid import unit_list
 from actindex.queries.report import ReportConfig, plan_report, write_report
@@ -61,6 +61,13 @@ TrustCodeOpt = annotated(TRUST_CODE, bool)
 ResizeOpt = annotated(options(Preprocessing)["resize"], int | None)  # actindex bench's overrides
 CropOpt = annotated(options(Preprocessing)["crop"], int | None)
 DecodeOpt = annotated(options(Preprocessing)["decode"], Decode | None)
+ReportEveryOpt = annotated(
+    dataclasses.replace(
+        PROGRESS_EVERY,
+        help="With no terminal: seconds between progress lines (model images, crops, crops/s, ETA).",
+    ),
+    float,
+)
 
 
 def _console():
@@ -109,6 +116,7 @@ def _print_summary(summary) -> None:
         f"{summary.images} images: {summary.indexed} indexed, {summary.failed} failed"
         + (failed_hint if summary.failed else "")
         + f"; {summary.new_images} new this run"
+        + ("; random weights (--weights random): the units of an untrained network" * summary.random_weights)
     )
     if summary.missing:
         typer.echo(f"{summary.missing} indexed images are no longer in the dataset; --prune drops them")
@@ -185,7 +193,11 @@ def contributions(request: ContributionsRequest) -> None:
 def layers(
     model: ModelArg,
     weights: Annotated[
-        str | None, typer.Option(help="DEFAULT or a .pth state dict (shapes do not depend on it).")
+        str | None,
+        typer.Option(
+            help="DEFAULT, a .pth state dict or random. Default: random (shapes and receptive fields do not "
+            "depend on the weights, and nothing is downloaded)."
+        ),
     ] = None,
     pattern: Annotated[str, typer.Option(help="Only layers matching this glob.")] = "**",
     input_size: Annotated[
@@ -195,13 +207,15 @@ def layers(
     rf_gates: RfGatesOpt = RfGates.constant,
 ) -> None:
     """List every named layer: type, channels, output size, receptive field size and stride; "context"
-    marks layers scaled by squeeze-excitation gates (their boxes treat the gates as constants)."""
+    marks layers scaled by squeeze-excitation gates (their boxes treat the gates as constants). Modules
+    whose output is not a feature map (B, C, H, W) or a vector (B, C) are left out: lines say which, why."""
     from rich.table import Table
 
     try:
+        weights = RANDOM if weights is None and not brings_own_weights(model) else weights
         loaded = load_model(model, weights, trust_code)
         size = input_size or loaded.preprocessing.crop
-        rows = describe_all(loaded.module, pattern, (size, size), rf_gates.value)
+        rows, skipped = describe_all(loaded.module, pattern, (size, size), rf_gates.value)
     except UserError as exc:
         raise fail(exc) from None
     table = Table(title=f"{model}: layers at input {size}x{size}")
@@ -218,6 +232,8 @@ def layers(
                 "global" if rf.global_context else "-",
             )  # fmt: skip
     _console().print(table)
+    for line in skipped:
+        typer.echo(line)
 
 
 @app.command()
@@ -235,7 +251,8 @@ def top(
     tops = _unit_tops(index_dir, layer, [unit], k)
     rows = tops.rows.to_pylist()
     name = f' "{rows[0]["name"]}"' if rows and rows[0]["name"] else ""
-    table = Table(title=f"top {len(rows)} images for {layer} unit {unit}{name} (from {tops.source})")
+    weights = "; random weights" if tops.random_weights else ""
+    table = Table(title=f"top {len(rows)} images for {layer} unit {unit}{name} (from {tops.source}{weights})")
     for column in ("rank", "act", "ties", "label", "file", "box (x0,y0,x1,y1)"):
         table.add_column(column, justify="right" if column in ("rank", "act", "ties") else "left")
     for row in rows:
@@ -295,15 +312,19 @@ def grid(
 @with_config
 def report(
     config: ReportConfig,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar while crops are drawn.")] = True,
+    progress: Annotated[
+        bool, typer.Option(help="Show a progress bar; with no terminal (batch logs), progress lines.")
+    ] = True,
+    progress_every: ReportEveryOpt = EVERY,
 ) -> None:
     """Write a static site of the index: run facts, one page per layer with a card per unit (top-k crops,
     histogram of its maxima, label purity), sortable; opens from disk with no server or network."""
 
     try:
-        plan = plan_report(config)
-        with _units_progress(progress, plan.units) as advance:
-            summary = write_report(plan, advance)
+        plan = plan_report(config)  # every refusal comes here, before anything is drawn or written
+        typer.echo(f"actindex: {plan.describe()}", err=True)
+        with ReportProgress(progress, plan.mask_images, plan.crops, progress_every) as shown:
+            summary = write_report(plan, shown.advance)
     except IncompleteIndexError as exc:
         raise fail(exc, code=1) from None
     except UserError as exc:
@@ -314,24 +335,6 @@ def report(
     for note in summary.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"open: {site.resolve().as_uri()}")
-
-
-@contextlib.contextmanager
-def _units_progress(enabled: bool, total: int):
-    """A rich bar on stderr counting units drawn (nothing with --no-progress); yields its advance(n)."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("drawing"), BarColumn(), MofNCompleteColumn(), TextColumn("units"), TimeRemainingColumn(),
-        console=Console(stderr=True), refresh_per_second=4,
-    )  # fmt: skip
-    task = bar.add_task("report", total=total)
-    with bar:
-        yield lambda n: bar.advance(task, n)
 
 
 def _sql_help() -> str:
@@ -371,8 +374,10 @@ def sql(
     import duckdb
 
     try:
-        result = connect(index_dir, compare=compare).sql(query)
+        con = connect(index_dir, compare=compare)
+        result = con.sql(query)
         table = arrow_table(result) if result is not None else None
+        notes = label_notes(con) if "label_selectivity" in query.lower() else []
     except duckdb.InvalidInputException as exc:  # a catalog check that says what to do
         raise fail(stopped(exc)) from None
     except (UserError, duckdb.Error) as exc:
@@ -384,6 +389,8 @@ def sql(
         typer.echo(f"wrote {table.num_rows} rows to {out}")
     else:
         _print_arrow(table, limit)
+    for note in notes:
+        typer.echo(f"note: {note}")
 
 
 def _write_result(table, out: Path) -> None:

@@ -51,6 +51,10 @@ from actindex.jobs.incremental import (
     repair_markers,
     shards_to_retry,
 )
+from actindex.jobs.plan_lines import PREFIX, plan_lines
+from actindex.jobs.progress import LogLines
+from actindex.jobs.progress import duration as _duration
+from actindex.jobs.progress import rate as _rate
 from actindex.jobs.spec import (
     EXECUTION_PARAMS,
     Device,
@@ -68,6 +72,7 @@ from actindex.jobs.worker import ModelPlan, ShardFailure, ShardResult, ShardTask
 from actindex.pipeline import schema
 from actindex.pipeline.errors import UserError
 from actindex.pipeline.geometry import LayerInfo, ReceptiveField, from_layers_row
+from actindex.pipeline.layers import resolve_layers
 from actindex.pipeline.layout import (
     INDEX_FORMAT,
     IndexLayout,
@@ -79,9 +84,17 @@ from actindex.pipeline.layout import (
 )
 from actindex.pipeline.listing import Listing
 from actindex.pipeline.lock import index_lock
+from actindex.pipeline.model_args import (
+    BUILTIN_EFFICIENTNET,
+    RANDOM,
+    TINY_CONV,
+    brings_own_weights,
+    random_weights,
+)
+from actindex.pipeline.models import ensure_pretrained, model_skeleton
 from actindex.pipeline.names import NamesFile, read_names_options, unit_names
 from actindex.pipeline.retry import RETRIES, RetryPolicy, TransientError
-from actindex.pipeline.sources import dataset_root, display_path
+from actindex.pipeline.sources import check_source, dataset_root, display_path, is_list_file, list_root
 from actindex.pipeline.topk import RunningTopK
 
 log = logging.getLogger("actindex")
@@ -127,6 +140,7 @@ class Summary:
     # the workers' stages: threads, busy seconds, rates, waits, the rate from the first batch out of the
     # model to the last shard written, the stage that held the run (jobs.stages.StageTotals); None: no shard
     stages: dict | None = None
+    random_weights: bool = False  # the index's network has random weights (--weights random); not in run.json
 
     @property
     def images_per_second(self) -> float:
@@ -149,6 +163,9 @@ def run_index(request: IndexRequest) -> Summary:
             return _finish_idle(layout, plan.existing, plan.state, plan.work, *clocks)
         spec = plan.spec
         infos, rfs = _geometry(layout, plan.executor, request, plan.model, plan.existing is not None)
+        if request.progress:  # before any image is decoded: what the run will compute
+            for line in plan_lines(spec, infos, rfs, plan.model.notes):
+                print(line, file=sys.stderr, flush=True)
         units = _units(layout, spec.layers, infos, plan.model, names)  # a names file that does not fit: stop
         manifest = _manifest(request, len(plan.listing), plan.listing_errors, spec, clocks[0])
         layout.put_json(layout.manifest, manifest)
@@ -182,16 +199,19 @@ class RunPlan:
 def plan_run(
     request: IndexRequest, layout: IndexLayout, stack: ExitStack, clocks: tuple[float, float]
 ) -> RunPlan:
-    """Everything the run will do, decided once, each check as early as it can be made: the directory
-    and the parameters the request fixes before the images are listed, the work before the model is
+    """Everything the run will do, decided once, each check as early as it can be made: the source, the
+    directory and the parameters the request fixes, then the model's and layers' names and its pretrained
+    weights (check_model), all before the images are listed or Ray starts; the work before the model is
     loaded (a rerun with nothing to do starts no executor), the resolved parameters once the workers
     have loaded it. A rerun whose parameters differ is refused; with --overwrite the index is cleared,
     and the work planned again from nothing."""
-    root = dataset_root(request.source)
+    check_source(request.source)  # a path that does not exist: before anything is read or built
     existing = _existing_index(layout, request.overwrite)
+    root = _dataset_root(request, existing, layout.retry)
     if existing is not None and not request.overwrite:
         compare_params(layout, existing, pinned_params(request, root), partial=True)
-    listing, listing_errors = _list(request, stack, layout.retry)
+    check_model(request)  # names and weights: before the images are listed or Ray starts
+    listing, listing_errors = _list(request, stack, layout.retry, root)
     # a new index has nothing done; the broken markers of an existing one are deleted when the run starts
     state = IndexState({}) if existing is None else read_state(layout, repair=False)
     work = _plan(listing, state, layout, request)
@@ -216,6 +236,35 @@ def _resolve(request: IndexRequest, model: ModelPlan, root: str, executor, exist
     """The run spec for the executor's workers; a run that continues an index keeps its torch threads."""
     recorded = existing["params"] if existing is not None else None
     return resolve_spec(request, model, root, executor.gpus(), executor.cores(), recorded)
+
+
+def _dataset_root(request: IndexRequest, existing: dict | None, retry: RetryPolicy) -> str:
+    """What the dataset's relpaths (image ids) are relative to. A folder, glob or container source: the folder
+    it names. A list file: --root; else the root the index recorded on its first run (so ids never move as the
+    list grows; --overwrite finds it again); else its files' longest common folder."""
+    if not is_list_file(request.source):
+        return dataset_root(request.source)
+    if request.root is None and existing is not None and not request.overwrite:
+        return existing["params"]["dataset_root"]
+    return list_root(request.source, request.root, retry)
+
+
+def check_model(request: IndexRequest, echo=None) -> None:
+    """The model's and layers' names, and the DEFAULT weights, checked in the driver before anything starts:
+    the model built on the meta device (pipeline.models.model_skeleton: no weights, about a second), its
+    layer patterns resolved, and its pretrained weights found in the cache or downloaded into it (a line on
+    stderr says so, with progress on). TorchScript and python: models are checked where they load."""
+    skeleton = model_skeleton(request.model)
+    if skeleton is None:
+        return
+    resolve_layers(skeleton, request.layers, request.model)
+    if request.weights in (None, "DEFAULT") and request.model not in (BUILTIN_EFFICIENTNET, TINY_CONV):
+        say = echo or (_say if request.progress else lambda line: None)
+        ensure_pretrained(request.model, skeleton, echo=say)
+
+
+def _say(line: str) -> None:
+    print(PREFIX + line, file=sys.stderr, flush=True)
 
 
 def _plan(refs: Listing, state: IndexState, layout: IndexLayout, request: IndexRequest) -> Work:
@@ -310,10 +359,16 @@ def _units(
     return unit_names(channels, model.output_layers, model.categories, names, stored)
 
 
-def _list(request: IndexRequest, stack: ExitStack, retry: RetryPolicy) -> tuple[Listing, list[str]]:
-    """The dataset's images, sorted (spilled to a temporary folder while the job runs, when large)."""
+def _list(
+    request: IndexRequest, stack: ExitStack, retry: RetryPolicy, root: str
+) -> tuple[Listing, list[str]]:
+    """The dataset's images, sorted (spilled to a temporary folder while the job runs, when large); a list
+    file's relpaths relative to `root`."""
     errors: list[tuple[str, str]] = []
-    listing = Listing.build(request.source, errors=errors, columns=request.columns, retry=retry)
+    root_option = root if is_list_file(request.source) else None
+    listing = Listing.build(
+        request.source, errors=errors, columns=request.columns, retry=retry, root=root_option
+    )
     refs = stack.enter_context(listing)
     for relpath, reason in errors:
         log.warning("not listed: %s (%s)", relpath, reason)
@@ -371,8 +426,11 @@ def compare_params(
     else:
         changed = differences({k: v for k, v in recorded.items() if k not in skip}, params)
     if changed and not overwrite:
+        hint = ""
+        if recorded.get("weights") == RANDOM and any(line.startswith("weights:") for line in changed):
+            hint = " (it was indexed with random weights: --weights random continues it)"
         raise IndexMismatchError(
-            f"{layout.url} holds an index made with different parameters ({'; '.join(changed)}); "
+            f"{layout.url} holds an index made with different parameters ({'; '.join(changed)}){hint}; "
             "use another --out, or --overwrite to replace it"
         )
     return bool(changed)
@@ -385,6 +443,8 @@ def _with_defaults(manifest: dict) -> dict:
     params = manifest["params"]
     preprocessing = {"decode": "fast", **params["preprocessing"]}
     params = {"rf_gates": RfGates.constant.value, **params, "preprocessing": preprocessing}
+    if params["weights"] == RANDOM and brings_own_weights(params["model"]):
+        params["weights"] = "factory"  # what a python: model's own weights were recorded as before "factory"
     return {**manifest, "params": params}
 
 
@@ -510,11 +570,6 @@ def own_cpu_seconds() -> float:
         return times.user + times.system
 
 
-def _rate(images: int, seconds: float) -> float | None:
-    """images / seconds; None for a window too short to measure (MIN_RATE_SECONDS)."""
-    return images / seconds if images > 0 and seconds >= MIN_RATE_SECONDS else None
-
-
 def _iso(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -556,17 +611,18 @@ def _finish(layout, manifest: dict, markers: dict, topk_rows: int, counts: dict,
         seconds=time.time() - started,
         bytes_on_disk=layout.bytes_on_disk(),
         out=layout.url,
+        random_weights=random_weights(manifest["params"]),
         **counts,
     )
     # run.json keeps the unlisted folders themselves under "listing_errors"; the summary counts them
-    totals = {k: v for k, v in asdict(summary).items() if k not in ("out", "bytes_on_disk", "listing_errors")}
+    left_out = ("out", "bytes_on_disk", "listing_errors", "random_weights")  # params say the weights
+    totals = {k: v for k, v in asdict(summary).items() if k not in left_out}
     layout.put_json(
         layout.manifest, {**manifest, **totals, "finished": _iso(time.time()), "status": "complete"}
     )
     return summary
 
 
-MIN_RATE_SECONDS = 3.0  # a rate over a shorter window says more about the clock than the job: shown as "-"
 STALL_SECONDS = 30.0  # a batch log says when nothing (not even a batch) has finished for this long
 
 
@@ -582,13 +638,13 @@ class _progress:
         self.started, self.last_change = started, time.time()
         self.first: tuple[float, int] | None = None  # (when, images) of the first progress: start-up over
         self.lock = threading.Lock()
-        self.stop = threading.Event()
 
     def __enter__(self) -> _progress:
         if self.enabled and self.terminal:
             self._start_bar()
         elif self.enabled:
-            threading.Thread(target=self._log_every, name="actindex-progress", daemon=True).start()
+            self.log = LogLines(self.line, self.every)
+            self.log.start()
         return self
 
     def images(self, n: int) -> None:
@@ -638,10 +694,6 @@ class _progress:
                 text += f"; nothing finished for {stalled:.0f} s (see ray status, or the workers' logs)"
             return text
 
-    def _log_every(self) -> None:
-        while not self.stop.wait(self.every):
-            print(self.line(), file=sys.stderr, flush=True)
-
     def _start_bar(self) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -659,13 +711,9 @@ class _progress:
         self.task = self.bar.add_task("index", total=self.total, rate="-")
 
     def __exit__(self, *exc) -> None:
-        self.stop.set()
         if self.enabled and self.terminal:
             self.bar.stop()
-        elif self.enabled and exc[0] is None:
-            print(self.line(final=True), file=sys.stderr, flush=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        elif self.enabled:
+            self.log.stop()
+            if exc[0] is None:
+                print(self.line(final=True), file=sys.stderr, flush=True)

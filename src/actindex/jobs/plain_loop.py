@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source")
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--weights", default=None, help="As `actindex index --weights`.")
     parser.add_argument("--layers", default="relu,layer*")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--resize", type=int, default=None)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     refs = list_images(args.source)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, args.weights)
     overrides = {key: getattr(args, key) for key in ("resize", "crop", "decode") if getattr(args, key)}
     prep = dataclasses.replace(loaded.preprocessing, **overrides)
     layers = resolve_layers(loaded.module, list(comma_list(args.layers)), args.model)

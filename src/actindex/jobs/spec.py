@@ -19,14 +19,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from actindex.jobs.progress import EVERY, PROGRESS_EVERY
 from actindex.pipeline.containers import Columns
 from actindex.pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED
 from actindex.pipeline.errors import InvalidInputError
-from actindex.pipeline.model_args import MODEL, TRUST_CODE, check_model_args
+from actindex.pipeline.model_args import (
+    MODEL,
+    TRUST_CODE,
+    WEIGHTS,
+    check_model_args,
+    weights_label,
+    weights_to_load,
+)
 from actindex.pipeline.options import Option, check, flat_options, gather
 from actindex.pipeline.patterns import LAYERS
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.retry import DEFAULT_BUDGET_S
+from actindex.pipeline.sources import is_list_file
 from actindex.pipeline.topk import K
 
 
@@ -80,7 +89,11 @@ EXECUTION_PARAMS = ("device", "precision", "device_decode", "batch_size", "compi
 EXECUTOR = Option("ray (local Ray unless --address) or local (one process, no Ray).", choices=Executor)
 ADDRESS = Option("Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
 DEVICE = Option("Where the model runs: auto = cuda where the workers have GPUs.", choices=Device)
-WORKERS = Option("Model actors (default: one per GPU, or one per node of a CPU cluster).", min=1)
+WORKERS = Option(
+    "Model actors. Default: one per GPU, or one per node of a CPU cluster (a local Ray is one node). N: "
+    "spread over the nodes (on GPUs at most one per GPU).",
+    min=1,
+)
 PROGRESS = Option("Show a progress bar; with no terminal (batch logs), progress lines.")
 MODEL_THREADS = Option(
     "Torch threads of the forward (default: every core of a worker on a CPU, 1 on a GPU); recorded, and kept "
@@ -105,14 +118,18 @@ class RunSpec:
     """What a run computes. `params()` is exactly run.json's params; every worker gets this object."""
 
     model: str  # torchvision name, timm:NAME, efficientnet_lite0, a TorchScript file or python:module:factory
-    weights: str  # "random", "DEFAULT", "builtin", "torchscript" or the state-dict file loaded
+    # "DEFAULT", "builtin", "torchscript", "factory", "random" or the state-dict file loaded
+    # (pipeline.model_args.weights_label)
+    weights: str
     weights_sha256: str  # hash of the loaded state dict: every worker checks it built the same network
     layers: tuple[str, ...]  # resolved layer names, in module order
     preprocessing: Preprocessing  # resize, crop, interpolation, mean, std
     k: int  # images kept per unit in topk
     shard_size: int  # images per shard: the unit of work, of output files and of resume
     max_pixels: int  # larger images are error rows ("too large")
-    dataset_root: str  # what image paths are relative to
+    # what image paths are relative to: the folder (prefix) a folder, glob or container source names; for
+    # a list file --root, or its files' longest common folder on the index's first run (kept by reruns)
+    dataset_root: str
     store: str  # "dense" or "topk" (Store)
     device: str  # "cpu" or "cuda": where the model runs
     precision: str  # "fp32", "bf16" or "fp16"
@@ -150,7 +167,7 @@ class RunSpec:
     @property
     def weights_arg(self) -> str | None:
         """What `pipeline.models.load_model` takes to load these weights again."""
-        return None if self.weights in ("random", "builtin", "torchscript") else self.weights
+        return weights_to_load(self.model, self.weights)
 
 
 @dataclass
@@ -168,9 +185,7 @@ class IndexRequest:
     ).field()
     layers: tuple[str, ...] = LAYERS.field()  # named_modules() names or globs ('layer*', 'features.**')
     model: str = MODEL.field("resnet50")
-    weights: str | None = Option(
-        "DEFAULT (pretrained; needs internet) or a .pth state dict. Default: random or built-in."
-    ).field(None)
+    weights: str | None = WEIGHTS.field(None)  # None: the model's own (pipeline.model_args)
     k: int = K.field(100)  # images kept per unit in the topk table
     batch_size: int | None = Option(  # batches never cross a shard
         "Images per forward pass (default: 256 on GPUs, 32 on CPUs).", min=1
@@ -182,6 +197,11 @@ class IndexRequest:
     workers: int | None = WORKERS.field(None)
     # None: the model's own; on the command line --resize, --crop, ... each replace part of it (a dict)
     preprocessing: Preprocessing | dict | None = Option("", group=Preprocessing).field(None)
+    root: str | None = Option(  # list files only (.txt/.csv/.lst); recorded as params["dataset_root"]
+        "For a list file: the folder its images' ids (relpaths) are relative to; every listed file must be "
+        "inside it. Default: the listed files' longest common folder on the index's first run, then the "
+        "index's own."
+    ).field(None)
     overwrite: bool = Option("Replace an index made with other parameters.").field(False)
     prune: bool = Option("Drop indexed images that are no longer in the dataset.").field(False)
     max_pixels: int = Option(  # larger images are error rows ("too large")
@@ -203,9 +223,9 @@ class IndexRequest:
     ).field(Store.dense)
     rf_gates: RfGates = RF_GATES.field(RfGates.constant)
     progress: bool = PROGRESS.field(True)
-    progress_every: float = Option(
-        "With no terminal: seconds between progress lines (shards, images/s, ETA).", min=0.1, unit="seconds"
-    ).field(30.0)
+    progress_every: float = PROGRESS_EVERY.field(
+        EVERY, help="With no terminal: seconds between progress lines (shards, images/s, ETA)."
+    )
     # Parquet sources: on the command line --image-column, --key-column, --label-column (a dict of those)
     columns: Columns | dict = Option(
         "",
@@ -245,6 +265,11 @@ class IndexRequest:
         if self.device_decode and _decode(self.preprocessing) == "torchvision":
             raise InvalidInputError(DEVICE_DECODE_REFUSED)
         check_model_args(self.model, self.weights, self.trust_code)
+        if self.root is not None and not is_list_file(self.source):
+            raise InvalidInputError(
+                f"--root names the folder a list file's paths are relative to; {self.source!r} is not a list "
+                "file (.txt, .csv, .lst): a folder, glob or container source is its own root"
+            )
 
 
 def _decode(preprocessing: Preprocessing | dict | None) -> str:
@@ -336,8 +361,7 @@ def pinned_params(request: IndexRequest, dataset_root: str) -> dict:
         "compile": request.compile,
         "rf_gates": request.rf_gates.value,
     }
-    if request.weights is not None:
-        pinned["weights"] = request.weights
+    pinned["weights"] = weights_label(request.model, request.weights)
     if request.columns.to_dict() is not None:
         pinned["columns"] = request.columns.to_dict()
     if not any(char in pattern for pattern in request.layers for char in "*?["):

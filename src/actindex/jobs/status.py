@@ -15,6 +15,7 @@ from actindex.pipeline.errors import UserError
 from actindex.pipeline.layout import IndexLayout, marker_totals, topk_is_current
 from actindex.pipeline.listing import Listing
 from actindex.pipeline.lock import is_locked
+from actindex.pipeline.sources import is_list_file
 from actindex.pipeline.storage import user_errors
 from actindex.queries.db import NotAnIndexError
 
@@ -71,7 +72,8 @@ def index_status(index_dir: str | Path) -> IndexStatus:
 def _compare_with_dataset(layout: IndexLayout, manifest: dict, status: IndexStatus) -> None:
     try:
         columns = Columns(**(manifest["params"].get("columns") or {}))
-        refs = Listing.build(manifest["source"], columns=columns)
+        root = manifest["params"]["dataset_root"] if is_list_file(manifest["source"]) else None
+        refs = Listing.build(manifest["source"], columns=columns, root=root)
     except (UserError, OSError) as exc:
         status.dataset_error = str(exc)
         return

@@ -70,8 +70,8 @@ class ShardExecutor(Protocol):
         are resolved against (jobs.spec.model_threads)."""
 
     def plan(self, request: IndexRequest, geometry: bool = True) -> ModelPlan:
-        """Load the request's model where the workers run (the driver never imports torch for a run
-        that computes): what jobs.worker.plan_model finds. A worker keeps the loaded model."""
+        """Load the request's model where the workers run (the driver never loads its weights: it only
+        checks names on the meta device): what jobs.worker.plan_model finds. A worker keeps the model."""
 
     def run(
         self, context: WorkContext, tasks: Iterable[ShardTask]

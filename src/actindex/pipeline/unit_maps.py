@@ -5,6 +5,10 @@
     maps.values      # (B, 2, h, w) float32: the units' maps
     maps.outputs     # (B, 2) float32: what the index records for them (the map's max; a logit for CAM)
     maps.source      # the layer the maps come from: "layer4", or the feature map under a logit layer
+    both = UnitMapper(model, ["layer3", "fc"], preprocessing).maps_of(pixels, {"layer3": [0], "fc": [7]})
+    both["fc"]       # UnitMaps, or the CamMismatchError that refuses the layer: one forward serves all
+
+Several layers are traced in one forward pass, which stops once the last of them has run.
 
 A layer whose output has no spatial extent (a (B, C) logit, a 1x1 pooled map) gets a class activation
 map (CAM, Zhou et al. 2016): the last 4-D feature map F with more than one position that was computed
@@ -49,59 +53,90 @@ class UnitMaps:
 
 
 class UnitMapper:
-    """A stage: uint8 pixels -> the chosen units' whole maps at `layer` (CAM for layers without extent)."""
+    """A stage: uint8 pixels -> the chosen units' whole maps at one or more layers (CAM for layers without
+    extent), all from one forward pass."""
 
-    def __init__(self, model: torch.nn.Module, layer: str, preprocessing: Preprocessing, device: str = "cpu"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        layer: str | Sequence[str],
+        preprocessing: Preprocessing,
+        device: str = "cpu",
+    ):
         import torch
 
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
-        self.layer = layer
+        self.layers = [layer] if isinstance(layer, str) else list(layer)
+        self.layer = self.layers[0]
         self.modules = dict(self.model.named_modules())
-        if layer not in self.modules:
-            raise InvalidInputError(f"layer {layer!r} is not a module of this model")
+        for name in self.layers:
+            if name not in self.modules:
+                raise InvalidInputError(f"layer {name!r} is not a module of this model")
         self.mean = torch.tensor(preprocessing.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(preprocessing.std, device=self.device).view(1, 3, 1, 1)
 
     def __call__(self, pixels: np.ndarray | torch.Tensor, units: Sequence[int]) -> UnitMaps:
+        """The maps of `units` at the mapper's (first) layer; CamMismatchError where it has none."""
+        result = self.maps_of(pixels, {self.layer: units})[self.layer]
+        if isinstance(result, CamMismatchError):
+            raise result
+        return result
+
+    def maps_of(
+        self, pixels: np.ndarray | torch.Tensor, units: dict[str, Sequence[int]]
+    ) -> dict[str, UnitMaps | CamMismatchError]:
+        """{layer: the maps of its `units`} for the layers of `units` (some of the mapper's), from one forward
+        that stops after the last of them; a layer without a class activation map gets the error instead."""
         import torch
 
         with torch.inference_mode():
             x = (torch.as_tensor(pixels).to(self.device).float().div_(255.0) - self.mean) / self.std
-            index = torch.as_tensor(list(units), dtype=torch.long, device=self.device)
-            with _FeatureTrace(self.modules, self.layer, self._weights_module()) as trace:
+            weights = {layer: self._weights_module(layer) for layer in units}
+            with _FeatureTrace(self.modules, weights) as trace:
                 self.model(x)
-            output = trace.output
-            if output is None:
-                raise RuntimeError(f"layer {self.layer!r} was not reached by the forward pass")
-            if _has_extent(output):
-                maps = output[:, index].float()
-                return _numpy(maps, maps.flatten(2).amax(dim=2), self.layer, cam=False)
-            return self._cam(trace, output.flatten(1)[:, index].float(), index)
+            return {layer: self._layer_maps(trace, layer, chosen) for layer, chosen in units.items()}
 
-    def _weights_module(self) -> torch.nn.Module:
+    def _layer_maps(
+        self, trace: _FeatureTrace, layer: str, units: Sequence[int]
+    ) -> UnitMaps | CamMismatchError:
+        import torch
+
+        output = trace.outputs.get(layer)
+        if output is None:
+            raise RuntimeError(f"layer {layer!r} was not reached by the forward pass")
+        index = torch.as_tensor(list(units), dtype=torch.long, device=self.device)
+        if _has_extent(output):
+            maps = output[:, index].float()
+            return _numpy(maps, maps.flatten(2).amax(dim=2), layer, cam=False)
+        try:
+            return self._cam(trace, layer, output.flatten(1)[:, index].float(), index)
+        except CamMismatchError as exc:
+            return exc
+
+    def _weights_module(self, layer: str) -> torch.nn.Module:
         """The Linear whose weights make the CAM: the layer itself or the last Linear inside it; the layer
         when it has none (identity weights)."""
         import torch
 
-        module = self.modules[self.layer]
+        module = self.modules[layer]
         linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
         return linears[-1] if linears else module
 
-    def _cam(self, trace: _FeatureTrace, outputs: torch.Tensor, index: torch.Tensor) -> UnitMaps:
+    def _cam(self, trace: _FeatureTrace, layer: str, outputs: torch.Tensor, index: torch.Tensor) -> UnitMaps:
         import torch
 
-        weights_module = self._weights_module()
+        weights_module = trace.weights[layer]
         if isinstance(weights_module, torch.nn.Linear):
             channels = weights_module.in_features
             weight = weights_module.weight[index].float()
             bias = weights_module.bias[index].float() if weights_module.bias is not None else None
         else:
-            channels, weight, bias = int(trace.output.shape[1]), None, None
-        name, features = (trace.before or {}).get(channels, (None, None))
+            channels, weight, bias = int(trace.outputs[layer].shape[1]), None, None
+        name, features = trace.before.get(layer, {}).get(channels, (None, None))
         if features is None:
             raise CamMismatchError(
-                f"layer {self.layer!r} has no spatial extent and no feature map of {channels} channels with "
+                f"layer {layer!r} has no spatial extent and no feature map of {channels} channels with "
                 "more than one position feeds it: it has no class activation map; draw it without --mask"
             )
         if weight is None:
@@ -109,7 +144,7 @@ class UnitMapper:
         else:
             cam = torch.einsum("uc,bchw->buhw", weight, features.float())
             cam = cam + bias.view(1, -1, 1, 1) if bias is not None else cam
-        _check_cam(self.layer, name, cam, outputs)
+        _check_cam(layer, name, cam, outputs)
         return _numpy(cam, outputs, name, cam=True)
 
 
@@ -139,20 +174,26 @@ def _numpy(maps: torch.Tensor, outputs: torch.Tensor, source: str, cam: bool) ->
 
 
 class _FeatureTrace(ForwardHooks):
-    """Context manager: the layer's whole output and, for CAM, the last 4-D output of more than one
-    position per channel count that existed when `weights_module` started; hooks always detach."""
+    """Context manager: the whole output of each layer of `weights` ({layer: the module whose weights make
+    its CAM}) and, for CAM, the last 4-D output of more than one position per channel count that existed
+    when the layer's weights module started; stops the forward once every layer has run; hooks always
+    detach."""
 
-    def __init__(self, modules: dict[str, torch.nn.Module], layer: str, weights_module: torch.nn.Module):
-        self.modules, self.layer, self.weights_module = modules, layer, weights_module
-        self.output: torch.Tensor | None = None
+    def __init__(self, modules: dict[str, torch.nn.Module], weights: dict[str, torch.nn.Module]):
+        self.modules, self.weights = modules, weights
+        self.outputs: dict[str, torch.Tensor] = {}
         self.latest: dict[int, tuple[str, torch.Tensor]] = {}  # channels -> (module name, its output)
-        self.before: dict[int, tuple[str, torch.Tensor]] | None = None  # `latest` as weights_module starts
+        self.before: dict[
+            str, dict[int, tuple[str, torch.Tensor]]
+        ] = {}  # layer -> `latest` as its weights start
 
     def _attach(self) -> list:
         # the model itself ends last: its output feeds nothing
         handles = [m.register_forward_hook(self._remember(name)) for name, m in self.modules.items() if name]
-        handles.append(self.weights_module.register_forward_pre_hook(self._snapshot))
-        handles.append(self.modules[self.layer].register_forward_hook(self._stop))
+        for layer, module in self.weights.items():
+            handles.append(module.register_forward_pre_hook(self._snapshot(layer)))
+        for layer in self.weights:
+            handles.append(self.modules[layer].register_forward_hook(self._keep(layer)))
         return handles
 
     def _remember(self, name: str):
@@ -164,10 +205,19 @@ class _FeatureTrace(ForwardHooks):
 
         return hook
 
-    def _snapshot(self, _module, _inputs) -> None:
-        if self.before is None:  # a module called twice in one forward counts its first call, as indexed
-            self.before = dict(self.latest)
+    def _snapshot(self, layer: str):
+        def hook(_module, _inputs) -> None:
+            if (
+                layer not in self.before
+            ):  # a module called twice in one forward counts its first call, as indexed
+                self.before[layer] = dict(self.latest)
 
-    def _stop(self, _module, _inputs, output) -> None:
-        self.output = output
-        raise StopForward
+        return hook
+
+    def _keep(self, layer: str):
+        def hook(_module, _inputs, output) -> None:
+            self.outputs.setdefault(layer, output)
+            if len(self.outputs) == len(self.weights):
+                raise StopForward
+
+        return hook

@@ -25,6 +25,7 @@ from actindex.pipeline import schema
 from actindex.pipeline.errors import InvalidInputError, MissingInputError, UnknownNameError, UserError
 from actindex.pipeline.geometry import LayerInfo, ReceptiveField, boxes, from_layers_row
 from actindex.pipeline.layout import IndexLayout, locked_by, topk_is_current
+from actindex.pipeline.model_args import random_weights
 from actindex.pipeline.options import Option
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.storage import user_errors
@@ -230,6 +231,7 @@ class UnitTops:
     rows: pa.Table  # the columns of queries/top_images.sql, units in the order asked for
     source: str  # "topk" or "activations"
     notes: list[str] = field(default_factory=list)  # what the reader should know about the answer
+    random_weights: bool = False  # the index's network had random weights (--weights random): say so
 
 
 def unit_tops(index_dir: str | Path, layer: str, units: list[int], k: int) -> UnitTops:
@@ -268,7 +270,7 @@ def unit_tops(index_dir: str | Path, layer: str, units: list[int], k: int) -> Un
         rows, source = _with_boxes(con, layer, rows, index_preprocessing(index_dir)), "activations"
     rows = _in_order(rows, units)
     notes += tie_notes(rows, k)
-    return UnitTops(rows, source, notes)
+    return UnitTops(rows, source, notes, random_weights(manifest["params"]))
 
 
 def check_units(con: duckdb.DuckDBPyConnection, layer: str, units: list[int]) -> None:

@@ -86,13 +86,14 @@ def render_grid(
     decode: str = "fast",
     crops: dict[tuple[str, int], list[Image.Image]] | None = None,
     views: Sequence[tuple[str | None, dict[tuple[str, int], list[Image.Image]] | None]] | None = None,
+    note: str | None = None,
 ) -> Image.Image:
     """One sheet for the units in `rows` (the columns of queries/top_images.sql) of an index whose
     preprocessing decoded images the `decode` way (its boxes are in that frame). `crops`: tile x tile
     pictures to show instead of the plain crops, per (layer, unit) in rank order (masks.masked_tiles).
     `views`: several panels per unit, next to each other (one under the other in the row layout), each
     (its caption's last line or None, its pictures or None for the plain crops): Zeiler & Fergus's
-    projections beside their crops."""
+    projections beside their crops. `note`: a last line of every unit's caption ("random weights")."""
     if layout not in LAYOUTS:
         raise InvalidInputError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if rows.num_rows == 0:
@@ -107,20 +108,22 @@ def render_grid(
     for key, unit_rows in by_unit.items():
         ranked = sorted(unit_rows, key=lambda r: r["rank"])
         for label, made in views:
+            lines = [line for line in (label, note) if line]
             panels.append(
-                _panel(key, label, ranked, k, tile, layout, font, decode, (made or {}).get(key[:2]))
+                _panel(key, lines, ranked, k, tile, layout, font, decode, (made or {}).get(key[:2]))
             )
     return _stack(panels, layout, len(views))
 
 
 def _panel(
-    key, label, rows: list[dict], k: int, tile: int, layout: str, font, decode: str, crops
+    key, extra: list[str], rows: list[dict], k: int, tile: int, layout: str, font, decode: str, crops
 ) -> Image.Image:
+    """One unit's panel: `extra` caption lines below its name, `crops` its pictures (None: plain crops)."""
     caption_h = font.size + 6
     pictures = crops or [crop_tile(row, tile, decode) for row in rows]
     tiles = [_tile(row, picture, tile, font) for row, picture in zip(rows, pictures, strict=True)]
     tile_h = tiles[0].height
-    lines = caption_lines(*key) + ([label] if label else [])
+    lines = caption_lines(*key) + extra
     if layout == "row":
         label_w = tile + 16
         panel = Image.new("RGB", (label_w + k * (tile + 4), tile_h + 4), BACKGROUND)
@@ -194,10 +197,15 @@ def open_crop(row: dict, decode: str = "fast") -> Image.Image | None:
 
 @functools.lru_cache(maxsize=DECODED_KEPT)
 def decoded_original(uri: str, decode: str) -> Image.Image:
-    """The original behind `uri`, decoded the index's way and loaded. The last DECODED_KEPT are kept: an
-    image in the top-k of several units of a sheet or a report is decoded once for all of its crops (a
-    sheet and a report clear them first, so that a file changed since is read again). A transient failure
-    to read it (pipeline.retry) is retried for READ_BUDGET_S."""
+    """read_original, the last DECODED_KEPT kept: an image in the top-k of several units of a sheet is
+    decoded once for all of its crops (a sheet clears them first, so that a file changed since is read
+    again; a report keeps its originals itself: queries.drawing)."""
+    return read_original(uri, decode)
+
+
+def read_original(uri: str, decode: str) -> Image.Image:
+    """The original behind `uri`, decoded the index's way and loaded. A transient failure to read it
+    (pipeline.retry) is retried for READ_BUDGET_S."""
     return READS.call(_decoded_original, uri, decode, what=uri)
 
 

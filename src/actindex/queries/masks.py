@@ -39,9 +39,11 @@ output has the identity as weights (the channel's map before pooling), a Sequent
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -57,7 +59,7 @@ from actindex.pipeline.options import Option
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.receptive_field import compute_receptive_fields
 from actindex.pipeline.sources import path_from_display
-from actindex.pipeline.unit_maps import UnitMapper
+from actindex.pipeline.unit_maps import CamMismatchError, UnitMapper
 from actindex.pipeline.upsample import to_original
 from actindex.queries.db import connect, index_params, layer_geometry
 from actindex.queries.grid import MISSING, decoded_original, fit_crop, open_crop, place_in_tile
@@ -96,6 +98,7 @@ MASK_TRUST = Option(
 )
 BATCH = 16  # images per forward pass
 DIM = 1 / 3  # brightness kept outside a highlight mask
+DIMMED = np.round(np.arange(256, dtype=np.float32) * DIM).astype(np.uint8)  # each level dimmed (float32)
 OUTLINE = (255, 214, 0)  # a highlight mask's border
 HEAT_ALPHA = 0.5  # weight of the colour map over the crop
 # jet: (level, (r, g, b)) stops
@@ -179,12 +182,16 @@ def masked_tile(item: MaskMap, tile: int, mode: str, picture: Image.Image | None
     its mask drawn over it at that size; grey if the file is gone; the plain crop where there is no map
     (item.note says why)."""
     _check_mode(mode)
-    fitted = picture
-    if fitted is None:
+    if picture is None:
         crop = open_crop(item.row, item.preprocessing.decode)
         if crop is None:
             return Image.new("RGB", (tile, tile), MISSING)
-        fitted = fit_crop(crop, tile)
+        picture = fit_crop(crop, tile)
+    return mask_tile(picture, item, tile, mode)
+
+
+def mask_tile(fitted: Image.Image, item: MaskMap, tile: int, mode: str) -> Image.Image:
+    """masked_tile from the row's crop (or a picture of it) already cut and fitted (queries.grid.fit_crop)."""
     if item.fmap is not None:
         fitted = draw_mask(fitted, item.values(item.box), item.threshold, item.reference, mode)
     return place_in_tile(fitted, tile)
@@ -205,10 +212,10 @@ def draw_mask(
 
 def highlight(image: Image.Image, inside: np.ndarray) -> Image.Image:
     """NetDissect's style: pixels outside `inside` (bool, image-sized) dimmed, the border outlined."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    out = np.where(inside[..., None], pixels, pixels * DIM)
+    pixels = np.asarray(image.convert("RGB"))
+    out = np.where(inside[..., None], pixels, DIMMED[pixels])
     out[_border(inside)] = OUTLINE
-    return Image.fromarray(np.round(out).astype(np.uint8))
+    return Image.fromarray(out)
 
 
 def heat(image: Image.Image, level: np.ndarray) -> Image.Image:
@@ -251,7 +258,37 @@ def unit_mask_maps(
 ) -> dict[tuple[str, int], list[MaskMap]]:
     """Per (layer, unit) of `rows` (the top-k rows of unit_tops / queries/top_images.sql), each row's map of
     the unit, in rank order: the model is loaded once (or `module`, the index_model of an earlier call),
-    each image decoded and run once per layer."""
+    each image decoded and run once for all the layers of `rows`. A layer without a map to draw raises
+    CamMismatchError."""
+
+    found = layer_mask_maps(index_dir, rows, threshold, trust_code, device, module)
+    if found.refused:
+        raise next(iter(found.refused.values()))
+    return found.maps
+
+
+@dataclass
+class LayerMasks:
+    """The maps of some layers' top-k rows, and the layers refused."""
+
+    maps: dict[tuple[str, int], list[MaskMap]]  # per (layer, unit), in rank order
+    refused: dict[str, CamMismatchError]  # layers without spatial extent or a class activation map
+
+
+def layer_mask_maps(
+    index_dir: str | Path,
+    rows: pa.Table,
+    threshold: float = DEFAULT_THRESHOLD,
+    trust_code: bool = False,
+    device: str = "cpu",
+    module: torch.nn.Module | None = None,
+    map_images: Callable[[Callable, list], Iterable] = map,
+    advance: Callable[[int], None] = lambda images: None,
+) -> LayerMasks:
+    """unit_mask_maps of every layer of `rows` at once, a layer without a map to draw set aside in
+    `refused`: each image is decoded once (`map_images`, the built-in map or a thread pool's, decodes a
+    batch's images) and run once through the model, in batches of at most BATCH images with every layer of
+    `rows` traced in the same forward; `advance(n)` is called as each n images are done."""
 
     THRESHOLD.value(threshold, "threshold")  # (0, 1]
     if rows.num_rows == 0:
@@ -259,82 +296,139 @@ def unit_mask_maps(
     params = index_params(index_dir)
     module = index_model(params, trust_code) if module is None else module
     con = connect(index_dir)
-    by_layer: dict[str, list[dict]] = defaultdict(list)
+    by_unit: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for row in rows.to_pylist():
-        by_layer[row["layer"]].append(row)
-    maps: dict[tuple[str, int], list[MaskMap]] = {}
-    for layer, layer_rows in by_layer.items():
-        _, rf = layer_geometry(con, layer)
-        maps.update(_layer_maps(module, params, layer, rf, layer_rows, threshold, device))
-    return maps
-
-
-def _layer_maps(module, params: dict, layer: str, rf, rows: list[dict], threshold: float, device: str):
-    """{(layer, unit): [MaskMap]} for one layer's rows: one forward pass per batch of their images."""
+        by_unit[row["layer"], row["unit"]].append(row)
     prep = Preprocessing.from_dict(params["preprocessing"])
-    units = list(dict.fromkeys(row["unit"] for row in rows))
-    pixels, problems = decode_rows(rows, prep, params["max_pixels"])
-    run = _forward(module, layer, prep, device, pixels, units)
-    rf = _cam_rf(module, run.source, prep.crop) if run.cam else rf
+    run = _run_model(module, prep, device, params["max_pixels"], by_unit, map_images, advance)
     tolerance = AGREEMENT.get(params["precision"], max(AGREEMENT.values()))
-    maps = {}
-    for column, unit in enumerate(units):
-        unit_rows = sorted((row for row in rows if row["unit"] == unit), key=lambda row: row["rank"])
-        fmaps = [
-            run.maps[row["image_id"]][column] if row["image_id"] in run.maps else None for row in unit_rows
-        ]
-        reference = max((float(fmap.max()) for fmap in fmaps if fmap is not None), default=0.0)
-        level = threshold * reference if reference > 0 else math.inf
-        maps[layer, unit] = []
-        for row, fmap in zip(unit_rows, fmaps, strict=True):
-            value = float(run.outputs[row["image_id"]][column]) if fmap is not None else None
-            note = _note(row, value, problems.get(row["image_id"]), tolerance)
-            item = MaskMap(row, fmap, rf, prep, reference, level, run.source, run.cam, value, note)
-            maps[layer, unit].append(item)
-    return maps
+    maps: dict[tuple[str, int], list[MaskMap]] = {}
+    for layer in dict.fromkeys(layer for layer, _ in by_unit):
+        if layer in run.refused:
+            continue
+        run.sources.setdefault(layer, layer)  # no image of the layer could be read: its own positions
+        run.cam.setdefault(layer, False)
+        rf = (
+            _cam_rf(module, run.sources[layer], prep.crop)
+            if run.cam[layer]
+            else layer_geometry(con, layer)[1]
+        )
+        for (name, unit), unit_rows in by_unit.items():
+            if name == layer:
+                maps[layer, unit] = _unit_maps(run, layer, unit, unit_rows, rf, prep, threshold, tolerance)
+    return LayerMasks(maps, run.refused)
+
+
+def _unit_maps(run: _Run, layer: str, unit: int, rows: list[dict], rf, prep, threshold, tolerance):
+    """[MaskMap] of one unit's rows, in rank order, with the unit's one threshold."""
+    rows = sorted(rows, key=lambda row: row["rank"])
+    fmaps = [run.maps.get((layer, unit, row["image_id"])) for row in rows]
+    reference = max((float(fmap.max()) for fmap in fmaps if fmap is not None), default=0.0)
+    level = threshold * reference if reference > 0 else math.inf
+    items = []
+    for row, fmap in zip(rows, fmaps, strict=True):
+        value = run.outputs[layer, unit, row["image_id"]] if fmap is not None else None
+        note = _note(row, value, run.problems.get(row["image_id"]), tolerance)
+        items.append(
+            MaskMap(row, fmap, rf, prep, reference, level, run.sources[layer], run.cam[layer], value, note)
+        )
+    return items
 
 
 @dataclass
 class _Run:
-    """A layer's forward passes over the images of its rows."""
+    """The model's passes over the images of some layers' rows: the maps those rows need."""
 
-    maps: dict[str, np.ndarray]  # image_id -> (U, h, w) maps of the units asked for
-    outputs: dict[str, np.ndarray]  # image_id -> (U,) the layer's values (what the index records)
-    source: str  # the layer the maps are on
-    cam: bool  # class activation maps
+    maps: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict)  # (layer, unit, image_id)
+    outputs: dict[tuple[str, int, int], float] = field(default_factory=dict)  # the value the index records
+    sources: dict[str, str] = field(default_factory=dict)  # layer -> the layer its maps are on
+    cam: dict[str, bool] = field(default_factory=dict)  # layer -> its maps are class activation maps
+    problems: dict[int, str] = field(default_factory=dict)  # image_id -> why it has no map
+    refused: dict[str, CamMismatchError] = field(default_factory=dict)
+
+
+def _run_model(module, prep: Preprocessing, device: str, max_pixels: int, by_unit: dict, map_images, advance):
+    """One forward per batch of images for all the layers of `by_unit` ({(layer, unit): rows}), keeping the
+    maps its rows need; the units of a layer are asked for in the order of the rows, as one call would."""
+    units: dict[str, list[int]] = defaultdict(list)
+    wanted: dict[int, list[tuple[str, int]]] = defaultdict(list)  # image_id -> (layer, unit) it serves
+    first: dict[int, dict] = {}  # image_id -> a row of it, in the order of the rows
+    for (layer, unit), rows in by_unit.items():
+        units[layer].append(unit)
+        for row in rows:
+            wanted[row["image_id"]].append((layer, unit))
+            first.setdefault(row["image_id"], row)
+    mapper = UnitMapper(module, list(units), prep, device)
+    decoder = Decoder(prep, max_pixels)
+    column = {layer: {unit: i for i, unit in enumerate(chosen)} for layer, chosen in units.items()}
+    run = _Run()
+    for batch in _batches(list(first.values()), BATCH):
+        decoded = list(map_images(functools.partial(_decode, decoder), batch))
+        ids, pixels = [], []
+        for row, (image, problem) in zip(batch, decoded, strict=True):
+            if problem is not None:
+                run.problems[row["image_id"]] = problem
+            else:
+                ids.append(row["image_id"])
+                pixels.append(image)
+        asked = {layer: chosen for layer, chosen in units.items() if layer not in run.refused}
+        if ids and asked:
+            _keep(run, mapper.maps_of(np.stack(pixels), asked), ids, wanted, column)
+        advance(len(batch))
+    return run
+
+
+def _keep(run: _Run, found: dict, ids: list[int], wanted: dict, column: dict) -> None:
+    """The maps of a batch that its images' rows need (copies: the batch's arrays are let go)."""
+    for layer, result in found.items():
+        if isinstance(result, CamMismatchError):
+            run.refused[layer] = result
+            continue
+        run.sources[layer], run.cam[layer] = result.source, result.cam
+    for i, image_id in enumerate(ids):
+        for layer, unit in wanted[image_id]:
+            result = found.get(layer)
+            if result is None or isinstance(result, CamMismatchError):
+                continue
+            run.maps[layer, unit, image_id] = result.values[i, column[layer][unit]].copy()
+            run.outputs[layer, unit, image_id] = float(result.outputs[i, column[layer][unit]])
+
+
+def _batches(items: list, most: int) -> list[list]:
+    """`items` in consecutive batches of at most `most`, as even as can be (never a batch of one image
+    beside bigger ones: a convolution may sum in another order for a single image)."""
+    count = max(1, math.ceil(len(items) / most))
+    size, extra = divmod(len(items), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [items[bounds[i] : bounds[i + 1]] for i in range(count) if bounds[i] < bounds[i + 1]]
 
 
 def decode_rows(rows: list[dict], prep: Preprocessing, max_pixels: int) -> tuple[dict, dict]:
-    """({image_id: (3, crop, crop) uint8 pixels}, {image_id: why it cannot be masked}): each image once,
-    decoded as the index decoded it; one that fails now, or whose size changed, is a problem."""
-
+    """({image_id: (3, crop, crop) uint8 pixels}, {image_id: why it cannot be used}): each image of `rows`
+    once, decoded as the index decoded it (queries.explain's projections and occlusion)."""
     decoder = Decoder(prep, max_pixels)
     pixels, problems = {}, {}
     for image_id, row in {row["image_id"]: row for row in rows}.items():
-        decoded = decoder(path_from_display(row["uri"]))
-        if decoded.error:
-            problems[image_id] = f"cannot be read now ({decoded.error})"
-        elif (decoded.width, decoded.height) != (row["width"], row["height"]):
-            problems[image_id] = (
-                f"is {decoded.width}x{decoded.height} now but was {row['width']}x{row['height']} when "
-                "indexed: it changed; index it again"
-            )
+        image, problem = _decode(decoder, row)
+        if problem is None:
+            pixels[image_id] = image
         else:
-            pixels[image_id] = decoded.pixels
+            problems[image_id] = problem
     return pixels, problems
 
 
-def _forward(module, layer: str, prep: Preprocessing, device: str, pixels: dict, units: list[int]) -> _Run:
-    mapper = UnitMapper(module, layer, prep, device)
-    run = _Run({}, {}, layer, False)
-    ids = list(pixels)
-    for start in range(0, len(ids), BATCH):
-        chunk = ids[start : start + BATCH]
-        result = mapper(np.stack([pixels[image_id] for image_id in chunk]), units)
-        run.source, run.cam = result.source, result.cam
-        for i, image_id in enumerate(chunk):
-            run.maps[image_id], run.outputs[image_id] = result.values[i], result.outputs[i]
-    return run
+def _decode(decoder: Decoder, row: dict) -> tuple[np.ndarray | None, str | None]:
+    """(3, crop, crop) uint8 pixels of the row's image decoded as the index decoded it, or why not: it fails
+    now, or its size changed."""
+    decoded = decoder(path_from_display(row["uri"]))
+    if decoded.error:
+        return None, f"cannot be read now ({decoded.error})"
+    if (decoded.width, decoded.height) != (row["width"], row["height"]):
+        return None, (
+            f"is {decoded.width}x{decoded.height} now but was {row['width']}x{row['height']} when "
+            "indexed: it changed; index it again"
+        )
+    return decoded.pixels, None
 
 
 def _note(row: dict, recomputed: float | None, problem: str | None, tolerance: float) -> str | None:

@@ -1,7 +1,8 @@
 """`actindex report`: a static site of an index, to open from disk (file://) with no server and no network.
 
     plan = plan_report(ReportConfig(index="idx/", out=Path("site/"), layers=("layer4",), units=(0, 1, 2)))
-    summary = write_report(plan, advance=lambda units: None)   # site/index.html, site/layers/...
+    print(plan.describe())        # units, crops, masks, about how long, and the faster options
+    summary = write_report(plan, advance=lambda stage, n: None)   # site/index.html, site/layers/...
 
 `index.html` shows the run (model, weights, layers, images, errors, when, how long) and links one page per
 layer. A layer page is a grid of unit cards: the unit's number and name, its top-k receptive-field crops
@@ -9,23 +10,25 @@ layer. A layer page is a grid of unit cards: the unit's number and name, its top
 top-k. The cards are drawn in the browser from a data file (`layers/<layer>.js`, a script: Chromium does
 not let a page fetch() JSON from file://), in pages of 100, sorted by unit number, purity or peak activation.
 
-Crops carry the unit's activation mask by default (queries.masks: the model runs once per chunk of units
-over their top images, in this thread) and are drawn and saved by a thread pool (Pillow releases the GIL
-while it decodes and resizes). Names come from the `units` view, purity from the catalog's
-label_selectivity: the report shows what `actindex sql` answers.
+plan_report asks the index everything the report draws (layers, units, each unit's top-k) and loads the
+model for the masks, so that every refusal (a folder that is not a report, weights gone, a model that needs
+--trust-code, units no layer has) comes before anything is drawn or written. Crops carry the unit's
+activation mask by default (queries.masks: the model runs once over the distinct images of all the top-k
+rows, every layer in one forward) and are drawn by a thread pool, every original decoded once for all of its
+crops (queries.drawing). Names come from the `units` view, purity from the catalog's label_selectivity: the
+report shows what `actindex sql` answers.
 """
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -37,30 +40,30 @@ from urllib.parse import quote
 from actindex._version import __version__
 from actindex.pipeline.errors import InvalidInputError, UnknownNameError
 from actindex.pipeline.layout import IndexLayout, layer_dirname, marker_totals
+from actindex.pipeline.model_args import random_weights
+from actindex.pipeline.models import index_model
 from actindex.pipeline.options import Option, check
 from actindex.pipeline.patterns import LAYERS, pattern_regex
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.topk import K
-from actindex.pipeline.unit_maps import CamMismatchError
 from actindex.queries.catalog import label_selectivity
-from actindex.queries.db import INDEX, IncompleteIndexError, connect, run_sql_file, unit_tops
-from actindex.queries.grid import TILE, as_units, crop_tile, decoded_original
+from actindex.queries.db import INDEX, IncompleteIndexError, UnitTops, connect, run_sql_file, unit_tops
+from actindex.queries.drawing import Crop, Drawing, crop_format, draw_crops
+from actindex.queries.grid import TILE, as_units
 from actindex.queries.masks import (
     DEFAULT_THRESHOLD,
     MASK,
     MASK_TRUST,
     THRESHOLD,
+    LayerMasks,
     Mask,
-    index_model,
+    layer_mask_maps,
     mask_notes,
-    tiles_from_maps,
-    unit_mask_maps,
 )
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
-    from PIL import Image
 
 # duckdb, pyarrow and Pillow are imported where they are used: the CLI imports this module for its options
 # (`actindex --help` stays fast).
@@ -68,8 +71,11 @@ if TYPE_CHECKING:
 PAGE_SIZE = 100  # cards per page of a layer page (report.js reads it from the data file)
 BINS = 24  # histogram bins per unit
 PREVIEW_UNITS = 6  # top-1 crops shown beside each layer on the index page
-CHUNK_UNITS = 8  # units per drawing task: small enough for a smooth progress bar, big enough to amortize
-MASK_CHUNK_UNITS = 256  # units per model pass for masks: an image in several of their top-k runs once
+# The plan's estimate: seconds of one core per crop (masked / plain) and per image through the model, on the
+# 2-core development VM (bench/report_speed.py: the demo index's 1,080 units, 9,720 crops from 20 photos)
+SECONDS_PER_CROP = {Mask.none: 0.004, Mask.highlight: 0.008, Mask.heat: 0.008}
+SECONDS_PER_MODEL_IMAGE = 0.05
+GIL_SHARE = 0.2  # of a masked crop's time, spent holding the GIL (queries.drawing): what threads cannot share
 SITE_MANIFEST = "report.json"  # what made the site; its presence marks a folder the report may replace
 ERRORS_SHOWN = 20  # undecodable images listed on the index page
 
@@ -113,6 +119,7 @@ class ReportConfig:
 class LayerPlan:
     info: dict  # the layer's row of queries/report_layers.sql
     units: list[int]  # the units drawn, ascending
+    tops: UnitTops | None = None  # their top-k rows (queries.db.unit_tops), asked by plan_report
 
     @property
     def name(self) -> str:
@@ -134,12 +141,60 @@ class ReportPlan:
     images: tuple[int, int]  # (images, ok images) of the completed shards
     indexed_layers: int  # layers in the index (the report may draw fewer)
     notes: list[str] = field(default_factory=list)  # what was left out and why
-    model: object = None  # with masks: the index's model (queries.masks.index_model), loaded by plan_report
+    model: object = None  # with masks: the index's model (pipeline.models.index_model), loaded by plan_report
     con: object = None  # the index's DuckDB views (queries.db.connect), opened by plan_report
 
     @property
     def units(self) -> int:
         return sum(len(layer.units) for layer in self.layers)
+
+    @property
+    def crops(self) -> int:
+        """Crop files the report draws: one per top-k row."""
+        return sum(layer.tops.rows.num_rows for layer in self.layers)
+
+    @property
+    def mask_images(self) -> int:
+        """Images the model runs over for the masks (each once): the distinct images of the top-k rows."""
+        if self.config.mask is Mask.none:
+            return 0
+        return len({i for layer in self.layers for i in layer.tops.rows.column("image_id").to_pylist()})
+
+    @property
+    def workers(self) -> int:
+        return self.config.workers or os.cpu_count() or 1
+
+    def estimate(self, mask: Mask | None = None) -> float:
+        """Seconds the drawing should take with `mask` (the plan's by default), with the plan's threads on
+        this machine's cores (the part of a crop that holds the GIL runs on one core at a time)."""
+        mask = self.config.mask if mask is None else mask
+        model = self.mask_images * SECONDS_PER_MODEL_IMAGE if mask is not Mask.none else 0.0
+        cores = min(self.workers, os.cpu_count() or 1)
+        return model + self.crops * SECONDS_PER_CROP[mask] * (GIL_SHARE + (1 - GIL_SHARE) / cores)
+
+    def describe(self) -> str:
+        """One line: what the report draws, about how long it takes, and how to make it faster."""
+        layers = ", ".join(f"{layer.name} {len(layer.units):,}" for layer in self.layers[:4])
+        layers += f", {len(self.layers) - 4} more layers" if len(self.layers) > 4 else ""
+        what = f"drawing {self.units:,} units ({layers}): {self.crops:,} crops"
+        faster = "--units (fewer units)"
+        if self.config.mask is Mask.none:
+            what += " without masks"
+        else:
+            what += f" with {self.config.mask.value} masks, the model over {self.mask_images:,} images"
+            faster += f", --mask none (plain crops, {_about(self.estimate(Mask.none))})"
+        threads = f"{self.workers} thread{'s' * (self.workers != 1)}"
+        return f"{what}; {_about(self.estimate())} on {threads}. Faster: {faster}"
+
+
+def _about(seconds: float) -> str:
+    """A rough duration: 'about 40 s', 'about 6 min', 'about 2 h 10 min'."""
+    if seconds < 60:
+        return f"about {max(1, round(seconds / 5) * 5 if seconds >= 10 else round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min"
+    return f"about {minutes // 60} h {minutes % 60:02d} min"
 
 
 @dataclass
@@ -152,7 +207,8 @@ class ReportSummary:
 
 
 def plan_report(config: ReportConfig) -> ReportPlan:
-    """Check the request against the index (layers, units, k, mask) before anything is drawn."""
+    """Check the request against the index (layers, units, k, mask, the folder) and ask the index for every
+    top-k row the report draws, before anything is drawn or written."""
 
     con = connect(config.index)  # refuses a folder that is not an index
     layout = IndexLayout(config.index)
@@ -165,11 +221,14 @@ def plan_report(config: ReportConfig) -> ReportPlan:
     chosen = select_layers([info["layer"] for info in infos], config.layers)
     layers, notes = _plan_units([info for info in infos if info["layer"] in chosen], config.units)
     _check_k(manifest, config.k)
+    _check_folder(config.out)
     images, ok, _ = marker_totals(layout.completed_shards())
     decode = Preprocessing.from_dict(manifest["params"]["preprocessing"]).decode
     plan = ReportPlan(config, manifest, layers, decode, (images, ok), len(infos), notes, con=con)
     if config.mask is not Mask.none:  # a model needing --trust-code, weights gone: refused before drawing
         plan.model = index_model(manifest["params"], config.trust_code)
+    for layer in layers:
+        layer.tops = unit_tops(config.index, layer.name, layer.units, config.k)
     return plan
 
 
@@ -220,36 +279,79 @@ def _check_k(manifest: dict, k: int) -> None:
         )
 
 
-def write_report(plan: ReportPlan, advance: Callable[[int], None] = lambda units: None) -> ReportSummary:
-    """Draw the crops and write the site; `advance(n)` is called as each n units are drawn."""
+def write_report(
+    plan: ReportPlan, advance: Callable[[str, int], None] = lambda stage, n: None
+) -> ReportSummary:
+    """Draw the crops and write the site. `advance(stage, n)` tells the progress: ("images", n) as n more
+    images have been through the model for the masks (plan.mask_images in all), then ("crops", n) as n
+    more crops are saved (plan.crops)."""
 
     started = time.time()
-    config, con = plan.config, plan.con
-    decoded_original.cache_clear()  # originals changed since an earlier report are read again
+    config = plan.config
     _prepare_folder(config.out)
-    notes, crops, pages = list(plan.notes), 0, []
-    workers = config.workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actindex-report") as pool:
-        for layer in plan.layers:
-            page, drawn = _layer_page(con, plan, layer, pool, advance)
-            notes += page.pop("notes")
-            crops += drawn
-            pages.append(page)
-    _write_index(plan, pages, _errors(con, plan))
+    with ThreadPoolExecutor(max_workers=plan.workers, thread_name_prefix="actindex-report") as pool:
+        masks = _masks(plan, pool, lambda n: advance("images", n))
+        crops, mask_notes_of = _crops(plan, masks)
+        drawing = Drawing(config.tile, config.mask.value, plan.decode)
+        draw_crops(crops, drawing, pool, lambda n: advance("crops", n))
+    notes, pages = list(plan.notes), []
+    for layer in plan.layers:
+        page = _layer_page(plan.con, plan, layer, mask_notes_of[layer.name])
+        notes += page.pop("notes")
+        pages.append(page)
+    _write_index(plan, pages, _errors(plan.con, plan))
     _copy_assets(config.out)
     units = {layer.name: len(layer.units) for layer in plan.layers}
     _write_json(config.out / SITE_MANIFEST, _site_manifest(plan, units))
-    return ReportSummary(config.out, units, crops, notes, time.time() - started)
+    return ReportSummary(config.out, units, len(crops), notes, time.time() - started)
 
 
-def _prepare_folder(out: Path) -> None:
-    """Create `out`, or clear the previous report in it; a folder holding anything else is never touched."""
+def _masks(plan: ReportPlan, pool: ThreadPoolExecutor, advance: Callable[[int], None]) -> LayerMasks:
+    """The maps of every top-k row of the report (none with --mask none): one pass of the model."""
+    config = plan.config
+    if config.mask is Mask.none:
+        return LayerMasks({}, {})
+    import pyarrow as pa
+
+    rows = pa.concat_tables([layer.tops.rows for layer in plan.layers])
+    if rows.num_rows == 0:
+        return LayerMasks({}, {})
+    return layer_mask_maps(
+        config.index, rows, config.threshold, config.trust_code, module=plan.model, map_images=pool.map,
+        advance=advance,
+    )  # fmt: skip
+
+
+def _crops(plan: ReportPlan, masks: LayerMasks) -> tuple[list[Crop], dict[str, list[str]]]:
+    """Every crop file of the report, and each layer's notes about its masks (a layer refused is drawn
+    without them, and says why)."""
+    crops, notes = [], {}
+    for layer in plan.layers:
+        folder = plan.config.out / "layers" / layer.dirname
+        folder.mkdir(parents=True, exist_ok=True)
+        refused = masks.refused.get(layer.name)
+        maps = {key: items for key, items in masks.maps.items() if key[0] == layer.name}
+        notes[layer.name] = [f"crops drawn without masks: {refused}"] if refused else mask_notes(maps)
+        item = {(i.row["unit"], i.row["rank"]): i for items in maps.values() for i in items}
+        for row in layer.tops.rows.to_pylist():
+            mask = item.get((row["unit"], row["rank"]))
+            crops.append(Crop(folder / crop_name(row["unit"], row["rank"]), row, mask))
+    return crops, notes
+
+
+def _check_folder(out: Path) -> None:
+    """A folder the report may write: new, empty, or holding a previous report (which it replaces)."""
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out} is a file; give a folder for the site")
     if out.is_dir() and any(out.iterdir()) and not (out / SITE_MANIFEST).is_file():
         raise InvalidInputError(
             f"--out {out} holds files that are not an actindex report; give an empty or new folder"
         )
+
+
+def _prepare_folder(out: Path) -> None:
+    """Create `out`, or clear the previous report in it; a folder holding anything else is never touched."""
+    _check_folder(out)
     for name in ("layers", "assets"):
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,29 +360,24 @@ def _prepare_folder(out: Path) -> None:
 # ------------------------------------------------------------------------------------------ layer pages
 
 
-def _layer_page(con, plan: ReportPlan, layer: LayerPlan, pool, advance) -> tuple[dict, int]:
-    """Draw one layer's crops and write its page and data file; returns what the index page shows of it
-    (with the notes of its answer) and the number of crops drawn."""
+def _layer_page(con, plan: ReportPlan, layer: LayerPlan, mask_notes: list[str]) -> dict:
+    """Write one layer's page and data file (its crops are drawn); returns what the index page shows of
+    it, with the notes of its answer."""
 
     config = plan.config
-    tops = unit_tops(config.index, layer.name, layer.units, config.k)
-    folder = config.out / "layers" / layer.dirname
-    folder.mkdir(parents=True, exist_ok=True)
-    crops, mask_notes = draw_crops(tops.rows, folder, plan, pool, advance)
-    advance(len(layer.units) - len({unit for unit, _ in crops}))  # units without any ok image
     records = unit_records(
-        tops.rows,
+        layer.tops.rows,
         layer.units,
         names=unit_names(con, layer.name),
         purity=label_purity(con, layer.name, min(config.k, plan.manifest["params"]["k"])),
         histograms=_histograms(con, plan, layer),
     )
-    notes = tops.notes + mask_notes + _purity_notes(plan, records)
+    notes = layer.tops.notes + mask_notes + _purity_notes(plan, records)
     data = _layer_data(plan, layer, records, notes)
     script = "window.ACTINDEX_LAYER = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n"
-    (folder.parent / f"{layer.dirname}.js").write_text(script, encoding="utf-8")
+    (config.out / "layers" / f"{layer.dirname}.js").write_text(script, encoding="utf-8")
     _write_layer_html(plan, layer)
-    return _index_entry(layer, records, notes), len(crops)
+    return _index_entry(layer, records, notes)
 
 
 def _purity_notes(plan: ReportPlan, records: list[dict]) -> list[str]:
@@ -302,94 +399,8 @@ def _index_entry(layer: LayerPlan, records: list[dict], notes: list[str]) -> dic
     }
 
 
-def draw_crops(
-    rows: pa.Table, folder: Path, plan: ReportPlan, pool, advance
-) -> tuple[dict[tuple[int, int], str], list[str]]:
-    """Write each top-k row's crop as `folder/u<unit>-<rank>.<ext>`, a chunk of units per task on `pool`;
-    returns ({(unit, rank): file name}, notes about the masks). With a mask, each chunk's maps are computed
-    here, one chunk at a time (the model's forward hooks are not for two threads at once), and the pool
-    draws and saves the tiles meanwhile."""
-    if plan.config.mask is Mask.none:
-        tasks = [pool.submit(_draw_plain, chunk, folder, plan) for chunk in _unit_chunks(rows, CHUNK_UNITS)]
-        return _collect(tasks, advance), []
-
-    config = plan.config
-    tasks, notes = [], []
-    for chunk in _unit_chunks(rows, MASK_CHUNK_UNITS):
-        try:
-            maps = unit_mask_maps(config.index, chunk, config.threshold, config.trust_code, module=plan.model)
-        except CamMismatchError as exc:  # a layer with no map to draw: its crops plain, and the reason
-            notes.append(f"crops drawn without masks: {exc}")
-            parts = _unit_chunks(chunk, CHUNK_UNITS)
-            tasks += [pool.submit(_draw_plain, part, folder, plan) for part in parts]
-            continue
-        notes += mask_notes(maps)
-        tasks.append(pool.submit(_draw_masked, maps, folder, plan))
-    return _collect(tasks, advance), list(dict.fromkeys(notes))
-
-
-def _collect(tasks: list, advance) -> dict[tuple[int, int], str]:
-    files: dict[tuple[int, int], str] = {}
-    for task in as_completed(tasks):
-        drawn, units = task.result()
-        files.update(drawn)
-        advance(units)
-    return files
-
-
-def _unit_chunks(rows: pa.Table, per_chunk: int) -> Iterable[pa.Table]:
-    """Slices of `rows` (grouped by unit) holding `per_chunk` units each."""
-    units = rows.column("unit").to_pylist()
-    starts = [i for i, unit in enumerate(units) if i == 0 or unit != units[i - 1]]
-    for first in range(0, len(starts), per_chunk):
-        begin = starts[first]
-        end = starts[first + per_chunk] if first + per_chunk < len(starts) else len(units)
-        yield rows.slice(begin, end - begin)
-
-
-def _draw_plain(rows: pa.Table, folder: Path, plan: ReportPlan) -> tuple[dict[tuple[int, int], str], int]:
-    tiles: dict[tuple[str, int], list[Image.Image]] = {}
-    ranks: dict[int, list[int]] = {}
-    for row in rows.to_pylist():
-        tile = crop_tile(row, plan.config.tile, plan.decode)
-        tiles.setdefault((row["layer"], row["unit"]), []).append(tile)
-        ranks.setdefault(row["unit"], []).append(row["rank"])
-    return _save_tiles(tiles, ranks, folder), len(tiles)
-
-
-def _draw_masked(maps: dict, folder: Path, plan: ReportPlan) -> tuple[dict[tuple[int, int], str], int]:
-    tiles = tiles_from_maps(maps, plan.config.tile, plan.config.mask)
-    ranks = {unit: [item.row["rank"] for item in items] for (_, unit), items in maps.items()}
-    return _save_tiles(tiles, ranks, folder), len(tiles)
-
-
-def _save_tiles(tiles: dict, ranks: dict[int, list[int]], folder: Path) -> dict[tuple[int, int], str]:
-    files = {}
-    for (_, unit), images in tiles.items():
-        for rank, image in zip(ranks[unit], images, strict=True):
-            name = crop_name(unit, rank)
-            _save_crop(image, folder / name)
-            files[(unit, rank)] = name
-    return files
-
-
 def crop_name(unit: int, rank: int) -> str:
     return f"u{unit:05d}-{rank}.{crop_format()}"
-
-
-def _save_crop(image: Image.Image, path: Path) -> None:
-    if crop_format() == "webp":
-        image.save(path, "WEBP", quality=82, method=4)
-    else:
-        image.save(path, "PNG")
-
-
-@functools.cache
-def crop_format() -> str:
-    """WebP where this Pillow writes it (a third of PNG's size for photos), else PNG."""
-    from PIL import features
-
-    return "webp" if features.check("webp") else "png"
 
 
 def _crop_href(layer: LayerPlan, unit: int, rank: int) -> str:
@@ -517,7 +528,8 @@ def _write_index(plan: ReportPlan, pages: list[dict], errors: list[dict]) -> Non
 
 def _lede(plan: ReportPlan) -> str:
     ok, layers, k = plan.images[1], plan.indexed_layers, plan.manifest["params"]["k"]
-    return f"{ok:,} images · {layers} layer{'s' * (layers != 1)} indexed · top {k} kept per unit"
+    weights = " · random weights" if random_weights(plan.manifest["params"]) else ""
+    return f"{ok:,} images · {layers} layer{'s' * (layers != 1)} indexed · top {k} kept per unit{weights}"
 
 
 def run_facts(plan: ReportPlan) -> list[tuple[str, str]]:

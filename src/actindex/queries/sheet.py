@@ -94,7 +94,10 @@ def unit_sheet(
     else:
         tiles = {show: _placed(pictures[show], options.tile) for show in options.show}
     views = [(None if show is Show.crop else show.value, tiles[show]) for show in options.show]
-    image = render_grid(tops.rows, tile=options.tile, layout=options.layout.value, decode=decode, views=views)
+    note = "random weights" if tops.random_weights else None
+    image = render_grid(
+        tops.rows, tile=options.tile, layout=options.layout.value, decode=decode, views=views, note=note
+    )
     return Sheet(image, len(set(tops.rows.column("unit").to_pylist())), notes)
 
 

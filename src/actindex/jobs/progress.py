@@ -1,0 +1,131 @@
+"""Progress on stderr, shared by the commands: on a terminal a rich bar, otherwise (a batch job's log) one
+line every `--progress-every` seconds and one at the end.
+
+    with ReportProgress(True, images=20, crops=9_720, every=30.0) as progress:
+        write_report(plan, progress.advance)     # advance("images", n), then advance("crops", n)
+
+With no terminal the report logs, as `actindex index` does (jobs.indexing._progress):
+
+    actindex: masks: 16/20 images through the model, - images/s, ETA -; then 9,720 crops
+    actindex: 4,128/9,720 crops, 152.3 crops/s, ETA 0:00:37
+    actindex: 9,720/9,720 crops; done in 66.1 s
+
+A rate measured over less than MIN_RATE_SECONDS says more about the clock than the work: it is shown as "-".
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from actindex.pipeline.options import Option
+
+MIN_RATE_SECONDS = 3.0  # a rate over a shorter window says more about the clock than the job: shown as "-"
+EVERY = 30.0  # seconds between progress lines, by default
+PROGRESS_EVERY = Option("With no terminal: seconds between progress lines.", min=0.1, unit="seconds")
+
+
+def rate(count: int, seconds: float) -> float | None:
+    """count / seconds; None for a window too short to measure (MIN_RATE_SECONDS)."""
+    return count / seconds if count > 0 and seconds >= MIN_RATE_SECONDS else None
+
+
+def duration(seconds: float) -> str:
+    """H:MM:SS."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class LogLines:
+    """A daemon thread printing `line()` to stderr every `every` seconds until `stop()`."""
+
+    def __init__(self, line: Callable[[], str], every: float):
+        self.line, self.every = line, every
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="actindex-progress", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Returns once no line is being printed: a periodic line comes before the last one, never after."""
+        self.stopped.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.every):
+            print(self.line(), file=sys.stderr, flush=True)
+
+
+class ReportProgress:
+    """`actindex report`'s progress: the images through the model for the masks, then the crops saved.
+    Disabled: nothing."""
+
+    def __init__(self, enabled: bool, images: int, crops: int, every: float):
+        self.enabled, self.every, self.terminal = enabled, every, sys.stderr.isatty()
+        self.total = {"images": images, "crops": crops}
+        self.done = {"images": 0, "crops": 0}
+        self.started = time.time()
+        self.stage_started = {"images": self.started, "crops": self.started if not images else None}
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> ReportProgress:
+        if self.enabled and self.terminal:
+            self._start_bar()
+        elif self.enabled:
+            self.log = LogLines(self.line, self.every)
+            self.log.start()
+        return self
+
+    def advance(self, stage: str, n: int) -> None:
+        with self.lock:
+            self.done[stage] += n
+            if stage == "images" and self.done["images"] >= self.total["images"]:
+                self.stage_started["crops"] = self.stage_started["crops"] or time.time()
+        if self.enabled and self.terminal:
+            self.bar.update(self.tasks[stage], completed=self.done[stage])
+
+    def line(self, final: bool = False) -> str:
+        """The batch-log line for now."""
+        with self.lock:
+            now = time.time()
+            if final:
+                crops = self.total["crops"]
+                return f"actindex: {self.done['crops']:,}/{crops:,} crops; done in {now - self.started:.1f} s"
+            stage = "crops" if self.stage_started["crops"] is not None else "images"
+            done, total = self.done[stage], self.total[stage]
+            per_second = rate(done, now - self.stage_started[stage])
+            speed = "-" if per_second is None else f"{per_second:,.1f}"
+            eta = duration((total - done) / per_second) if per_second else "-"
+            if stage == "crops":
+                return f"actindex: {done:,}/{total:,} crops, {speed} crops/s, ETA {eta}"
+            return (
+                f"actindex: masks: {done:,}/{total:,} images through the model, {speed} images/s, ETA {eta}; "
+                f"then {self.total['crops']:,} crops"
+            )
+
+    def _start_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), refresh_per_second=4,
+        )  # fmt: skip
+        self.bar.start()
+        self.tasks = {}
+        if self.total["images"]:
+            self.tasks["images"] = self.bar.add_task(
+                "masks: images through the model", total=self.total["images"]
+            )
+        self.tasks["crops"] = self.bar.add_task("drawing crops", total=self.total["crops"])
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled and self.terminal:
+            self.bar.stop()
+        elif self.enabled:
+            self.log.stop()
+            if exc[0] is None:
+                print(self.line(final=True), file=sys.stderr, flush=True)
