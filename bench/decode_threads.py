@@ -1,4 +1,4 @@
-"""Do decode threads serialize on the GIL? Decode rates with 1 and 2 threads and 1 and 2 processes, same files.
+"""Do decode threads serialize on the GIL? Decode rates with 1 and 2 threads and 1 and 2 processes.
 
     python -m bench.decode_threads --source JPEGS/ --images 3000 --rounds 3
 
@@ -8,9 +8,9 @@ Three decoders, each turning a file into the model input (uint8, 64 x 64, biline
   Decoder/libjpeg the same with plain JPEGs decoded by torchvision.io.decode_jpeg (pipeline.jpeg.ExactJpeg)
 
 For each: images/s with 1 and 2 threads of one process, and with 1 and 2 processes (the files split between
-them), and the CPU seconds the threads used per second of wall time. If the per-image Python work holds the
-GIL, 2 threads gain less over 1 than 2 processes over 1 (processes share no GIL). Rounds run interleaved and the
-table gives their medians, so that the machine's other load falls on every variant alike. The thread
+them), and the CPU seconds the threads used per second of wall time. If the per-image Python work holds
+the GIL, 2 threads gain less over 1 than 2 processes over 1 (processes share no GIL). Rounds run interleaved
+and the table gives their medians, so that the machine's other load falls on every variant alike. The thread
 and process scalings are only comparable on an otherwise idle machine: the table prints the load averages
 before and after.
 """
@@ -101,15 +101,19 @@ def main(argv: list[str] | None = None) -> None:
                     rate, cores = with_processes(name, files, pools[n], n), None
                 rates.setdefault((name, kind, n), []).append((rate, cores))
     print(f"load averages after: {_load()}")
-    print(f"| decoder | 1 thread | 2 threads | 1 process | 2 processes | 2/1 threads | 2/1 processes |")
+    print("| decoder | 1 thread | 2 threads | 1 process | 2 processes | 2/1 threads | 2/1 processes |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in DECODERS:
         med = {key[1:]: statistics.median(r for r, _ in v) for key, v in rates.items() if key[0] == name}
         cores = statistics.median(c for _, c in rates[(name, "thread", 2)])
+        threads, processes = (
+            med[("thread", 2)] / med[("thread", 1)],
+            med[("process", 2)] / med[("process", 1)],
+        )
         print(
             f"| {name} | {med[('thread', 1)]:,.0f} | {med[('thread', 2)]:,.0f} ({cores:.2f} cores) | "
             f"{med[('process', 1)]:,.0f} | {med[('process', 2)]:,.0f} | "
-            f"{med[('thread', 2)] / med[('thread', 1)]:.2f} | {med[('process', 2)] / med[('process', 1)]:.2f} |"
+            f"{threads:.2f} | {processes:.2f} |"
         )
     for pool in pools.values():
         pool.shutdown()

@@ -424,7 +424,9 @@ def run_host_bench(config: BenchConfig, echo=print) -> dict:
     files = sorted(str(p) for p in source.rglob("*") if p.is_file())
     prep = _preprocessing(TINY, _overrides(config.extra_args))
     cores = available_cores()
-    job = dataclasses.replace(config, model=TINY_CONV, layers=("relu1", "relu2"), host=False, results={})
+    job = dataclasses.replace(
+        config, model=TINY_CONV, weights=None, layers=("relu1", "relu2"), host=False, results={}
+    )
     results = config.results
     results.update(machine=_machine(), cores=cores, images=len(files), preprocessing=prep.to_dict())
     results["load_average_before"] = list(os.getloadavg())

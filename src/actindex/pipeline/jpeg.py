@@ -23,6 +23,7 @@ import io
 import logging
 import re
 import struct
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +147,9 @@ class ExactJpeg:
     def __init__(self):
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
+
+        # torchvision 0.29 deprecates its image I/O for TorchCodec (whose decoder gives other pixels)
+        warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
 
         self._torch, self._decode, self._rgb = torch, decode_jpeg, ImageReadMode.RGB
 
