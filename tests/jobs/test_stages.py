@@ -72,11 +72,16 @@ def test_tables_are_identical_whatever_the_decode_and_finish_split(tmp_path, mon
         run_index(
             request(source, tmp_path / name, model_threads=1, decode_threads=decode, finish_threads=finish)
         )
-    # adapted, and made to move: a decision every batch, any wait counts (the split changes mid-shard)
+    # adapted, and made to move: 4 cores, a decision every batch, any wait counts (it changes mid-shard)
+    cores(monkeypatch, 4)
     monkeypatch.setattr(StageSplit, "WINDOW", 1)
     monkeypatch.setattr(StageSplit, "STARVED", 0.0)
+    moves, update = [], StageSplit.update
+    monkeypatch.setattr(
+        StageSplit, "update", lambda split, clock: moves.append(update(split, clock)) or moves[-1]
+    )
     summary = run_index(request(source, tmp_path / "adapted", model_threads=1))
-    assert summary.indexed == 14
+    assert summary.indexed == 14 and any(moves)
     for name in fixed:
         assert_same_tables(tmp_path / name, tmp_path / "adapted")
     one = IndexLayout(tmp_path / "one").read_manifest()["stages"]
