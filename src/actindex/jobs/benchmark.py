@@ -10,10 +10,21 @@ single-process loop doing the same work (jobs.plain_loop); each with the index p
 seconds and peak RSS. `driver_cpu` also runs the Ray job on 4x the images: the extra CPU seconds the
 driver spends per 1,000 images. `--query` adds the query benchmark (jobs.query_bench). Numbers
 are only comparable within one run: machines are noisy.
+
+`--host` measures the host's ceiling instead, for sizing a machine (run_host_bench): the whole job with a
+model that costs almost nothing (the built-in tiny_conv at 64 px), so that what remains is actindex's own
+pipeline, against N x the rate of the same decoder on the same files on one core (N: the cores), for the
+local and the Ray executor. A job's rate counts from its first batch out of the model to its last shard
+written (run.json's stages), so start-up is left out; the table gives each stage's rate and split too, and
+the absolute rate against a plain single-core Pillow loop (open, convert("RGB"), torchvision Resize +
+CenterCrop), since the decoder itself may change.
+
+    results = run_host_bench(BenchConfig(host=True, source="jpegs/", extra_args=("--decode", "torchvision")))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -28,13 +39,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from actindex.jobs.query_bench import synthetic_shard
-from actindex.jobs.spec import IndexRequest, resolve_spec
+from actindex.jobs.spec import IndexRequest, available_cores, resolve_spec
 from actindex.jobs.worker import ShardFinisher, WorkContext, make_recorder, plan_model
 from actindex.pipeline.decode import Decoder
 from actindex.pipeline.errors import InvalidInputError
 from actindex.pipeline.gpu import GpuDecoder
-from actindex.pipeline.model_args import MODEL, WEIGHTS
-from actindex.pipeline.models import load_model
+from actindex.pipeline.model_args import MODEL, TINY_CONV, WEIGHTS
+from actindex.pipeline.models import TINY, load_model
 from actindex.pipeline.options import Option, check, comma_list
 from actindex.pipeline.patterns import LAYERS
 from actindex.pipeline.preprocess import Preprocessing
@@ -79,6 +90,10 @@ class BenchConfig:
         "Images per shard in the finish-shards benchmark (0 skips it).",
         min=0,
     ).field(1024)
+    host: bool = Option(
+        "Measure the host's ceiling instead: the whole job with tiny_conv (a near-free model, 64 px) against "
+        "N cores x the one-core rate of the same decoder on the same files, with --executors ray, local."
+    ).field(False)
     extra_args: tuple[str, ...] = ()  # more `actindex index` options (e.g. --resize/--crop/--decode)
     results: dict = field(default_factory=dict)
 
@@ -208,17 +223,23 @@ def run_job(source: str, out: Path, config: BenchConfig, executor: str) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"index job failed ({executor}):\n{done.stderr[-2000:]}")
     report = parse_report(done.stderr)
+    stages = None
     if executor == "plain":
         images = int(done.stdout.split("images=")[1].split()[0])
         steady = None
     else:
         manifest = json.loads((out / "run.json").read_text())
-        images, steady = manifest["new_images"], manifest["steady_images_per_second"]
+        images, steady, stages = (
+            manifest["new_images"],
+            manifest["steady_images_per_second"],
+            manifest["stages"],
+        )
     return {
         "images": images,
         "wall_seconds": seconds,
         "images_per_second": images / seconds,
         "steady_images_per_second": steady,
+        "stages": stages,
         **report,
     }
 
@@ -313,8 +334,6 @@ def _overrides(extra_args: tuple[str, ...]) -> dict:
 
 
 def _preprocessing(prep, overrides: dict):
-    import dataclasses
-
     return dataclasses.replace(prep, **overrides)
 
 
@@ -392,3 +411,123 @@ def table_rows(results: dict) -> list[tuple[str, str]]:
 
 def asdict_config(config: BenchConfig) -> dict:
     return {k: v for k, v in asdict(config).items() if k != "results"}
+
+
+# ---------------------------------------------------------------------------------------------- --host
+
+
+def run_host_bench(config: BenchConfig, echo=print) -> dict:
+    """The host's ceiling (see the module docstring): one-core decode and Pillow-loop rates, then the job
+    with tiny_conv on each executor of `config.executors` (but the plain loop), in one run."""
+    out = Path(config.out)
+    source = Path(config.source) if config.source else make_dataset(out / "images", config.images)
+    files = sorted(str(p) for p in source.rglob("*") if p.is_file())
+    prep = _preprocessing(TINY, _overrides(config.extra_args))
+    cores = available_cores()
+    job = dataclasses.replace(
+        config, model=TINY_CONV, weights=None, layers=("relu1", "relu2"), host=False, results={}
+    )
+    results = config.results
+    results.update(machine=_machine(), cores=cores, images=len(files), preprocessing=prep.to_dict())
+    results["load_average_before"] = list(os.getloadavg())
+    echo(f"decoding {len(files)} images on one core ...")
+    results["decode_one_core"] = decode_one_core(files, prep)
+    echo("the plain Pillow loop on one core ...")
+    results["pillow_loop_one_core"] = pillow_loop_one_core(files, prep)
+    ceiling = cores * results["decode_one_core"]
+    for executor in (e for e in config.executors if e != "plain"):
+        echo(f"the job with {TINY_CONV}, {LABELS[executor]} ...")
+        run = run_job(str(source), out / f"host_{executor}", job, executor)
+        rate = run["stages"]["images_per_second"] if run["stages"] else None
+        run["of_ceiling"] = rate / ceiling if rate else None
+        run["of_pillow_loop"] = rate / results["pillow_loop_one_core"] if rate else None
+        results[f"host_{executor}"] = run
+    results["load_average_after"] = list(os.getloadavg())
+    (out / "host_results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def decode_one_core(files: list[str], prep: Preprocessing) -> float:
+    """Images/s of the job's decoder (pipeline.decode.Decoder, `prep`) over `files` in one thread."""
+    decoder = Decoder(prep)
+    decoder(files[0])  # made and warm, outside the clock
+    start = time.perf_counter()
+    for path in files:
+        decoder(path)
+    return len(files) / (time.perf_counter() - start)
+
+
+def pillow_loop_one_core(files: list[str], prep: Preprocessing) -> float:
+    """Images/s of a plain loop in one thread: Image.open, convert("RGB"), torchvision Resize + CenterCrop."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+
+    resize_crop = transforms.Compose([transforms.Resize(prep.resize), transforms.CenterCrop(prep.crop)])
+    start = time.perf_counter()
+    for path in files:
+        np.asarray(resize_crop(Image.open(path).convert("RGB")))
+    return len(files) / (time.perf_counter() - start)
+
+
+def host_rows(results: dict) -> list[tuple[str, str]]:
+    """(measure, value) rows of `bench --host`'s table."""
+    cores, decode, pillow = results["cores"], results["decode_one_core"], results["pillow_loop_one_core"]
+    prep = results["preprocessing"]
+    rows = [
+        (
+            f"{results['images']:,} images, {TINY_CONV} at {prep['crop']} px, --decode {prep['decode']}",
+            f"{cores} cores; load averages {_loads(results['load_average_before'])} before, "
+            f"{_loads(results['load_average_after'])} after",
+        ),
+        ("decode on one core (the job's decoder)", f"{decode:,.0f} images/s"),
+        ("plain Pillow loop on one core (open, convert, Resize + CenterCrop)", f"{pillow:,.0f} images/s"),
+        (f"ceiling: {cores} x decode on one core", f"{cores * decode:,.0f} images/s"),
+    ]
+    for executor in ("local", "ray"):
+        run = results.get(f"host_{executor}")
+        if run is None:
+            continue
+        stages = run["stages"] or {}
+        rate = stages.get("images_per_second")
+        rows.append(
+            (
+                f"{LABELS[executor]}: first batch to last shard written",
+                "-"
+                if rate is None
+                else f"{rate:,.0f} images/s: {run['of_ceiling']:.2f} of the ceiling, "
+                f"{run['of_pillow_loop']:.2f}x the Pillow loop",
+            )
+        )
+        if stages:
+            rows.append(("  stages (images/s while busy, threads)", _stage_cells(stages)))
+            rows.append(("  held by", stages["held_by"]))
+        rows.append(
+            (
+                "  whole process",
+                f"{run['images_per_second']:,.0f} images/s ({run['wall_seconds']:.1f} s with start-up); "
+                f"process CPU {run['cpu_seconds']:,.1f} s",
+            )
+        )
+    return rows
+
+
+def _stage_cells(stages: dict) -> str:
+    def threads(stage: str) -> str:
+        split = stages[stage]["threads"]
+        return (
+            f"{split['start']}->{split['final']}" if split["start"] != split["final"] else str(split["final"])
+        )
+
+    def rate(stage: str) -> str:
+        value = stages[stage]["images_per_second"]
+        return "-" if value is None else f"{value:,.0f}"
+
+    return (
+        f"decode {rate('decode')}/thread x {threads('decode')}, model {rate('model')} "
+        f"({stages['model']['threads']} torch threads), finish {rate('finish')}/thread x {threads('finish')}"
+    )
+
+
+def _loads(values: list[float]) -> str:
+    return " ".join(f"{v:.1f}" for v in values)

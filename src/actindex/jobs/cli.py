@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from actindex.jobs.benchmark import BenchConfig, run_bench, table_rows
+from actindex.jobs.benchmark import BenchConfig, host_rows, run_bench, run_host_bench, table_rows
 from actindex.jobs.cli_options import annotated, fail, with_config
 from actindex.jobs.contributions import ContributionsRequest, run_contributions
 from actindex.jobs.demo import run_demo
@@ -29,6 +29,7 @@ from actindex.jobs.indexing import run_index
 from actindex.jobs.progress import EVERY, PROGRESS_EVERY, ReportProgress
 from actindex.jobs.query_bench import build_synthetic_index, time_queries
 from actindex.jobs.spec import RF_GATES, Executor, IndexRequest, RfGates
+from actindex.jobs.stages import summary_line
 from actindex.jobs.status import index_status
 from actindex.pipeline.errors import InvalidInputError, UserError
 from actindex.pipeline.layers import describe_all
@@ -150,6 +151,8 @@ def _print_summary(summary) -> None:
             else ""
         )
     )
+    if summary.stages:
+        typer.echo(summary_line(summary.stages))
 
 
 def retry_line(retried: int, failed: int, recorded: int) -> str:
@@ -494,21 +497,23 @@ def bench(
     config.extra_args = tuple(
         arg for key, value in overrides if value is not None for arg in (key, str(value))
     )
-    table = Table(title=f"actindex bench on this machine ({config.model})")
+    table = Table(title=f"actindex bench on this machine ({'--host' if config.host else config.model})")
     table.add_column("measure")
     table.add_column("result", justify="right")
     if stages:
+        run, rows = (run_host_bench, host_rows) if config.host else (run_bench, table_rows)
         try:
-            results = run_bench(config, echo=lambda s: typer.echo(s, err=True))
+            results = run(config, echo=lambda s: typer.echo(s, err=True))
         except UserError as exc:
             raise fail(exc) from None
-        for measure, value in table_rows(results):
+        for measure, value in rows(results):
             table.add_row(measure, value)
     out = config.out
     if query:
         _bench_queries(Path(out) / "query", query_rows, table)
     _console().print(table)
-    typer.echo(f"results: {out}/results.json" + (f", {out}/query/query_results.json" if query else ""))
+    results_file = "host_results.json" if config.host else "results.json"
+    typer.echo(f"results: {out}/{results_file}" + (f", {out}/query/query_results.json" if query else ""))
 
 
 def _bench_queries(folder: Path, rows: int, table) -> None:

@@ -66,6 +66,7 @@ from actindex.jobs.spec import (
     pinned_params,
     resolve_spec,
 )
+from actindex.jobs.stages import StageTotals
 from actindex.jobs.tasks import ShardAttemptsError, ShardExecutor
 from actindex.jobs.worker import ModelPlan, ShardFailure, ShardResult, ShardTask, WorkContext, plan_model
 from actindex.pipeline import schema
@@ -83,7 +84,13 @@ from actindex.pipeline.layout import (
 )
 from actindex.pipeline.listing import Listing
 from actindex.pipeline.lock import index_lock
-from actindex.pipeline.model_args import BUILTIN_EFFICIENTNET, RANDOM, brings_own_weights, random_weights
+from actindex.pipeline.model_args import (
+    BUILTIN_EFFICIENTNET,
+    RANDOM,
+    TINY_CONV,
+    brings_own_weights,
+    random_weights,
+)
 from actindex.pipeline.models import ensure_pretrained, model_skeleton
 from actindex.pipeline.names import NamesFile, read_names_options, unit_names
 from actindex.pipeline.retry import RETRIES, RetryPolicy, TransientError
@@ -130,6 +137,9 @@ class Summary:
     failed_shard_attempts: int = 0  # shard attempts a transient failure ended (each shard ran again)
     recorded_after_retries: int = 0  # images recorded "unreadable after retries" (--record-failed-reads)
     retried_errors: int = 0  # error rows of earlier runs indexed again (transient kinds; --retry-errors: all)
+    # the workers' stages: threads, busy seconds, rates, waits, the rate from the first batch out of the
+    # model to the last shard written, the stage that held the run (jobs.stages.StageTotals); None: no shard
+    stages: dict | None = None
     random_weights: bool = False  # the index's network has random weights (--weights random); not in run.json
 
     @property
@@ -163,7 +173,7 @@ def run_index(request: IndexRequest) -> Summary:
         write_parquet(units, layout.units, spec.params(), layout)
         context = WorkContext(
             spec, layout.url, infos, rfs, request.trust_code, spec.params(), layout.retry,
-            request.record_failed_reads,
+            request.record_failed_reads, request.decode_threads, request.finish_threads,
         )  # fmt: skip
         tally.start(len(plan.state.done), len(plan.work.pending), manifest)
         return _run(plan, context, manifest, lock, tally)
@@ -206,19 +216,26 @@ def plan_run(
     state = IndexState({}) if existing is None else read_state(layout, repair=False)
     work = _plan(listing, state, layout, request)
     executor, model = _start(request, layout, work, existing, stack)
-    spec = None if executor is None else resolve_spec(request, model, root, executor.gpus())
+    spec = None if executor is None else _resolve(request, model, root, executor, existing)
     if existing is None:
         layout.clear()  # an empty directory, or --overwrite of another format's index
     elif compare_params(layout, existing, *_params(request, model, root, spec), overwrite=request.overwrite):
         layout.clear()  # --overwrite of an index made with other parameters: planned again from nothing
         existing, state = None, IndexState({})
         work = _plan(listing, state, layout, request)
+        spec = None if executor is None else _resolve(request, model, root, executor, None)
     plan = RunPlan(request, layout, clocks, listing, listing_errors, existing, state, work, model)
     if executor is None and not (work.idle and existing is not None):  # cleared: it computes after all
         executor = stack.enter_context(open_executor(request))
-        spec = resolve_spec(request, model, root, executor.gpus())
+        spec = _resolve(request, model, root, executor, existing)
     plan.executor, plan.spec = executor, spec
     return plan
+
+
+def _resolve(request: IndexRequest, model: ModelPlan, root: str, executor, existing: dict | None) -> RunSpec:
+    """The run spec for the executor's workers; a run that continues an index keeps its torch threads."""
+    recorded = existing["params"] if existing is not None else None
+    return resolve_spec(request, model, root, executor.gpus(), executor.cores(), recorded)
 
 
 def _dataset_root(request: IndexRequest, existing: dict | None, retry: RetryPolicy) -> str:
@@ -241,7 +258,7 @@ def check_model(request: IndexRequest, echo=None) -> None:
     if skeleton is None:
         return
     resolve_layers(skeleton, request.layers, request.model)
-    if request.weights in (None, "DEFAULT") and request.model != BUILTIN_EFFICIENTNET:
+    if request.weights in (None, "DEFAULT") and request.model not in (BUILTIN_EFFICIENTNET, TINY_CONV):
         say = echo or (_say if request.progress else lambda line: None)
         ensure_pretrained(request.model, skeleton, echo=say)
 
@@ -402,6 +419,8 @@ def compare_params(
     but `skip`. Refuses a difference in one line naming each, unless `overwrite`; returns whether the
     index must be cleared."""
     recorded = existing["params"]
+    if "model_threads" not in recorded:  # an index made before they were recorded: it records this run's
+        params = {key: value for key, value in params.items() if key != "model_threads"}
     if partial:
         changed = pinned_differences(recorded, params)
     else:
@@ -449,6 +468,7 @@ def _run(plan: RunPlan, context: WorkContext, manifest: dict, lock, tally: _Tall
     fresh = {layer: RunningTopK(info.channels, context.spec.k) for layer, info in context.infos.items()}
     fresh_ids: set[str] = set()
     cpu_loop = own_cpu_seconds()
+    stages = StageTotals()
     shards = len(work.pending)
     with _progress(request.progress, work.images, shards, request.progress_every, started) as progress:
         for event in plan.executor.run(context, tasks):
@@ -461,6 +481,7 @@ def _run(plan: RunPlan, context: WorkContext, manifest: dict, lock, tally: _Tall
                 tally.kept += event.shard not in state.done  # a shard indexed again in place was kept
                 tally.add("retried_requests", event.retries)
                 tally.add("recorded_after_retries", event.after_retries)
+                stages.add(event.stages)
                 progress.shard()
             elif isinstance(event, ShardFailure):
                 tally.add("failed_shard_attempts")
@@ -486,6 +507,7 @@ def _run(plan: RunPlan, context: WorkContext, manifest: dict, lock, tally: _Tall
         "steady_images_per_second": _rate(work.images - first[1], loop_end - first[0]) if first else None,
         "driver_cpu_seconds_indexing": cpu_loop,
         "retried_errors": work.retried_errors,
+        "stages": stages.record(),
     }
     tally.add("retried_requests", RETRIES.take())  # the driver's own, and this process's workers' left over
     return _finish(

@@ -15,6 +15,7 @@ import queue
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from actindex.jobs.spec import available_cores
 from actindex.jobs.tasks import Attempts, TaskQueue
 from actindex.jobs.worker import (
     ModelPlan,
@@ -43,6 +44,9 @@ class LocalExecutor:
         import torch
 
         return torch.cuda.is_available()
+
+    def cores(self) -> int:
+        return available_cores()
 
     def plan(self, request, geometry: bool = True) -> ModelPlan:
         plan, self.module = plan_model(request, geometry)  # the worker uses this copy: no second load

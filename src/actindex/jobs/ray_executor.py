@@ -269,6 +269,10 @@ class RayExecutor:
         self._wait()
         return self.has_gpus
 
+    def cores(self) -> int:
+        self._wait()
+        return max((slot.threads for slot in self.slots), default=1)
+
     def plan(self, request, geometry: bool = True) -> ModelPlan:
         """The model as the first actor to load it found it (every actor loads it now, for its worker; the
         driver only built it without weights, on the meta device, to check names: indexing.check_model)."""

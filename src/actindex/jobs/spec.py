@@ -14,6 +14,7 @@ nvjpeg) and resumed on a CPU (fp32, Pillow) cannot mix shards.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -81,7 +82,8 @@ class Store(str, Enum):
 
 
 GPU_BATCH, CPU_BATCH = 256, 32  # 256 keeps an H100 busy on ResNet-50 (docs/performance.md); more buys little
-EXECUTION_PARAMS = ("device", "precision", "device_decode", "batch_size", "compile")  # resolved per workers
+# resolved per workers
+EXECUTION_PARAMS = ("device", "precision", "device_decode", "batch_size", "compile", "model_threads")
 
 # how a job runs: `actindex index` and `actindex contributions`
 EXECUTOR = Option("ray (local Ray unless --address) or local (one process, no Ray).", choices=Executor)
@@ -93,6 +95,16 @@ WORKERS = Option(
     min=1,
 )
 PROGRESS = Option("Show a progress bar; with no terminal (batch logs), progress lines.")
+MODEL_THREADS = Option(
+    "Torch threads of the forward (default: every core of a worker on a CPU, 1 on a GPU); recorded, and kept "
+    "when the run resumes.",
+    min=1,
+)
+STAGE_THREADS = Option(  # --decode-threads, --finish-threads: jobs.stages.StageSplit
+    "Threads of this stage in each worker (default: adapted while running, from where batches wait); never "
+    "changes a result.",
+    min=1,
+)
 RETRY_BUDGET = Option(
     "Seconds a request that fails transiently (HTTP 5xx/429, S3 SlowDown, timeouts, resets, EIO) is "
     "retried for, with backoff; a shard whose reads still fail runs again, up to 4 times.",
@@ -126,6 +138,8 @@ class RunSpec:
     compile: bool  # torch.compile the forward and reductions
     columns: dict | None = None  # Parquet columns chosen (pipeline.containers.Columns); None: defaults
     rf_gates: str = RfGates.constant.value  # "constant" or "strict": receptive fields through SE gates
+    # torch threads of the forward (model_threads()); 0: not recorded (an index made before), torch's default
+    model_threads: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -198,6 +212,9 @@ class IndexRequest:
         "auto = bf16 on GPUs, fp32 on CPUs; fp32 for exact results.", choices=Precision
     ).field(Precision.auto)
     compile: bool = Option("torch.compile the forward pass (GPU workers).").field(False)
+    model_threads: int | None = MODEL_THREADS.field(None)  # None: model_threads(device, cores)
+    decode_threads: int | None = STAGE_THREADS.field(None)  # None: adapted (jobs.stages.StageSplit)
+    finish_threads: int | None = STAGE_THREADS.field(None)
     device_decode: bool | None = Option(  # None: on GPUs, if decode is "fast"
         "Decode JPEGs on the model's device (default: on GPUs).", flags=("--device-decode/--cpu-decode",)
     ).field(None)
@@ -262,9 +279,18 @@ def _decode(preprocessing: Preprocessing | dict | None) -> str:
     return preprocessing.decode if preprocessing is not None else "fast"
 
 
-def resolve_spec(request: IndexRequest, plan, dataset_root: str, gpus: bool) -> RunSpec:
-    """Every "auto" of `request` decided for workers that have GPUs (`gpus`) or not; `plan` (a
-    jobs.worker.ModelPlan) says what loading the model found: weights, layer names, preprocessing."""
+def resolve_spec(
+    request: IndexRequest,
+    plan,
+    dataset_root: str,
+    gpus: bool,
+    cores: int | None = None,
+    recorded: dict | None = None,
+) -> RunSpec:
+    """Every "auto" of `request` decided for workers that have GPUs (`gpus`) or not, and `cores` each
+    (default: this machine's); `plan` (a jobs.worker.ModelPlan) says what loading the model found: weights,
+    layer names, preprocessing. `recorded`: the params of the index the run continues, whose torch threads
+    it keeps."""
     device = ("cuda" if gpus else "cpu") if request.device is Device.auto else request.device.value
     if device == "cuda" and not gpus:
         raise InvalidInputError("--device cuda, but no worker has a GPU; use --device cpu or auto")
@@ -290,7 +316,26 @@ def resolve_spec(request: IndexRequest, plan, dataset_root: str, gpus: bool) -> 
         compile=request.compile,
         columns=request.columns.to_dict(),
         rf_gates=request.rf_gates.value,
+        model_threads=request.model_threads
+        or (recorded or {}).get("model_threads")
+        or model_threads(device, cores or available_cores()),
     )
+
+
+def model_threads(device: str, cores: int) -> int:
+    """The forward's torch threads, the rule: every core of a worker where the model runs on the CPU (there
+    the forward is the costly stage; the decoding and finishing threads take what it leaves), one on a GPU
+    (the host thread only launches kernels). Decided once and recorded (RunSpec.model_threads): how torch
+    splits a sum between threads can change its float rounding, and resumed shards must add up alike."""
+    return 1 if device == "cuda" else max(1, cores)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _device_decode(request: IndexRequest, preprocessing: Preprocessing, device: str) -> bool:
@@ -332,6 +377,8 @@ def pinned_params(request: IndexRequest, dataset_root: str) -> dict:
         pinned["device_decode"] = request.device_decode
     if request.batch_size is not None:
         pinned["batch_size"] = request.batch_size
+    if request.model_threads is not None:
+        pinned["model_threads"] = request.model_threads
     return pinned
 
 

@@ -65,6 +65,10 @@ class ShardExecutor(Protocol):
     def gpus(self) -> bool:
         """Whether the workers have GPUs (what device "auto" resolves to)."""
 
+    def cores(self) -> int:
+        """The cores of a worker (the largest number, where workers differ): what the model's torch threads
+        are resolved against (jobs.spec.model_threads)."""
+
     def plan(self, request: IndexRequest, geometry: bool = True) -> ModelPlan:
         """Load the request's model where the workers run (the driver never loads its weights: it only
         checks names on the meta device): what jobs.worker.plan_model finds. A worker keeps the model."""

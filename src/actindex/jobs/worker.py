@@ -34,7 +34,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from actindex.jobs.spec import IndexRequest, RunSpec
+from actindex.jobs.spec import IndexRequest, RunSpec, available_cores
+from actindex.jobs.stages import StageClock, StagePool, StageSplit
 from actindex.pipeline import schema
 from actindex.pipeline.decode import AFTER_RETRIES, DecodedImage, Decoder, error_kind
 from actindex.pipeline.errors import UserError
@@ -130,6 +131,9 @@ class WorkContext:
     metadata: dict = field(default_factory=dict)  # key-value metadata of every Parquet file
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # every read and write of the worker
     record_failed_reads: bool = False  # images whose reads outlast `retry`: "unreadable after retries" rows
+    # threads of a worker's decoding and finishing stages, fixed; None: adapted (jobs.stages.StageSplit)
+    decode_threads: int | None = None
+    finish_threads: int | None = None
 
     def worker(self, threads: int | None = None, node: str | None = None, module=None) -> ShardWorker:
         """The worker an executor runs for this context (jobs.tasks.TaskContext)."""
@@ -152,6 +156,9 @@ class ShardResult:
     seconds: dict[str, float]  # model (decode + forward) and finish (order + encode + write) time
     after_retries: int = 0  # images recorded as "unreadable after retries" (--record-failed-reads)
     retries: int = 0  # requests the worker retried since its last report (pipeline.retry.RETRIES)
+    # the worker's stages since its last result (jobs.stages.StageClock.take), its split of threads, when
+    # this shard's first batch left the model and when its files were written (jobs.stages.StageTotals)
+    stages: dict = field(default_factory=dict)
 
     def marker(self) -> dict:
         keys = (
@@ -194,13 +201,13 @@ class ShardWorker:
         node: str | None = None,
         module=None,
     ):
-        """`module`: the spec's model already loaded in this process (by plan_model, which the executor ran
-        here; the caller checked its weights with check_weights); otherwise it is loaded here and checked."""
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
+        """`threads`: the cores this worker may use (default: this process's); the forward runs on the spec's
+        model_threads, decoding and finishing share the cores (jobs.stages.StageSplit), unless
+        `decode_threads` / `finish_threads` (or the context's) fix them. `module`: the spec's model already
+        loaded in this process (by plan_model, which the executor ran here; the caller checked its weights
+        with check_weights); otherwise it is loaded here and checked."""
         self.context, self.spec = context, context.spec
+        self._torch_threads()
         self.layout = IndexLayout(context.root, context.retry)
         self.recorder = make_recorder(module if module is not None else self._load(), self.spec)
         self.cpu_decoder = Decoder(
@@ -210,20 +217,31 @@ class ShardWorker:
         if self.spec.device_decode:
             self.device_decoder = GpuDecoder(self.spec.preprocessing, self.spec.device, self.spec.max_pixels)
         self.journal = DecodeJournal(self.layout.journal_dir)
-        cores, gpu = threads or os.cpu_count() or 1, self.spec.device == "cuda"
-        if decode_threads is None:  # nvjpeg wants one host thread; Pillow as many as the GPU needs
-            decode_threads = 1 if self.spec.device_decode else max(1, cores // (2 if gpu else 4))
-        self.decode_threads = decode_threads
-        self.decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="actindex-decode")
-        self.finish_pool = ThreadPoolExecutor(
-            finish_threads or max(1, cores // (2 if gpu else 4)), thread_name_prefix="actindex-finish"
+        cores = threads or available_cores()
+        self.clock = StageClock()
+        self.split = StageSplit(
+            cores,
+            decode_threads or context.decode_threads,
+            finish_threads or context.finish_threads,
+            decode_most=1 if self.spec.device_decode else None,  # nvjpeg decodes a batch in one call
         )
+        self.decode_pool = StagePool("decode", self.split.decode, self.clock, most=cores)
+        self.finish_pool = StagePool("finish", self.split.finish, self.clock, most=cores)
         self.in_flight = IN_FLIGHT[self.spec.device]
         self.model_lock = threading.Lock()
+        self.model_free_since: float | None = None  # when the model last finished a shard
         self.decoding = threading.Semaphore(2)  # the shard in the model and the next one decode
         self.cancelled = threading.Event()
         self.writer = {"host": socket.gethostname(), "pid": os.getpid(), **({"node": node} if node else {})}
         self.finisher = ShardFinisher(context, self.finish_pool, self.writer)
+
+    def _torch_threads(self) -> None:
+        """The forward's torch threads, the spec's (set in the thread that runs the model: OpenMP keeps
+        the count per thread)."""
+        import torch
+
+        if self.spec.model_threads and torch.get_num_threads() != self.spec.model_threads:
+            torch.set_num_threads(self.spec.model_threads)
 
     def _load(self):
         loaded = load_model(self.spec.model, self.spec.weights_arg, trust_code=self.context.trust_code)
@@ -257,19 +275,29 @@ class ShardWorker:
         size = self.spec.batch_size
         batches = [task.refs[i : i + size] for i in range(0, len(task.refs), size)]
         self.decoding.acquire()
-        decoded = Prefetcher(self.decode, batches, self.decode_pool, depth=self.decode_threads + 1)
+        decoded = Prefetcher(self.decode, batches, self.decode_pool, depth=lambda: self.split.decode + 1)
         shard = _ShardResults(self.spec.layers)
-        done, reported, last = 0, 0, time.monotonic()
+        done, reported, last, first = 0, 0, time.monotonic(), None
+        recorder = _TimedRecorder(self.recorder, self.clock)
         try:
             with self.model_lock:
-                for batch, results in record_batches(self.recorder, decoded):
+                self._torch_threads()
+                if self.model_free_since is not None:
+                    self.clock.wait("model_for_shard", time.perf_counter() - self.model_free_since)
+                for batch, results in record_batches(recorder, self._waited_for(decoded)):
                     if self.cancelled.is_set():
                         raise Cancelled
                     shard.add(batch, results)
                     done += len(batch.ok)
+                    first = first or [time.time(), len(batch.ok)]
+                    self.clock.add("model", images=len(batch.ok))
+                    if self.split.update(self.clock):
+                        self.decode_pool.resize(self.split.decode)
+                        self.finish_pool.resize(self.split.finish)
                     if time.monotonic() - last >= PROGRESS_EVERY:  # each report costs the driver a message
                         yield done - reported
                         reported, last = done, time.monotonic()
+                self.model_free_since = time.perf_counter()
         finally:
             decoded.close()
             self.decoding.release()
@@ -277,9 +305,30 @@ class ShardWorker:
             yield done - reported
         computed = time.perf_counter()
         result = self.finisher(task, shard.meta(), {layer: shard.layer(layer) for layer in self.spec.layers})
+        self.clock.add("finish", images=len(task.refs))
         result.seconds = {"model": computed - started, "finish": time.perf_counter() - computed}
         result.retries = RETRIES.take()
+        result.stages = {
+            **self.clock.take(),
+            "worker": f"{self.writer['host']}:{self.writer['pid']}",
+            "threads": self.split.threads(),
+            "model_threads": self.spec.model_threads,
+            "first_batch": first,
+            "written": time.time(),
+            "shard_images": len(task.refs),
+        }
         yield result
+
+    def _waited_for(self, batches: Prefetcher) -> Iterator[DecodedBatch]:
+        """The decoded batches, timing how long the model waited for each (decoding is behind)."""
+        batches = iter(batches)
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            self.clock.wait("model_for_decode", time.perf_counter() - asked)
+            yield batch
 
     # -------------------------------------------------------------------------------------------- decode
 
@@ -287,6 +336,7 @@ class ShardWorker:
         """One batch of images -> DecodedBatch; every CPU decode is journaled."""
         import torch
 
+        self.clock.add("decode", images=len(refs))
         with self.journal.batch(refs[0].image_id) as journal:
             if self.device_decoder is not None:
                 uris = [ref.uri for ref in refs]
@@ -310,6 +360,30 @@ class ShardWorker:
             error=np.array([d.error or "" for d in decoded], dtype=object),
             on_device=np.zeros(len(decoded), dtype=bool),
         )
+
+
+class _TimedRecorder:
+    """The worker's recorder, its forwards (and waits for a device's results) timed as the model's busy
+    seconds."""
+
+    def __init__(self, recorder, clock: StageClock):
+        self.recorder, self.clock = recorder, clock
+
+    def __getattr__(self, name: str):
+        return getattr(self.recorder, name)
+
+    def submit(self, pixels):
+        with self.clock.busy("model"):
+            return _TimedResult(self.recorder.submit(pixels), self.clock)
+
+
+class _TimedResult:
+    def __init__(self, pending, clock: StageClock):
+        self.pending, self.clock = pending, clock
+
+    def result(self):
+        with self.clock.busy("model"):
+            return self.pending.result()
 
 
 class ShardFinisher:
@@ -337,15 +411,16 @@ class ShardFinisher:
             for layer, (act, pos) in layers.items()
         }
         files = [self.layout.images_file(task.shard, attempt)]
-        write_parquet(images_table(task.refs, meta), files[0], self.context.metadata, self.layout)
+        images = submit(self._write, images_table, (task.refs, meta), files[0])
         tops, rows = {}, 0
         for layer, job in jobs.items():
             tops[layer], path, count = job.result()
             rows += count
             if path is not None:
                 files.append(path)
+        images.result()
         files.append(self.layout.partial_file(task.shard, attempt))
-        write_parquet(partial_table(tops, self.context.infos), files[-1], self.context.metadata, self.layout)
+        submit(self._write, partial_table, (tops, self.context.infos), files[-1]).result()
         return ShardResult(
             shard=task.shard,
             digest=task.digest,
@@ -359,6 +434,10 @@ class ShardFinisher:
             seconds={},
             after_retries=int(sum(error_kind(str(e)) == AFTER_RETRIES for e in meta["error"][~ok])),
         )
+
+    def _write(self, table, args: tuple, path) -> None:
+        """Build a table and write it (in the pool: every part of finishing runs in finishing threads)."""
+        write_parquet(table(*args), path, self.context.metadata, self.layout)
 
     def _layer(self, shard, attempt, layer, act, pos, ok_ids, sizes) -> tuple[TopK, object, int]:
         ordered = order_units(act, pos, ok_ids)

@@ -22,7 +22,9 @@ are torchvision's `Resize(resize, interpolation, antialias=True)` + `CenterCrop(
   torchvision  exactly the pixels of torchvision's standard pipeline, `Image.open(path).convert("RGB")`
                then `weights.transforms()`: every JPEG fully decoded, EXIF orientation ignored (as PIL and
                torchvision's loaders ignore it), alpha dropped, not composited. `width`/`height` are the
-               stored image's, and boxes refer to the stored, un-rotated pixels.
+               stored image's, and boxes refer to the stored, un-rotated pixels. Plain JPEGs are decoded by
+               `torchvision.io.decode_jpeg` in one C++ call (pipeline.jpeg.ExactJpeg: the same libjpeg-turbo
+               pixels as Pillow's, checked once per process), so decode threads do not queue for the GIL.
 
 Only JPEG (and MPO), PNG, WebP, BMP, GIF and TIFF are decoded, in both modes: any other content is "not an
 image" (Pillow's other plugins are never tried on dataset files; EPS, for one, would run Ghostscript).
@@ -77,6 +79,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
+from actindex.pipeline.jpeg import ExactJpeg
 from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.retry import READS, RetryPolicy, TransientError, is_transient
 from actindex.pipeline.storage import NullImageError, open_image_bytes, split_uri
@@ -135,7 +138,9 @@ class Decoder:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         retry: RetryPolicy | None = None,
         record_after_retries: bool = False,
+        exact_jpeg: bool = True,
     ):
+        """`exact_jpeg=False` keeps every decode in Pillow (the benchmarks compare the two)."""
         self.preprocessing = preprocessing
         self.max_pixels = max_pixels
         self.retry = retry or READS  # a job passes its own (--retry-budget)
@@ -146,6 +151,9 @@ class Decoder:
             Image.MAX_IMAGE_PIXELS = None
         Image.init()  # register every plugin once, then keep the formats this Pillow build can open
         self.formats = tuple(f for f in FORMATS if f in Image.OPEN)
+        self.exact_jpeg = None
+        if exact_jpeg and preprocessing.decode == "torchvision":
+            self.exact_jpeg = ExactJpeg.here()
 
     def __call__(self, uri: str) -> DecodedImage:
         """The image at `uri`, or its error row. A transient failure to read it (pipeline.retry) is retried
@@ -165,9 +173,19 @@ class Decoder:
             if split_uri(uri)[0] == "file":
                 _check_regular_file(uri)
                 source = uri
+                if self.exact_jpeg is not None and (data := _read_jpeg(uri)) is not None:
+                    source = io.BytesIO(data)
             else:  # an object, a tar member or a Parquet value (pipeline.storage)
                 data = open_image_bytes(uri)
                 source = io.BytesIO(data)
+            if self.exact_jpeg is not None and data is not None:
+                pixels = self.exact_jpeg(
+                    data if isinstance(data, bytearray) else bytearray(data), self.max_pixels
+                )
+                if pixels is not None:
+                    height, width = pixels.shape[:2]
+                    rgb = Image.fromarray(pixels, "RGB")
+                    return DecodedImage(self._preprocess(rgb, width, height, None), width, height, None)
             with Image.open(source, formats=self.formats) as img:
                 fast = self.preprocessing.decode == "fast"
                 if img.width * img.height > self.max_pixels:  # from the header: nothing decoded yet
@@ -231,6 +249,20 @@ class _TooLarge(ValueError):
 
 class _NotRegularFile(OSError):
     pass
+
+
+def _read_jpeg(path: str) -> bytearray | None:
+    """A JPEG file's bytes, read into a writable buffer (torch wraps it without a copy); None for a file that
+    does not start like a JPEG (Pillow opens it by its path, reading only what it needs)."""
+    with open(path, "rb", buffering=0) as f:
+        if f.read(3) != b"\xff\xd8\xff":
+            return None
+        f.seek(0)
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        read = f.readinto(data)
+        if read < len(data):  # shorter than its size a moment ago: keep what is there
+            del data[read:]
+        return data
 
 
 def _check_regular_file(uri: str) -> None:

@@ -61,19 +61,17 @@ import collections
 import contextlib
 import functools
 import os
-import re
-import struct
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from actindex.pipeline.decode import DEFAULT_MAX_PIXELS, DEVICE_DECODE_REFUSED, DecodedImage, Decoder
 from actindex.pipeline.errors import InvalidInputError
+from actindex.pipeline.jpeg import JpegHeader, parse_jpeg_header
 from actindex.pipeline.layers import describe_layers
 from actindex.pipeline.loop import DecodedBatch
 from actindex.pipeline.preprocess import Preprocessing
@@ -86,117 +84,6 @@ if TYPE_CHECKING:
 PRECISIONS = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}  # torch dtypes, by name (torch loads late)
 DEVICE_SOF = (0xC0, 0xC1, 0xC2)  # baseline, extended sequential, progressive Huffman: 8-bit DCT JPEGs
 DEFAULT_BATCH_PIXELS = 128 * 1024 * 1024  # decoded pixels per device decode call / resize group (memory)
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every start-of-frame (not DHT/JPG/DAC)
-_XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
-_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
-
-
-# ----------------------------------------------------------------------------------------------- headers
-
-
-@dataclass(frozen=True)
-class JpegHeader:
-    """What the fast path needs from a JPEG's header, read without decoding anything."""
-
-    width: int  # stored width (before EXIF orientation)
-    height: int  # stored height
-    components: int  # 1 grayscale, 3 YCbCr/RGB, 4 CMYK/YCCK
-    precision: int  # bits per sample
-    sof: int  # start-of-frame marker (0xC0 baseline, 0xC2 progressive, ...)
-    orientation: int  # EXIF orientation 1..8 (1 when absent or unusable, as Pillow's exif_transpose)
-    complete: bool  # an end-of-image marker follows the first scan
-
-    def upright_size(self) -> tuple[int, int]:
-        swap = self.orientation in (5, 6, 7, 8)
-        return (self.height, self.width) if swap else (self.width, self.height)
-
-
-def parse_jpeg_header(data: bytes | memoryview) -> JpegHeader | None:
-    """Read a JPEG's frame header and EXIF orientation; None for anything unusual (the CPU decoder then
-    decodes it, or names what is wrong with it)."""
-    data = bytes(data) if isinstance(data, memoryview) else data
-    if not data.startswith(b"\xff\xd8\xff"):
-        return None
-    n, pos = len(data), 2
-    exif_orientation: int | None = None
-    exif_segments = 0
-    xmp: bytes | None = None
-    frame: tuple[int, int, int, int, int] | None = None
-    try:
-        while pos < n:
-            if data[pos] != 0xFF:
-                return None  # garbage between segments: libjpeg would skip it with a warning
-            while pos < n and data[pos] == 0xFF:  # fill bytes
-                pos += 1
-            if pos >= n:
-                return None
-            marker = data[pos]
-            pos += 1
-            if marker == 0x01 or 0xD0 <= marker <= 0xD7:
-                continue  # standalone markers
-            if marker in (0xD8, 0xD9):
-                return None  # a second SOI, or EOI before any scan
-            (length,) = struct.unpack_from(">H", data, pos)
-            end = pos + length
-            if length < 2 or end > n:
-                return None
-            body = pos + 2
-            if marker == 0xE1 and data.startswith(b"Exif\x00\x00", body):
-                exif_segments += 1
-                if exif_segments > 1:
-                    return None  # Pillow concatenates them; leave that to it
-                exif_orientation = _exif_orientation(data[body + 6 : end])
-                if exif_orientation == -1:
-                    return None
-            elif marker == 0xE1 and data.startswith(_XMP_PREFIX, body):
-                xmp = data[body + len(_XMP_PREFIX) : end]  # the last one wins, as in Pillow
-            elif marker in _SOF_MARKERS:
-                if frame is not None or length < 8:
-                    return None
-                precision, height, width, components = struct.unpack_from(">BHHB", data, body)
-                frame = (marker, precision, height, width, components)
-            elif marker == 0xDA:  # start of scan: the header is over
-                if frame is None:
-                    return None
-                sof, precision, height, width, components = frame
-                orientation = exif_orientation
-                if orientation is None and xmp is not None:
-                    match = _XMP_ORIENTATION.search(xmp)
-                    orientation = int(match[2]) if match else None
-                if orientation is None or not 1 <= orientation <= 8:
-                    orientation = 1
-                # EOI normally ends the file: look at the tail first (a full scan costs ~1 us per KB)
-                eoi = data.rfind(b"\xff\xd9", max(end, n - 64))
-                complete = eoi != -1 or data.find(b"\xff\xd9", end) != -1
-                return JpegHeader(width, height, components, precision, sof, orientation, complete)
-            pos = end
-    except (struct.error, IndexError):
-        return None
-    return None
-
-
-def _exif_orientation(tiff: bytes) -> int | None:
-    """Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block: None if absent, -1 if unreadable."""
-    if tiff[:4] == b"II*\x00":
-        order = "<"
-    elif tiff[:4] == b"MM\x00*":
-        order = ">"
-    else:
-        return -1
-    try:
-        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
-        (count,) = struct.unpack_from(order + "H", tiff, ifd)
-        for i in range(count):
-            tag, kind, num = struct.unpack_from(order + "HHI", tiff, ifd + 2 + 12 * i)
-            if tag != 0x0112:
-                continue
-            if num != 1 or kind not in (3, 4):  # SHORT or LONG, one value, as every camera writes it
-                return -1
-            fmt = "H" if kind == 3 else "I"
-            return struct.unpack_from(order + fmt, tiff, ifd + 2 + 12 * i + 8)[0]
-    except struct.error:
-        return -1
-    return None
 
 
 def device_decodable(header: JpegHeader | None, device_type: str, max_pixels: int) -> bool:

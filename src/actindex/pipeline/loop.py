@@ -75,24 +75,29 @@ class DecodedBatch:
 
 class Prefetcher:
     """Iterate over `decode(batch)` for each of `batches`, in order, with up to `depth` of them decoding
-    ahead in `pool`. Decoding starts when the Prefetcher is made, not when iteration begins."""
+    ahead in `pool` (`depth` may be a function, asked before each batch is handed out: a pool that grows
+    gets more batches ahead). Decoding starts when the Prefetcher is made, not when iteration begins."""
 
-    def __init__(self, decode: Callable, batches: Iterable, pool: Executor, depth: int = 2):
+    def __init__(
+        self, decode: Callable, batches: Iterable, pool: Executor, depth: int | Callable[[], int] = 2
+    ):
         self._decode, self._pool = decode, pool
+        self._depth = depth if callable(depth) else lambda: depth
         self._batches = iter(batches)
         self._pending: collections.deque = collections.deque()
-        for _ in range(max(1, depth)):
-            self._submit()
+        self._fill()
 
-    def _submit(self) -> None:
-        batch = next(self._batches, None)
-        if batch is not None:
+    def _fill(self) -> None:
+        while len(self._pending) < max(1, self._depth()):
+            batch = next(self._batches, None)
+            if batch is None:
+                return
             self._pending.append(self._pool.submit(self._decode, batch))
 
     def __iter__(self) -> Iterator:
         while self._pending:
             future = self._pending.popleft()
-            self._submit()
+            self._fill()
             yield future.result()
 
     def close(self) -> None:

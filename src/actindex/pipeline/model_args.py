@@ -12,6 +12,7 @@ What --weights means, by model:
   torchvision NAME, timm:NAME   none or DEFAULT: the pretrained weights (torchvision's DEFAULT, timm's default
                                 tag), from the torch or Hugging Face cache, downloaded there when missing
   efficientnet_lite0            none or DEFAULT: its built-in ImageNet weights (shipped in a package)
+  tiny_conv                     none: a random network (seeded); it has no trained weights (bench --host)
   a TorchScript file, python:   none: the model's own (the file's, the factory's)
   every model                   FILE.pth: a state dict loaded into it
   all but TorchScript, python:  random: a random network, seeded (RANDOM_SEED), on purpose
@@ -27,7 +28,7 @@ import os
 from actindex.pipeline.errors import InvalidInputError, MissingInputError, UserError
 from actindex.pipeline.options import Option
 
-MODEL = Option("torchvision name, timm:NAME, efficientnet_lite0, or a TorchScript file.")
+MODEL = Option("torchvision name, timm:NAME, efficientnet_lite0, tiny_conv, or a TorchScript file.")
 TRUST_CODE = Option("Allow models that execute code when loaded: TorchScript files, python: specs.")
 WEIGHTS = Option(
     "Default: the pretrained weights (torchvision's DEFAULT, timm's default tag; downloaded into the torch "
@@ -36,6 +37,7 @@ WEIGHTS = Option(
 )
 
 BUILTIN_EFFICIENTNET = "efficientnet_lite0"
+TINY_CONV = "tiny_conv"  # two small convolutions at 64 px: a forward that costs almost nothing (bench --host)
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".torchscript", ".jit")
 RANDOM = "random"  # --weights random, and the label recorded for a random network
 # what is recorded for weights that are not a file: run.json's params["weights"]
@@ -74,6 +76,8 @@ def weights_label(name: str, weights: str | None) -> str:
     "builtin", "torchscript", "factory" (a python: model's own), "random", or the state-dict file."""
     if weights not in (None, "DEFAULT"):
         return weights
+    if name == TINY_CONV:
+        return RANDOM  # its only weights: a seeded random network
     if name.startswith("python:"):
         return "factory"
     if name.endswith(TORCHSCRIPT_SUFFIXES):

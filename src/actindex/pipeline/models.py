@@ -3,6 +3,7 @@
     loaded = load_model("resnet50")                     # torchvision, its pretrained (DEFAULT) weights
     loaded = load_model("timm:convnext_tiny")           # timm, its pretrained weights (default tag)
     loaded = load_model("efficientnet_lite0")           # built-in, real ImageNet weights (no download)
+    loaded = load_model("tiny_conv")                   # built-in: two small convolutions (bench --host)
     loaded = load_model("resnet18", weights="my.pth")   # a state dict, loaded with weights_only=True
     loaded = load_model("resnet18", weights="random")   # a random network, on purpose (seeded)
     loaded = load_model("model.ts")                     # a TorchScript file (its output is layer "output")
@@ -37,6 +38,7 @@ from actindex.pipeline.errors import InvalidInputError, MissingInputError, Unkno
 from actindex.pipeline.model_args import (  # noqa: F401 - UntrustedCodeError is part of this module's interface
     BUILTIN_EFFICIENTNET,
     RANDOM,
+    TINY_CONV,
     TORCHSCRIPT_SUFFIXES,
     UntrustedCodeError,
     brings_own_weights,
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
 RANDOM_SEED = 0
 HF_CACHE_FIX = "put them in the Hugging Face cache ($HF_HOME)"
 IMAGENET = Preprocessing(resize=256, crop=224, interpolation="bilinear")
+TINY = Preprocessing(resize=64, crop=64, interpolation="bilinear")
 EFFICIENTNET_LITE0 = Preprocessing(
     resize=256, crop=224, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
 )
@@ -80,6 +83,8 @@ def load_model(name: str, weights: str | None = None, trust_code: bool = False) 
     pretrained = weights in (None, "DEFAULT")
     if name == BUILTIN_EFFICIENTNET:
         module, prep = _builtin_efficientnet(pretrained)
+    elif name == TINY_CONV:
+        module, prep = _seeded(_tiny_conv), TINY
     elif name.startswith("timm:"):
         module, prep = _timm(name[5:], pretrained)
     elif name.startswith("python:"):
@@ -103,6 +108,8 @@ def model_skeleton(name: str) -> torch.nn.Module | None:
     if brings_own_weights(name):
         return None
     with torch.device("meta"):
+        if name == TINY_CONV:
+            return _tiny_conv()
         if name == BUILTIN_EFFICIENTNET:
             import timm
 
@@ -243,6 +250,23 @@ def _seeded(build):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         return build()
+
+
+def _tiny_conv() -> torch.nn.Module:
+    """conv1 (3 -> 8, 3x3, stride 2) -> relu1 -> conv2 (8 -> 16, 3x3, stride 2) -> relu2: about 0.5M
+    multiply-adds per 64 px image, so that a job with it measures the host, not the model."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            relu1=nn.ReLU(),
+            conv2=nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            relu2=nn.ReLU(),
+        )
+    )
 
 
 def _builtin_efficientnet(pretrained: bool) -> tuple[torch.nn.Module, Preprocessing]:
