@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 site = (
                     args.work / f"site-{code.replace(', ', '-').replace(' ', '')}-{mask}"
                 )  # replaced each run
-                seconds, crops[mask] = run_report(code, args.old, index, site, mask)
+                workers = 1 if code == ONE_THREAD else None
+                seconds, crops[mask] = run_report(code, args.old, index, site, mask, workers)
                 times.setdefault((code, mask), []).append(seconds)
                 print(f"run {run + 1}: {code} --mask {mask}: {seconds:.1f} s", file=sys.stderr, flush=True)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
