@@ -8,7 +8,6 @@ those it has; k=3) are built once for the module; every browser check runs again
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from tests.jobs.test_cli import invoke
 K = 3
 UNITS = "0-109,282,967"  # classifier: 112 units, more than one page; blocks.3 (80 units): 0-79
 CLASSIFIER_UNITS = [*range(110), 282, 967]
-VIEWPORT = {"width": 1280, "height": 900}
 
 
 @pytest.fixture(scope="module")
@@ -50,35 +48,6 @@ def site(labelled_index, tmp_path_factory) -> tuple[Path, str]:
     result = invoke("report", labelled_index, "--out", out, "--units", UNITS, "--k", K, "--no-progress")
     assert result.exit_code == 0, result.output
     return out, result.output
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium driven by Playwright (the CI script installs both)."""
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip: dev extra)"
-    )
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh page; `page.requests` collects the URL of every request it makes."""
-    context = browser.new_context(viewport=VIEWPORT)
-    tab = context.new_page()
-    tab.requests = []
-    tab.errors = []
-    tab.on("request", lambda request: tab.requests.append(request.url))
-    tab.on("pageerror", lambda error: tab.errors.append(str(error)))
-    yield tab
-    context.close()
-    assert not tab.errors, tab.errors  # a script error in the site fails the test that hit it
 
 
 def layer_url(site_dir: Path, layer: str) -> str:
