@@ -80,9 +80,13 @@ def layer_data(site_dir: Path, layer: str) -> dict:
 
 def test_report_says_what_it_wrote(site):
     out, output = site
-    assert f"wrote {out / 'index.html'}: blocks.3 80 units, classifier 112 units; 576 crops" in output
+    assert (
+        f"wrote {out / 'index.html'}: blocks.3 80 units, classifier 112 units; 576 crops, 576 projections"
+        in (output)
+    )
     assert "note: blocks.3: 32 units not drawn (it has units 0-79)" in output
-    assert len(list((out / "layers" / "layer=classifier").iterdir())) == 112 * K
+    names = [p.name for p in (out / "layers" / "layer=classifier").iterdir()]
+    assert len(names) == 2 * 112 * K and sum(".projection." in name for name in names) == 112 * K
     assert json.loads((out / "report.json").read_text())["units"] == {"blocks.3": 80, "classifier": 112}
 
 
@@ -115,13 +119,29 @@ def test_a_report_replaces_the_previous_one(labelled_index, tmp_path):
     assert invoke(*args, "--units", "0-2", "--k", "1").exit_code == 0
     assert invoke(*args, "--units", "5", "--k", "2").exit_code == 0
     crops = sorted(p.name for p in (tmp_path / "site" / "layers" / "layer=classifier").iterdir())
-    assert [Path(c).stem for c in crops] == ["u00005-1", "u00005-2"]
+    assert sorted(c.split(".")[0] for c in crops if ".projection." not in c) == ["u00005-1", "u00005-2"]
+    assert len(crops) == 4  # and their projections
 
 
 def test_help_lists_the_options():
     result = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"})  # no name cut short
     assert result.exit_code == 0
-    options = ("--out", "--layers", "--units", "--k", "--tile", "--mask", "--mask-threshold", "--workers")
+    options = (
+        "--out",
+        "--layers",
+        "--units",
+        "--k",
+        "--tile",
+        "--mask",
+        "--mask-threshold",
+        "--workers",
+        "--projections",
+        "--no-projections",
+        "--method",
+        "--occlusion",
+        "--window",
+        "--stride",
+    )
     for option in (*options, "--no-progress", "--progress-every"):
         assert option in result.output
 

@@ -81,6 +81,11 @@ def files(site_dir: Path, layer: str, view: str) -> list[str]:
 def test_each_crop_has_its_projection_and_no_occlusion_map_unless_asked(site):
     out, output = site
     assert "; 18 crops, 18 projections in " in output  # 3 layers x 2 units x k 3
+    plan = output.splitlines()[0]
+    assert plan.startswith(
+        "actindex: drawing 6 units (relu1 2, relu2 2, head 2): 18 crops with highlight masks"
+    )
+    assert "; 18 projections (deconvnet); about " in plan and ", --no-projections (about " in plan
     for layer in ("relu1", "relu2", "head"):
         crops = files(out, layer, "crop")
         assert len(crops) == 2 * K
