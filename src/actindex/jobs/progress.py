@@ -1,12 +1,13 @@
 """Progress on stderr, shared by the commands: on a terminal a rich bar, otherwise (a batch job's log) one
 line every `--progress-every` seconds and one at the end.
 
-    with ReportProgress(True, images=20, crops=9_720, every=30.0) as progress:
-        write_report(plan, progress.advance)     # advance("images", n), then advance("crops", n)
+    with ReportProgress(True, images=20, crops=9_720, every=30.0, maps=9_720, maps_label="projections") as p:
+        write_report(plan, p.advance)     # advance("images", n), then ("maps", n), then ("crops", n)
 
 With no terminal the report logs, as `actindex index` does (jobs.indexing._progress):
 
-    actindex: masks: 16/20 images through the model, - images/s, ETA -; then 9,720 crops
+    actindex: masks: 16/20 images through the model, - images/s, ETA -; then 9,720 projections, 9,720 crops
+    actindex: 2,210/9,720 projections, 41.2/s, ETA 0:03:02; then 9,720 crops
     actindex: 4,128/9,720 crops, 152.3 crops/s, ETA 0:00:37
     actindex: 9,720/9,720 crops; done in 66.1 s
 

@@ -9,14 +9,19 @@ layer. A layer page is a grid of unit cards: the unit's number and name, its top
 (one image file each, loaded lazily), a histogram of its per-image maxima and the label purity of its
 top-k. The cards are drawn in the browser from a data file (`layers/<layer>.js`, a script: Chromium does
 not let a page fetch() JSON from file://), in pages of 100, sorted by unit number, purity or peak activation.
+Beside each crop `u00017-1.webp` are its projection `u00017-1.projection.webp` (by default) and occlusion map
+`u00017-1.occlusion.webp` (with --occlusion), drawn by queries.explain; the cards switch between them. Where
+the contributions table has rows for a layer, each card lists the units it is built from (with their top-1
+crop, drawn here if their layer is not) and those it feeds, linking their cards (`layer=relu1.html#unit=3`).
 
-plan_report asks the index everything the report draws (layers, units, each unit's top-k) and loads the
-model for the masks, so that every refusal (a folder that is not a report, weights gone, a model that needs
---trust-code, units no layer has) comes before anything is drawn or written. Crops carry the unit's
-activation mask by default (queries.masks: the model runs once over the distinct images of all the top-k
-rows, every layer in one forward) and are drawn by a thread pool, every original decoded once for all of its
-crops (queries.drawing). Names come from the `units` view, purity from the catalog's label_selectivity: the
-report shows what `actindex sql` answers.
+plan_report asks the index everything the report draws (layers, units, each unit's top-k, their links) and
+loads the model for the masks and maps, so that every refusal (a folder that is not a report, weights gone, a
+model that needs --trust-code, units no layer has) comes before anything is drawn or written. Crops carry the
+unit's activation mask by default (queries.masks: the model runs once over the distinct images of all the
+top-k rows, every layer in one forward) and are drawn by a thread pool, every original decoded once for all of
+its crops (queries.drawing). Projections and occlusion maps take one backward pass per unit (EXPLAIN_UNITS
+units per call of queries.explain.unit_explanations) with the same model. Names come from the `units` view,
+purity from the catalog's label_selectivity: the report shows what `actindex sql` answers.
 """
 
 from __future__ import annotations
