@@ -40,8 +40,8 @@ def test_with_stderr_on_a_pipe_the_plan_comes_at_once_then_progress_lines(slow_i
     site = tmp_path / "site"
     command = [
         sys.executable, "-m", "actindex", "report", str(slow_index), "--out", str(site), "--units", "0-7",
-        "--k", "2", "--trust-code", "--progress-every", "0.2",
-    ]  # fmt: skip
+        "--k", "2", "--trust-code", "--progress-every", "0.2", "--no-projections",
+    ]  # fmt: skip  # the masks' stage and the crops' (tests/queries/test_report_views.py: the maps')
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as report:
         plan = report.stderr.readline().strip()
         # the model sleeps a second per batch after this line: nothing of the site can be written yet
@@ -74,6 +74,24 @@ def test_progress_lines_say_the_stage_its_rate_and_what_is_left():
     progress.advance("crops", 200)
     assert progress.line() == "actindex: 200/900 crops, 50.0 crops/s, ETA 0:00:14"
     assert re.fullmatch(r"actindex: 200/900 crops; done in 1\d\.\d s", progress.line(final=True))
+
+
+def test_the_maps_have_a_stage_between_the_masks_and_the_crops():
+    progress = ReportProgress(True, images=20, crops=900, every=30.0, maps=900, maps_label="projections")
+    progress.started = progress.stage_started["images"] = time.time() - 10
+    progress.advance("images", 10)
+    assert progress.line() == (
+        "actindex: masks: 10/20 images through the model, 1.0 images/s, ETA 0:00:10; then 900 projections, "
+        "900 crops"
+    )
+    progress.advance("images", 10)
+    progress.stage_started["maps"] = time.time() - 5
+    progress.advance("maps", 100)
+    assert progress.line() == "actindex: 100/900 projections, 20.0/s, ETA 0:00:40; then 900 crops"
+    progress.advance("maps", 800)
+    progress.stage_started["crops"] = time.time() - 4
+    progress.advance("crops", 200)
+    assert progress.line() == "actindex: 200/900 crops, 50.0 crops/s, ETA 0:00:14"
 
 
 def _weights_gone(index: Path, tmp_path: Path) -> Path:

@@ -8,7 +8,6 @@ those it has; k=3) are built once for the module; every browser check runs again
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from tests.jobs.test_cli import invoke
 K = 3
 UNITS = "0-109,282,967"  # classifier: 112 units, more than one page; blocks.3 (80 units): 0-79
 CLASSIFIER_UNITS = [*range(110), 282, 967]
-VIEWPORT = {"width": 1280, "height": 900}
 
 
 @pytest.fixture(scope="module")
@@ -50,35 +48,6 @@ def site(labelled_index, tmp_path_factory) -> tuple[Path, str]:
     result = invoke("report", labelled_index, "--out", out, "--units", UNITS, "--k", K, "--no-progress")
     assert result.exit_code == 0, result.output
     return out, result.output
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium driven by Playwright (the CI script installs both)."""
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip: dev extra)"
-    )
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh page; `page.requests` collects the URL of every request it makes."""
-    context = browser.new_context(viewport=VIEWPORT)
-    tab = context.new_page()
-    tab.requests = []
-    tab.errors = []
-    tab.on("request", lambda request: tab.requests.append(request.url))
-    tab.on("pageerror", lambda error: tab.errors.append(str(error)))
-    yield tab
-    context.close()
-    assert not tab.errors, tab.errors  # a script error in the site fails the test that hit it
 
 
 def layer_url(site_dir: Path, layer: str) -> str:
@@ -111,9 +80,13 @@ def layer_data(site_dir: Path, layer: str) -> dict:
 
 def test_report_says_what_it_wrote(site):
     out, output = site
-    assert f"wrote {out / 'index.html'}: blocks.3 80 units, classifier 112 units; 576 crops" in output
+    assert (
+        f"wrote {out / 'index.html'}: blocks.3 80 units, classifier 112 units; 576 crops, 576 projections"
+        in (output)
+    )
     assert "note: blocks.3: 32 units not drawn (it has units 0-79)" in output
-    assert len(list((out / "layers" / "layer=classifier").iterdir())) == 112 * K
+    names = [p.name for p in (out / "layers" / "layer=classifier").iterdir()]
+    assert len(names) == 2 * 112 * K and sum(".projection." in name for name in names) == 112 * K
     assert json.loads((out / "report.json").read_text())["units"] == {"blocks.3": 80, "classifier": 112}
 
 
@@ -146,13 +119,29 @@ def test_a_report_replaces_the_previous_one(labelled_index, tmp_path):
     assert invoke(*args, "--units", "0-2", "--k", "1").exit_code == 0
     assert invoke(*args, "--units", "5", "--k", "2").exit_code == 0
     crops = sorted(p.name for p in (tmp_path / "site" / "layers" / "layer=classifier").iterdir())
-    assert [Path(c).stem for c in crops] == ["u00005-1", "u00005-2"]
+    assert sorted(c.split(".")[0] for c in crops if ".projection." not in c) == ["u00005-1", "u00005-2"]
+    assert len(crops) == 4  # and their projections
 
 
 def test_help_lists_the_options():
     result = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"})  # no name cut short
     assert result.exit_code == 0
-    options = ("--out", "--layers", "--units", "--k", "--tile", "--mask", "--mask-threshold", "--workers")
+    options = (
+        "--out",
+        "--layers",
+        "--units",
+        "--k",
+        "--tile",
+        "--mask",
+        "--mask-threshold",
+        "--workers",
+        "--projections",
+        "--no-projections",
+        "--method",
+        "--occlusion",
+        "--window",
+        "--stride",
+    )
     for option in (*options, "--no-progress", "--progress-every"):
         assert option in result.output
 

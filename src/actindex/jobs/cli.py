@@ -323,7 +323,8 @@ def report(
     try:
         plan = plan_report(config)  # every refusal comes here, before anything is drawn or written
         typer.echo(f"actindex: {plan.describe()}", err=True)
-        with ReportProgress(progress, plan.mask_images, plan.crops, progress_every) as shown:
+        counts = (plan.mask_images, plan.crops, progress_every, plan.maps, plan.maps_label)
+        with ReportProgress(progress, *counts) as shown:
             summary = write_report(plan, shown.advance)
     except IncompleteIndexError as exc:
         raise fail(exc, code=1) from None
@@ -331,7 +332,8 @@ def report(
         raise fail(exc) from None
     drawn = ", ".join(f"{layer} {n:,} units" for layer, n in summary.units.items())
     site = config.out / "index.html"
-    typer.echo(f"wrote {site}: {drawn}; {summary.crops:,} crops in {summary.seconds:.1f} s")
+    maps = f", {summary.maps:,} {plan.maps_label}" if summary.maps else ""
+    typer.echo(f"wrote {site}: {drawn}; {summary.crops:,} crops{maps} in {summary.seconds:.1f} s")
     for note in summary.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"open: {site.resolve().as_uri()}")

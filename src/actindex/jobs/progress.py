@@ -1,12 +1,13 @@
 """Progress on stderr, shared by the commands: on a terminal a rich bar, otherwise (a batch job's log) one
 line every `--progress-every` seconds and one at the end.
 
-    with ReportProgress(True, images=20, crops=9_720, every=30.0) as progress:
-        write_report(plan, progress.advance)     # advance("images", n), then advance("crops", n)
+    with ReportProgress(True, images=20, crops=9_720, every=30.0, maps=9_720, maps_label="projections") as p:
+        write_report(plan, p.advance)     # advance("images", n), then ("maps", n), then ("crops", n)
 
 With no terminal the report logs, as `actindex index` does (jobs.indexing._progress):
 
-    actindex: masks: 16/20 images through the model, - images/s, ETA -; then 9,720 crops
+    actindex: masks: 16/20 images through the model, - images/s, ETA -; then 9,720 projections, 9,720 crops
+    actindex: 2,210/9,720 projections, 41.2/s, ETA 0:03:02; then 9,720 crops
     actindex: 4,128/9,720 crops, 152.3 crops/s, ETA 0:00:37
     actindex: 9,720/9,720 crops; done in 66.1 s
 
@@ -59,16 +60,23 @@ class LogLines:
             print(self.line(), file=sys.stderr, flush=True)
 
 
-class ReportProgress:
-    """`actindex report`'s progress: the images through the model for the masks, then the crops saved.
-    Disabled: nothing."""
+STAGES = ("images", "maps", "crops")  # the report's stages, in order
 
-    def __init__(self, enabled: bool, images: int, crops: int, every: float):
+
+class ReportProgress:
+    """`actindex report`'s progress: the images through the model for the masks, then the projections and
+    occlusion maps saved, then the crops saved. Disabled: nothing."""
+
+    def __init__(
+        self, enabled: bool, images: int, crops: int, every: float, maps: int = 0, maps_label: str = "maps"
+    ):
         self.enabled, self.every, self.terminal = enabled, every, sys.stderr.isatty()
-        self.total = {"images": images, "crops": crops}
-        self.done = {"images": 0, "crops": 0}
+        self.maps_label = maps_label  # what the maps are: "projections", "projections and occlusion maps"
+        self.total = {"images": images, "maps": maps, "crops": crops}
+        self.done = dict.fromkeys(STAGES, 0)
         self.started = time.time()
-        self.stage_started = {"images": self.started, "crops": self.started if not images else None}
+        first = next(stage for stage in STAGES if self.total[stage] or stage == "crops")
+        self.stage_started = {stage: self.started if stage == first else None for stage in STAGES}
         self.lock = threading.Lock()
 
     def __enter__(self) -> ReportProgress:
@@ -82,8 +90,10 @@ class ReportProgress:
     def advance(self, stage: str, n: int) -> None:
         with self.lock:
             self.done[stage] += n
-            if stage == "images" and self.done["images"] >= self.total["images"]:
-                self.stage_started["crops"] = self.stage_started["crops"] or time.time()
+            if self.done[stage] >= self.total[stage] and stage != "crops":  # the next stage with work starts
+                later = STAGES[STAGES.index(stage) + 1 :]
+                following = next(s for s in later if self.total[s] or s == "crops")
+                self.stage_started[following] = self.stage_started[following] or time.time()
         if self.enabled and self.terminal:
             self.bar.update(self.tasks[stage], completed=self.done[stage])
 
@@ -94,17 +104,20 @@ class ReportProgress:
             if final:
                 crops = self.total["crops"]
                 return f"actindex: {self.done['crops']:,}/{crops:,} crops; done in {now - self.started:.1f} s"
-            stage = "crops" if self.stage_started["crops"] is not None else "images"
+            stage = [s for s in STAGES if self.stage_started[s] is not None][-1]
             done, total = self.done[stage], self.total[stage]
             per_second = rate(done, now - self.stage_started[stage])
             speed = "-" if per_second is None else f"{per_second:,.1f}"
             eta = duration((total - done) / per_second) if per_second else "-"
             if stage == "crops":
                 return f"actindex: {done:,}/{total:,} crops, {speed} crops/s, ETA {eta}"
-            return (
-                f"actindex: masks: {done:,}/{total:,} images through the model, {speed} images/s, ETA {eta}; "
-                f"then {self.total['crops']:,} crops"
-            )
+            then = f"then {self.total['crops']:,} crops"
+            if stage == "maps":
+                return f"actindex: {done:,}/{total:,} {self.maps_label}, {speed}/s, ETA {eta}; {then}"
+            if self.total["maps"]:
+                then = f"then {self.total['maps']:,} {self.maps_label}, {self.total['crops']:,} crops"
+            images = f"{done:,}/{total:,} images through the model, {speed} images/s, ETA {eta}"
+            return f"actindex: masks: {images}; {then}"
 
     def _start_bar(self) -> None:
         from rich.console import Console
@@ -120,6 +133,8 @@ class ReportProgress:
             self.tasks["images"] = self.bar.add_task(
                 "masks: images through the model", total=self.total["images"]
             )
+        if self.total["maps"]:
+            self.tasks["maps"] = self.bar.add_task(f"drawing {self.maps_label}", total=self.total["maps"])
         self.tasks["crops"] = self.bar.add_task("drawing crops", total=self.total["crops"])
 
     def __exit__(self, *exc) -> None:

@@ -217,13 +217,17 @@ def explained_pictures(
     show = Show(show)
     pictures: dict[tuple[str, int], list[tuple[int, Image.Image | None]]] = {}
     for row, values in zip(rows.to_pylist(), maps, strict=True):
-        picture = None if values is None else _picture(row, values, show, decode, tile)
+        picture = None if values is None else explained_picture(row, values, show, tile, decode)
         pictures.setdefault((row["layer"], row["unit"]), []).append((row["rank"], picture))
     return {key: [p for _, p in sorted(items, key=lambda item: item[0])] for key, items in pictures.items()}
 
 
-def _picture(row: dict, values: np.ndarray, show: Show, decode: str, tile: int) -> Image.Image | None:
-    if show is Show.projection:
+def explained_picture(
+    row: dict, values: np.ndarray, show: str | Show, tile: int, decode: str = "fast"
+) -> Image.Image | None:
+    """One row's map drawn over its box and fitted into a tile as its crop would be; None where an occlusion
+    map has no crop to be drawn on (its original is gone or broken)."""
+    if Show(show) is Show.projection:
         return fit_crop(projection_image(values), tile)
     crop = open_crop(row, decode)
     return None if crop is None else occlusion_image(fit_crop(crop, tile), values, row["act"])

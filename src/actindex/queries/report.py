@@ -9,14 +9,19 @@ layer. A layer page is a grid of unit cards: the unit's number and name, its top
 (one image file each, loaded lazily), a histogram of its per-image maxima and the label purity of its
 top-k. The cards are drawn in the browser from a data file (`layers/<layer>.js`, a script: Chromium does
 not let a page fetch() JSON from file://), in pages of 100, sorted by unit number, purity or peak activation.
+Beside each crop `u00017-1.webp` are its projection `u00017-1.projection.webp` (by default) and occlusion map
+`u00017-1.occlusion.webp` (with --occlusion), drawn by queries.explain; the cards switch between them. Where
+the contributions table has rows for a layer, each card lists the units it is built from (with their top-1
+crop, drawn here if their layer is not) and those it feeds, linking their cards (`layer=relu1.html#unit=3`).
 
-plan_report asks the index everything the report draws (layers, units, each unit's top-k) and loads the
-model for the masks, so that every refusal (a folder that is not a report, weights gone, a model that needs
---trust-code, units no layer has) comes before anything is drawn or written. Crops carry the unit's
-activation mask by default (queries.masks: the model runs once over the distinct images of all the top-k
-rows, every layer in one forward) and are drawn by a thread pool, every original decoded once for all of its
-crops (queries.drawing). Names come from the `units` view, purity from the catalog's label_selectivity: the
-report shows what `actindex sql` answers.
+plan_report asks the index everything the report draws (layers, units, each unit's top-k, their links) and
+loads the model for the masks and maps, so that every refusal (a folder that is not a report, weights gone, a
+model that needs --trust-code, units no layer has) comes before anything is drawn or written. Crops carry the
+unit's activation mask by default (queries.masks: the model runs once over the distinct images of all the
+top-k rows, every layer in one forward) and are drawn by a thread pool, every original decoded once for all of
+its crops (queries.drawing). Projections and occlusion maps take one backward pass per unit (EXPLAIN_UNITS
+units per call of queries.explain.unit_explanations) with the same model. Names come from the `units` view,
+purity from the catalog's label_selectivity: the report shows what `actindex sql` answers.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from actindex._version import __version__
+from actindex.pipeline.attribution.rules import Method
 from actindex.pipeline.errors import InvalidInputError, UnknownNameError
 from actindex.pipeline.layout import IndexLayout, layer_dirname, marker_totals
 from actindex.pipeline.model_args import random_weights
@@ -48,8 +54,9 @@ from actindex.pipeline.preprocess import Preprocessing
 from actindex.pipeline.topk import K
 from actindex.queries.catalog import label_selectivity
 from actindex.queries.db import INDEX, IncompleteIndexError, UnitTops, connect, run_sql_file, unit_tops
-from actindex.queries.drawing import Crop, Drawing, crop_format, draw_crops
-from actindex.queries.grid import TILE, as_units
+from actindex.queries.drawing import Crop, Drawing, crop_format, draw_crops, save_crop
+from actindex.queries.explain import METHOD, STRIDE, WINDOW, Show, explained_picture, unit_explanations
+from actindex.queries.grid import MISSING, TILE, as_units, place_in_tile
 from actindex.queries.masks import (
     DEFAULT_THRESHOLD,
     MASK,
@@ -76,6 +83,10 @@ PREVIEW_UNITS = 6  # top-1 crops shown beside each layer on the index page
 SECONDS_PER_CROP = {Mask.none: 0.004, Mask.highlight: 0.008, Mask.heat: 0.008}
 SECONDS_PER_MODEL_IMAGE = 0.05
 GIL_SHARE = 0.2  # of a masked crop's time, spent holding the GIL (queries.drawing): what threads cannot share
+# ... and per map (projection, occlusion) of a top-k row: the model's backward passes and the drawing
+SECONDS_PER_MAP = {Show.projection: 0.02, Show.occlusion: 0.25}
+EXPLAIN_UNITS = 32  # units whose maps are computed in one call (held in memory until drawn)
+LINKS = 5  # sources ("built from") and units fed ("feeds") listed on a card, largest |score| first
 SITE_MANIFEST = "report.json"  # what made the site; its presence marks a folder the report may replace
 ERRORS_SHOWN = 20  # undecodable images listed on the index page
 
@@ -106,9 +117,24 @@ class ReportConfig:
         min=1,
         unit="thread",
     ).field(None)
+    projections: bool = Option(
+        "Draw each crop's projection (the unit carried back to its pixels, --method) for the cards' "
+        "Projections view.",
+        flags=("--projections/--no-projections",),
+    ).field(True)
+    method: Method = METHOD.field(Method.deconvnet)
+    occlusion: bool = Option(
+        "Draw each crop's occlusion map too (how much a grey square over each part lowers the unit; costly), "
+        "for the cards' Occlusion view.",
+        flags=("--occlusion",),
+    ).field(False)
+    window: int | None = WINDOW.field(None)
+    stride: int | None = STRIDE.field(None)
 
     def __post_init__(self):
         check(self)
+        if not self.occlusion and (self.window is not None or self.stride is not None):
+            raise InvalidInputError("--window and --stride shape the occlusion maps: add --occlusion")
         self.out = Path(self.out)
         self.units = None if self.units is None else tuple(self.units)
         if self.units is not None and (not self.units or min(self.units) < 0):
@@ -120,6 +146,8 @@ class LayerPlan:
     info: dict  # the layer's row of queries/report_layers.sql
     units: list[int]  # the units drawn, ascending
     tops: UnitTops | None = None  # their top-k rows (queries.db.unit_tops), asked by plan_report
+    built_from: dict[int, list[dict]] = field(default_factory=dict)  # unit -> its strongest sources
+    feeds: dict[int, list[dict]] = field(default_factory=dict)  # unit -> the higher units it feeds most
 
     @property
     def name(self) -> str:
@@ -141,8 +169,10 @@ class ReportPlan:
     images: tuple[int, int]  # (images, ok images) of the completed shards
     indexed_layers: int  # layers in the index (the report may draw fewer)
     notes: list[str] = field(default_factory=list)  # what was left out and why
-    model: object = None  # with masks: the index's model (pipeline.models.index_model), loaded by plan_report
+    model: object = None  # with masks or maps: the index's model (pipeline.models.index_model)
     con: object = None  # the index's DuckDB views (queries.db.connect), opened by plan_report
+    # layer -> top-1 rows of the source units that cards show ("built from") and the report does not draw
+    thumbs: dict[str, pa.Table] = field(default_factory=dict)
 
     @property
     def units(self) -> int:
@@ -150,27 +180,50 @@ class ReportPlan:
 
     @property
     def crops(self) -> int:
-        """Crop files the report draws: one per top-k row."""
+        """Crop files the report draws: one per top-k row, and the top-1 crops of the sources not drawn."""
+        return self.top_rows + sum(rows.num_rows for rows in self.thumbs.values())
+
+    @property
+    def top_rows(self) -> int:
         return sum(layer.tops.rows.num_rows for layer in self.layers)
 
     @property
+    def shows(self) -> list[Show]:
+        """The maps drawn beside each crop (the cards' views besides crops)."""
+        return [Show.projection] * self.config.projections + [Show.occlusion] * self.config.occlusion
+
+    @property
+    def maps(self) -> int:
+        """Projection and occlusion files the report draws: one of each asked for per top-k row."""
+        return self.top_rows * len(self.shows)
+
+    @property
+    def maps_label(self) -> str:
+        """What plan.maps counts: 'projections', 'occlusion maps' or 'projections and occlusion maps'."""
+        return " and ".join("projections" if s is Show.projection else "occlusion maps" for s in self.shows)
+
+    @property
     def mask_images(self) -> int:
-        """Images the model runs over for the masks (each once): the distinct images of the top-k rows."""
+        """Images the model runs over for the masks (each once): the distinct images of the crops' rows."""
         if self.config.mask is Mask.none:
             return 0
-        return len({i for layer in self.layers for i in layer.tops.rows.column("image_id").to_pylist()})
+        tables = [layer.tops.rows for layer in self.layers] + list(self.thumbs.values())
+        return len({i for rows in tables for i in rows.column("image_id").to_pylist()})
 
     @property
     def workers(self) -> int:
         return self.config.workers or os.cpu_count() or 1
 
-    def estimate(self, mask: Mask | None = None) -> float:
-        """Seconds the drawing should take with `mask` (the plan's by default), with the plan's threads on
-        this machine's cores (the part of a crop that holds the GIL runs on one core at a time)."""
+    def estimate(self, mask: Mask | None = None, shows: Sequence[Show] | None = None) -> float:
+        """Seconds the drawing should take with `mask` and the maps `shows` (the plan's by default), with the
+        plan's threads on this machine's cores (the part of a crop that holds the GIL runs on one core at a
+        time; the model's passes use torch's threads)."""
         mask = self.config.mask if mask is None else mask
+        shows = self.shows if shows is None else shows
         model = self.mask_images * SECONDS_PER_MODEL_IMAGE if mask is not Mask.none else 0.0
+        maps = self.top_rows * sum(SECONDS_PER_MAP[show] for show in shows)
         cores = min(self.workers, os.cpu_count() or 1)
-        return model + self.crops * SECONDS_PER_CROP[mask] * (GIL_SHARE + (1 - GIL_SHARE) / cores)
+        return model + maps + self.crops * SECONDS_PER_CROP[mask] * (GIL_SHARE + (1 - GIL_SHARE) / cores)
 
     def describe(self) -> str:
         """One line: what the report draws, about how long it takes, and how to make it faster."""
@@ -183,6 +236,13 @@ class ReportPlan:
         else:
             what += f" with {self.config.mask.value} masks, the model over {self.mask_images:,} images"
             faster += f", --mask none (plain crops, {_about(self.estimate(Mask.none))})"
+        if self.config.projections:
+            what += f"; {self.top_rows:,} projections ({self.config.method.value})"
+            others = [show for show in self.shows if show is not Show.projection]
+            faster += f", --no-projections ({_about(self.estimate(shows=others))})"
+        if self.config.occlusion:
+            what += f"; {self.top_rows:,} occlusion maps"
+            faster += f", no --occlusion ({_about(self.estimate(shows=self.shows[:-1]))})"
         threads = f"{self.workers} thread{'s' * (self.workers != 1)}"
         return f"{what}; {_about(self.estimate())} on {threads}. Faster: {faster}"
 
@@ -202,6 +262,7 @@ class ReportSummary:
     out: Path  # the site's folder
     units: dict[str, int]  # units drawn per layer
     crops: int  # crop image files written
+    maps: int  # projection and occlusion files written
     notes: list[str]  # what the reader should know (units left out, answers from activations, ties)
     seconds: float
 
@@ -225,11 +286,32 @@ def plan_report(config: ReportConfig) -> ReportPlan:
     images, ok, _ = marker_totals(layout.completed_shards())
     decode = Preprocessing.from_dict(manifest["params"]["preprocessing"]).decode
     plan = ReportPlan(config, manifest, layers, decode, (images, ok), len(infos), notes, con=con)
-    if config.mask is not Mask.none:  # a model needing --trust-code, weights gone: refused before drawing
-        plan.model = index_model(manifest["params"], config.trust_code)
+    needs = ["masks"] * (config.mask is not Mask.none) + [f"{show.value}s" for show in plan.shows]
+    if needs:  # a model needing --trust-code, weights gone: refused before drawing
+        plan.model = index_model(manifest["params"], config.trust_code, " and ".join(needs))
     for layer in layers:
         layer.tops = unit_tops(config.index, layer.name, layer.units, config.k)
+    _plan_links(plan, [info["layer"] for info in infos])
     return plan
+
+
+def _plan_links(plan: ReportPlan, indexed: list[str]) -> None:
+    """Each drawn unit's strongest sources and the units it feeds (the contributions table), and the top-1
+    rows of the sources the report does not draw, whose crops the cards show."""
+    for layer in plan.layers:
+        asked = {"layer": layer.name, "units": layer.units, "n": LINKS}
+        for row in run_sql_file(plan.con, "report_built_from", **asked).to_pylist():
+            layer.built_from.setdefault(row.pop("unit"), []).append(row)
+        for row in run_sql_file(plan.con, "report_feeds", **asked).to_pylist():
+            layer.feeds.setdefault(row.pop("src_unit"), []).append(row)
+    drawn = {layer.name: set(layer.units) for layer in plan.layers}
+    missing: dict[str, set[int]] = {}
+    for layer in plan.layers:
+        for row in (row for rows in layer.built_from.values() for row in rows):
+            if row["src_layer"] in indexed and row["src_unit"] not in drawn.get(row["src_layer"], ()):
+                missing.setdefault(row["src_layer"], set()).add(row["src_unit"])
+    for name, units in missing.items():
+        plan.thumbs[name] = unit_tops(plan.config.index, name, sorted(units), 1).rows
 
 
 def select_layers(indexed: list[str], patterns: Sequence[str] | None) -> list[str]:
@@ -283,27 +365,30 @@ def write_report(
     plan: ReportPlan, advance: Callable[[str, int], None] = lambda stage, n: None
 ) -> ReportSummary:
     """Draw the crops and write the site. `advance(stage, n)` tells the progress: ("images", n) as n more
-    images have been through the model for the masks (plan.mask_images in all), then ("crops", n) as n
-    more crops are saved (plan.crops)."""
+    images have been through the model for the masks (plan.mask_images in all), then ("maps", n) as n more
+    projections and occlusion maps are saved (plan.maps), then ("crops", n) as n more crops are saved
+    (plan.crops)."""
 
     started = time.time()
     config = plan.config
     _prepare_folder(config.out)
     with ThreadPoolExecutor(max_workers=plan.workers, thread_name_prefix="actindex-report") as pool:
         masks = _masks(plan, pool, lambda n: advance("images", n))
-        crops, mask_notes_of = _crops(plan, masks)
+        crops, notes_of = _crops(plan, masks)
+        for layer in plan.layers:
+            notes_of[layer.name] += _draw_maps(plan, layer, pool, lambda n: advance("maps", n))
         drawing = Drawing(config.tile, config.mask.value, plan.decode)
         draw_crops(crops, drawing, pool, lambda n: advance("crops", n))
     notes, pages = list(plan.notes), []
     for layer in plan.layers:
-        page = _layer_page(plan.con, plan, layer, mask_notes_of[layer.name])
+        page = _layer_page(plan.con, plan, layer, notes_of[layer.name])
         notes += page.pop("notes")
         pages.append(page)
     _write_index(plan, pages, _errors(plan.con, plan))
     _copy_assets(config.out)
     units = {layer.name: len(layer.units) for layer in plan.layers}
     _write_json(config.out / SITE_MANIFEST, _site_manifest(plan, units))
-    return ReportSummary(config.out, units, len(crops), notes, time.time() - started)
+    return ReportSummary(config.out, units, len(crops), plan.maps, notes, time.time() - started)
 
 
 def _masks(plan: ReportPlan, pool: ThreadPoolExecutor, advance: Callable[[int], None]) -> LayerMasks:
@@ -313,7 +398,7 @@ def _masks(plan: ReportPlan, pool: ThreadPoolExecutor, advance: Callable[[int], 
         return LayerMasks({}, {})
     import pyarrow as pa
 
-    rows = pa.concat_tables([layer.tops.rows for layer in plan.layers])
+    rows = pa.concat_tables([layer.tops.rows for layer in plan.layers] + list(plan.thumbs.values()))
     if rows.num_rows == 0:
         return LayerMasks({}, {})
     return layer_mask_maps(
@@ -336,7 +421,50 @@ def _crops(plan: ReportPlan, masks: LayerMasks) -> tuple[list[Crop], dict[str, l
         for row in layer.tops.rows.to_pylist():
             mask = item.get((row["unit"], row["rank"]))
             crops.append(Crop(folder / crop_name(row["unit"], row["rank"]), row, mask))
+    for name, rows in plan.thumbs.items():  # sources' top-1 crops, beside their layer's crops
+        folder = plan.config.out / "layers" / layer_dirname(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        maps = {key: items for key, items in masks.maps.items() if key[0] == name}
+        item = {(i.row["unit"], i.row["rank"]): i for items in maps.values() for i in items}
+        for row in rows.to_pylist():
+            crops.append(Crop(folder / crop_name(row["unit"], 1), row, item.get((row["unit"], row["rank"]))))
     return crops, notes
+
+
+def _draw_maps(plan: ReportPlan, layer: LayerPlan, pool: ThreadPoolExecutor, advance: Callable[[int], None]
+               ) -> list[str]:  # fmt: skip
+    """Save the projections and occlusion maps of a layer's top-k rows beside their crops
+    (`u00017-1.projection.webp`), EXPLAIN_UNITS units per call (one backward pass per unit); returns the
+    notes about rows without a map."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    config, rows, notes = plan.config, layer.tops.rows, []
+    folder = config.out / "layers" / layer.dirname
+    for show in plan.shows:
+        for start in range(0, len(layer.units), EXPLAIN_UNITS):
+            group = pa.array(layer.units[start : start + EXPLAIN_UNITS], pa.int64())
+            chunk = rows.filter(pc.is_in(pc.cast(rows["unit"], pa.int64()), value_set=group))
+            if chunk.num_rows == 0:
+                continue
+            found = unit_explanations(config.index, chunk, show, config.method, config.window, config.stride,
+                                      config.trust_code, module=plan.model)  # fmt: skip
+            notes += found.notes
+            saves = [pool.submit(_save_map, row, values, show, folder, config.tile, plan.decode)
+                     for row, values in zip(chunk.to_pylist(), found.maps, strict=True)]  # fmt: skip
+            for save in saves:
+                save.result()  # raises a task's error
+            advance(chunk.num_rows)
+    return notes
+
+
+def _save_map(row: dict, values, show: Show, folder: Path, tile: int, decode: str) -> None:
+    """One map's file, drawn as `actindex grid --show` draws it; grey where there is none (noted)."""
+    from PIL import Image
+
+    picture = None if values is None else explained_picture(row, values, show, tile, decode)
+    image = Image.new("RGB", (tile, tile), MISSING) if picture is None else place_in_tile(picture, tile)
+    save_crop(image, folder / view_name(row["unit"], row["rank"], show.value))
 
 
 def _check_folder(out: Path) -> None:
@@ -372,12 +500,49 @@ def _layer_page(con, plan: ReportPlan, layer: LayerPlan, mask_notes: list[str]) 
         purity=label_purity(con, layer.name, min(config.k, plan.manifest["params"]["k"])),
         histograms=_histograms(con, plan, layer),
     )
+    _add_links(plan, layer, records)
     notes = layer.tops.notes + mask_notes + _purity_notes(plan, records)
     data = _layer_data(plan, layer, records, notes)
     script = "window.ACTINDEX_LAYER = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n"
     (config.out / "layers" / f"{layer.dirname}.js").write_text(script, encoding="utf-8")
     _write_layer_html(plan, layer)
     return _index_entry(layer, records, notes)
+
+
+def _add_links(plan: ReportPlan, layer: LayerPlan, records: list[dict]) -> None:
+    """Each card's "built from" (sources with their top-1 crop) and "feeds" lists, linking the cards of the
+    units the report draws."""
+    drawn = {other.name: set(other.units) for other in plan.layers}
+    crops = {(name, unit) for name, rows in plan.thumbs.items() for unit in rows.column("unit").to_pylist()}
+    crops |= {(other.name, u) for other in plan.layers for u in other.tops.rows.column("unit").to_pylist()}
+    for record in records:
+        unit = record["unit"]
+        record["from"] = [
+            _link(row["src_layer"], row["src_unit"], row["src_name"], row, drawn)
+            | {"img": _thumb(row["src_layer"], row["src_unit"], crops)}
+            for row in layer.built_from.get(unit, [])
+        ]
+        record["feeds"] = [
+            _link(row["layer"], row["unit"], row["name"], row, drawn) for row in layer.feeds.get(unit, [])
+        ]
+
+
+def _link(name: str, unit: int, unit_name: str | None, row: dict, drawn: dict[str, set[int]]) -> dict:
+    """A unit a card links: its layer, number, name, score and share, and its card's address where the
+    report draws it (`layer%3Drelu1.html#unit=3`, beside this page)."""
+    href = None
+    if unit in drawn.get(name, ()):
+        href = quote(layer_dirname(name) + ".html", safe="") + f"#unit={unit}"
+    return {"layer": name, "unit": unit, "name": unit_name, "score": _number(row["score"]),
+            "share": _number(row["share"]), "href": href}  # fmt: skip
+
+
+def _thumb(name: str, unit: int, crops: set[tuple[str, int]]) -> str | None:
+    """The unit's top-1 crop, relative to a layer page; None where the report has none (a layer that is
+    not indexed, a unit without an image)."""
+    if (name, unit) not in crops:
+        return None
+    return f"{quote(layer_dirname(name), safe='')}/{crop_name(unit, 1)}"
 
 
 def _purity_notes(plan: ReportPlan, records: list[dict]) -> list[str]:
@@ -401,6 +566,12 @@ def _index_entry(layer: LayerPlan, records: list[dict], notes: list[str]) -> dic
 
 def crop_name(unit: int, rank: int) -> str:
     return f"u{unit:05d}-{rank}.{crop_format()}"
+
+
+def view_name(unit: int, rank: int, view: str) -> str:
+    """The file of a crop's view: its crop (`u00017-1.webp`), projection (`u00017-1.projection.webp`) or
+    occlusion map (`u00017-1.occlusion.webp`)."""
+    return crop_name(unit, rank) if view == Show.crop.value else f"u{unit:05d}-{rank}.{view}.{crop_format()}"
 
 
 def _crop_href(layer: LayerPlan, unit: int, rank: int) -> str:
@@ -469,6 +640,8 @@ def _layer_data(plan: ReportPlan, layer: LayerPlan, records: list[dict], notes: 
         "layer": layer.name,
         "dir": quote(layer.dirname, safe=""),
         "ext": crop_format(),
+        "views": [Show.crop.value] + [show.value for show in plan.shows],
+        "method": plan.config.method.value,
         "k": plan.config.k,
         "tile": plan.config.tile,
         "pageSize": PAGE_SIZE,
@@ -647,6 +820,8 @@ def _site_manifest(plan: ReportPlan, units: dict[str, int]) -> dict:
         "k": config.k,
         "tile": config.tile,
         "mask": config.mask.value,
+        "views": [Show.crop.value] + [show.value for show in plan.shows],
+        "method": config.method.value,
         "units": units,
     }
 

@@ -1,5 +1,8 @@
 // actindex report: draws a layer page's unit cards from window.ACTINDEX_LAYER (the layer's data file),
 // a page of cards at a time, sorted by unit number, label purity or peak activation, filtered by a search.
+// The cards show the crops, or the projections or occlusion maps drawn beside them (one switch for the page),
+// and link the units that build each unit ("built from") and those it feeds, on the other layers' pages;
+// #unit=N opens the page of cards holding unit N and brings its card into view.
 // Everything is local: crops are files beside the page, histograms are inline SVG, no request leaves file://.
 (function () {
   "use strict";
@@ -13,7 +16,9 @@
     return;
   }
 
-  const state = { sort: "unit", find: "", page: 0 };
+  const VIEWS = { crop: "Crops", projection: "Projections", occlusion: "Occlusion" };
+  const views = (data.views || ["crop"]).filter((view) => VIEWS[view]);
+  const state = { sort: "unit", find: "", page: 0, view: "crop", focus: null };
   let shownHash = "";
 
   // ------------------------------------------------------------------ sorting, finding, paging
@@ -45,7 +50,18 @@
   }
 
   function render(scroll) {
-    const units = selected();
+    let units = selected();
+    let at = -1;
+    if (state.focus !== null) {
+      at = units.findIndex((u) => u.unit === state.focus);
+      if (at < 0 && state.find && data.units.some((u) => u.unit === state.focus)) {
+        state.find = ""; // the unit asked for is hidden by the search: show every unit
+        $("find").value = "";
+        units = selected();
+        at = units.findIndex((u) => u.unit === state.focus);
+      }
+      if (at >= 0) state.page = Math.floor(at / data.pageSize);
+    }
     const pages = Math.max(1, Math.ceil(units.length / data.pageSize));
     state.page = Math.min(Math.max(0, state.page), pages - 1);
     const first = state.page * data.pageSize;
@@ -64,7 +80,11 @@
     $("next").disabled = state.page >= pages - 1;
     document.body.dataset.page = String(state.page + 1);
     writeHash();
-    if (scroll) cards.scrollIntoView({ block: "start" });
+    const focused = at >= 0 ? $(`unit-${state.focus}`) : null;
+    if (focused) {
+      focused.classList.add("focus");
+      focused.scrollIntoView({ block: "center" });
+    } else if (scroll) cards.scrollIntoView({ block: "start" });
   }
 
   // ------------------------------------------------------------------ one card
@@ -94,8 +114,46 @@
     const foot = el("div", "card-foot");
     if (data.histograms) foot.appendChild(histogram(unit));
     if (data.labels) foot.appendChild(purity(unit));
+    if (unit.from && unit.from.length) foot.appendChild(related("built from", "from", unit.from));
+    if (unit.feeds && unit.feeds.length) foot.appendChild(related("feeds", "feeds", unit.feeds));
     article.appendChild(foot);
     return article;
+  }
+
+  // the units of another layer a card links: "built from" (with their top-1 crop) or "feeds"
+  function related(title, kind, items) {
+    const box = el("section", `related related-${kind}`);
+    box.appendChild(el("h3", "related-title", title));
+    const list = el("ol", "related-list");
+    items.forEach((item) => {
+      const entry = el("li", "related-item");
+      const target = item.href ? el("a", "related-link") : el("span", "related-link");
+      if (item.href) target.href = item.href;
+      if (kind === "from") {
+        if (item.img) {
+          const img = document.createElement("img");
+          img.loading = "lazy";
+          img.decoding = "async";
+          img.width = 36;
+          img.height = 36;
+          img.alt = "";
+          img.src = item.img;
+          target.appendChild(img);
+        } else target.appendChild(el("span", "related-none"));
+      }
+      target.appendChild(el("span", "related-unit", `${item.layer} · ${item.unit}`));
+      if (item.name) target.appendChild(el("span", "related-name", item.name));
+      const share = el("span", item.score < 0 ? "related-share inhibits" : "related-share", percent(item.share));
+      share.title =
+        kind === "from"
+          ? "its share of this unit's contributions from that layer (negative: it inhibits)"
+          : "its share of that unit's contributions from this layer (negative: it inhibits)";
+      target.appendChild(share);
+      entry.appendChild(target);
+      list.appendChild(entry);
+    });
+    box.appendChild(list);
+    return box;
   }
 
   function crop(unit, top) {
@@ -105,7 +163,8 @@
     img.decoding = "async";
     img.width = data.tile;
     img.height = data.tile;
-    img.src = `${data.dir}/u${String(unit.unit).padStart(5, "0")}-${top.rank}.${data.ext}`;
+    img.dataset.stem = `${data.dir}/u${String(unit.unit).padStart(5, "0")}-${top.rank}`;
+    img.src = viewSrc(img.dataset.stem);
     const ties = top.ties > 1 ? ` · ${top.ties} images share it` : "";
     const label = top.label ? ` · label ${top.label}` : "";
     img.alt = `unit ${unit.unit}, rank ${top.rank}: ${top.file}`;
@@ -194,6 +253,26 @@
     return String(Number(x.toPrecision(4)));
   }
 
+  function percent(x) {
+    return x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)}%`;
+  }
+
+  function viewSrc(stem) {
+    return state.view === "crop" ? `${stem}.${data.ext}` : `${stem}.${state.view}.${data.ext}`;
+  }
+
+  // switching a view swaps the files of the crops shown (lazy images stay lazy)
+  function showView(view) {
+    state.view = views.includes(view) ? view : "crop";
+    document.querySelectorAll(".crop img").forEach((img) => {
+      img.src = viewSrc(img.dataset.stem);
+    });
+    document.querySelectorAll("#views button").forEach((button) => {
+      button.setAttribute("aria-pressed", String(button.dataset.view === state.view));
+    });
+    document.body.dataset.view = state.view;
+  }
+
   function plural(n, word) {
     return `${n.toLocaleString("en")} ${word}${n === 1 ? "" : "s"}`;
   }
@@ -204,6 +283,9 @@
     state.sort = ORDERS[params.get("sort")] ? params.get("sort") : "unit";
     state.find = params.get("find") || "";
     state.page = Math.max(0, (parseInt(params.get("page"), 10) || 1) - 1);
+    const focus = parseInt(params.get("unit"), 10);
+    state.focus = Number.isInteger(focus) ? focus : null;
+    state.view = views.includes(params.get("view")) ? params.get("view") : "crop";
     $("sort").value = state.sort;
     $("find").value = state.find;
   }
@@ -213,6 +295,8 @@
     if (state.sort !== "unit") params.set("sort", state.sort);
     if (state.find) params.set("find", state.find);
     if (state.page) params.set("page", String(state.page + 1));
+    if (state.view !== "crop") params.set("view", state.view);
+    if (state.focus !== null) params.set("unit", String(state.focus));
     const hash = params.toString();
     if (hash === shownHash) return;
     shownHash = hash;
@@ -230,29 +314,54 @@
     $("notes").textContent = data.notes.join(" · ");
     $("notes").hidden = false;
   }
+  if (views.length > 1) {
+    const group = $("views");
+    views.forEach((view) => {
+      const button = el("button", "", VIEWS[view]);
+      button.type = "button";
+      button.dataset.view = view;
+      if (view === "projection" && data.method) button.title = `projections by ${data.method}`;
+      button.addEventListener("click", () => {
+        showView(view);
+        writeHash();
+      });
+      group.appendChild(button);
+    });
+    group.hidden = false;
+  }
+  const unfocus = () => {
+    state.focus = null;
+    document.querySelectorAll(".card.focus").forEach((card) => card.classList.remove("focus"));
+  };
   $("sort").addEventListener("change", (event) => {
+    unfocus();
     state.sort = event.target.value;
     state.page = 0;
     render(false);
   });
   $("find").addEventListener("input", (event) => {
+    unfocus();
     state.find = event.target.value;
     state.page = 0;
     render(false);
   });
   $("prev").addEventListener("click", () => {
+    unfocus();
     state.page -= 1;
     render(true);
   });
   $("next").addEventListener("click", () => {
+    unfocus();
     state.page += 1;
     render(true);
   });
   window.addEventListener("hashchange", () => {
     if (location.hash.slice(1) === shownHash) return;
     readHash();
+    showView(state.view);
     render(false);
   });
   readHash();
+  showView(state.view);
   render(false);
 })();
