@@ -54,6 +54,8 @@ def run_report(
     """(seconds, crops) of one report, `code` "old" or "new"."""
     command = [sys.executable, "-m", "actindex", "report", str(index), "--out", str(site), "--mask", mask]
     command += ["--no-progress", *(["--workers", str(workers)] if workers else [])]
+    if code != "old":
+        command.append("--no-projections")  # drawn by default since: the same work as the old code
     env = dict(os.environ, PYTHONPATH="" if code == "old" else str(HERE / "src"))
     started = time.perf_counter()
     done = subprocess.run(

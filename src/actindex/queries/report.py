@@ -83,8 +83,11 @@ PREVIEW_UNITS = 6  # top-1 crops shown beside each layer on the index page
 SECONDS_PER_CROP = {Mask.none: 0.004, Mask.highlight: 0.008, Mask.heat: 0.008}
 SECONDS_PER_MODEL_IMAGE = 0.05
 GIL_SHARE = 0.2  # of a masked crop's time, spent holding the GIL (queries.drawing): what threads cannot share
-# ... and per map (projection, occlusion) of a top-k row: the model's backward passes and the drawing
-SECONDS_PER_MAP = {Show.projection: 0.02, Show.occlusion: 0.25}
+# ... and per map (projection, occlusion) of a top-k row: the model's backward passes and the drawing;
+# measured on 2 idle cores, EfficientNet-Lite0 at 224 px (the demo index, `actindex report --mask none`
+# with and without them): 0.12 s a projection of a classifier unit, 0.1 of a blocks.3 unit, 0.5 an
+# occlusion map
+SECONDS_PER_MAP = {Show.projection: 0.1, Show.occlusion: 0.5}
 EXPLAIN_UNITS = 32  # units whose maps are computed in one call (held in memory until drawn)
 LINKS = 5  # sources ("built from") and units fed ("feeds") listed on a card, largest |score| first
 SITE_MANIFEST = "report.json"  # what made the site; its presence marks a folder the report may replace
