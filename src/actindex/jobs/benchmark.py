@@ -54,7 +54,13 @@ from actindex.pipeline.synthetic import synthetic_jpeg
 LABELS = {"ray": "Ray", "local": "--executor local", "plain": "plain loop"}
 
 
+BATCH, HOST_BATCH = 32, 256  # --batch-size's defaults: the stages and jobs; --host (a GPU job's batch)
 EXECUTORS = ("ray", "local", "plain")  # end-to-end runs; "plain" is the baseline loop (jobs.plain_loop)
+
+
+def batch_size(config: BenchConfig) -> int:
+    """The benchmark's images per forward pass: --batch-size, else BATCH."""
+    return config.batch_size or BATCH
 
 
 def executor_list(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -78,7 +84,9 @@ class BenchConfig:
     layers: tuple[str, ...] = LAYERS.field(("relu", "layer*"))
     images: int = Option("Synthetic 500x375 JPEGs to generate.", min=1).field(128)  # ignored with source
     source: str | None = Option("Use this image folder instead of synthetic JPEGs.").field(None)
-    batch_size: int = Option("Images per forward pass.", min=1).field(32)
+    batch_size: int | None = Option(  # None: BATCH, or HOST_BATCH with --host
+        "Images per forward pass [default: 32; with --host 256, a GPU job's, whose host --host sizes].", min=1
+    ).field(None)
     scaling: bool = Option("Also index 4x the images and compare peak memory.").field(False)
     driver_cpu: bool = Option(
         "Also run the Ray job on 4x the images: driver CPU per 1,000 extra images."
@@ -212,11 +220,11 @@ def run_job(source: str, out: Path, config: BenchConfig, executor: str) -> dict:
     if executor == "plain":
         command = [sys.executable, "-m", "actindex.jobs.plain_loop", source, "--out", str(out)]
         command += ["--model", config.model, "--layers", ",".join(config.layers)]
-        command += ["--batch-size", str(config.batch_size), *weights, *config.extra_args]
+        command += ["--batch-size", str(batch_size(config)), *weights, *config.extra_args]
     else:
         command = [sys.executable, "-m", "actindex.jobs.measured", source, "--out", str(out)]
         command += ["--model", config.model, "--layers", ",".join(config.layers), "--executor", executor]
-        command += ["--batch-size", str(config.batch_size), "--no-progress", *weights, *config.extra_args]
+        command += ["--batch-size", str(batch_size(config)), "--no-progress", *weights, *config.extra_args]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -284,11 +292,11 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
     if spec.preprocessing.decode == "fast":  # "torchvision" pixels come from Pillow only (GpuDecoder refuses)
         echo("decode on the model's device (torchvision.io) ...")
         results["device_decode"], results["device_decode_images_per_second"] = bench_device_decode(
-            files, spec.preprocessing, config.batch_size
+            files, spec.preprocessing, batch_size(config)
         )
     echo("forward + reductions on synthetic tensors ...")
     results["forward_images_per_second"], results["gpu_peak_mib"] = bench_forward(
-        spec, module, config.batch_size
+        spec, module, batch_size(config)
     )
     if config.finish_shard:
         echo(f"finishing shards of {config.finish_shard} images (order, encode, top-k) ...")
@@ -320,7 +328,7 @@ def bench_request(config: BenchConfig, source: str):
     prep = _preprocessing(model.preprocessing, overrides) if model else None
     return IndexRequest(
         source=source, out=config.out, layers=config.layers, model=config.model, weights=config.weights,
-        batch_size=config.batch_size, preprocessing=prep,
+        batch_size=batch_size(config), preprocessing=prep,
     )  # fmt: skip
 
 
@@ -425,10 +433,12 @@ def run_host_bench(config: BenchConfig, echo=print) -> dict:
     prep = _preprocessing(TINY, _overrides(config.extra_args))
     cores = available_cores()
     job = dataclasses.replace(
-        config, model=TINY_CONV, weights=None, layers=("relu1", "relu2"), host=False, results={}
-    )
+        config, model=TINY_CONV, weights=None, layers=("relu1", "relu2"), host=False, results={},
+        batch_size=config.batch_size or HOST_BATCH,
+    )  # fmt: skip
     results = config.results
     results.update(machine=_machine(), cores=cores, images=len(files), preprocessing=prep.to_dict())
+    results["batch_size"] = job.batch_size
     results["load_average_before"] = list(os.getloadavg())
     echo(f"decoding {len(files)} images on one core ...")
     results["decode_one_core"] = decode_one_core(files, prep)
@@ -476,7 +486,8 @@ def host_rows(results: dict) -> list[tuple[str, str]]:
     prep = results["preprocessing"]
     rows = [
         (
-            f"{results['images']:,} images, {TINY_CONV} at {prep['crop']} px, --decode {prep['decode']}",
+            f"{results['images']:,} images, {TINY_CONV} at {prep['crop']} px, --decode {prep['decode']}, "
+            f"batches of {results['batch_size']}",
             f"{cores} cores; load averages {_loads(results['load_average_before'])} before, "
             f"{_loads(results['load_average_after'])} after",
         ),
