@@ -103,7 +103,8 @@ def test_grid_masks_and_the_report_from_python(api_index, tmp_path):
     with pytest.warns(UserWarning, match="class activation map"):  # head max-pools: no CAM, and it says so
         site = idx.report(tmp_path / "site", layers="relu2,head", units=[0, 1], k=3, trust_code=True)
     assert site == tmp_path / "site" / "index.html" and site.is_file()
-    assert len(list((tmp_path / "site" / "layers" / "layer=relu2").iterdir())) == 2 * 3
+    files = [p.name for p in (tmp_path / "site" / "layers" / "layer=relu2").iterdir()]
+    assert len(files) == 2 * 2 * 3 and sum(".projection." in name for name in files) == 2 * 3  # by default
 
 
 def test_the_catalog_and_the_units_as_methods(api_index, planted_cli_index):
