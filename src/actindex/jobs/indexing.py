@@ -52,7 +52,7 @@ from actindex.jobs.incremental import (
     shards_to_retry,
 )
 from actindex.jobs.plan_lines import PREFIX, plan_lines
-from actindex.jobs.progress import LogLines
+from actindex.jobs.progress import Shown
 from actindex.jobs.progress import duration as _duration
 from actindex.jobs.progress import rate as _rate
 from actindex.jobs.spec import (
@@ -626,7 +626,7 @@ def _finish(layout, manifest: dict, markers: dict, topk_rows: int, counts: dict,
 STALL_SECONDS = 30.0  # a batch log says when nothing (not even a batch) has finished for this long
 
 
-class _progress:
+class _progress(Shown):
     """Progress of a run, on stderr. On a terminal a rich bar; otherwise (a batch job's log) one line
     every `every` seconds and one at the end: shards and images done, the rate after start-up, the time
     left, and how long nothing has finished when the job seems stuck. Disabled: nothing."""
@@ -638,14 +638,6 @@ class _progress:
         self.started, self.last_change = started, time.time()
         self.first: tuple[float, int] | None = None  # (when, images) of the first progress: start-up over
         self.lock = threading.Lock()
-
-    def __enter__(self) -> _progress:
-        if self.enabled and self.terminal:
-            self._start_bar()
-        elif self.enabled:
-            self.log = LogLines(self.line, self.every)
-            self.log.start()
-        return self
 
     def images(self, n: int) -> None:
         with self.lock:
@@ -709,11 +701,3 @@ class _progress:
         )
         self.bar.start()
         self.task = self.bar.add_task("index", total=self.total, rate="-")
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled and self.terminal:
-            self.bar.stop()
-        elif self.enabled:
-            self.log.stop()
-            if exc[0] is None:
-                print(self.line(final=True), file=sys.stderr, flush=True)

@@ -60,10 +60,42 @@ class LogLines:
             print(self.line(), file=sys.stderr, flush=True)
 
 
+class Shown:
+    """Progress shown on stderr while a `with` block runs: on a terminal the subclass's rich bar
+    (`_start_bar`, which sets `self.bar`); otherwise `line()` every `every` seconds and `line(final=True)`
+    at the end, unless the block raised. Disabled: nothing. Subclasses set `enabled`, `terminal`, `every`."""
+
+    enabled: bool
+    terminal: bool
+    every: float
+
+    def __enter__(self):
+        if self.enabled and self.terminal:
+            self._start_bar()
+        elif self.enabled:
+            self.log = LogLines(self.line, self.every)
+            self.log.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled and self.terminal:
+            self.bar.stop()
+        elif self.enabled:
+            self.log.stop()
+            if exc[0] is None:
+                print(self.line(final=True), file=sys.stderr, flush=True)
+
+    def line(self, final: bool = False) -> str:
+        raise NotImplementedError
+
+    def _start_bar(self) -> None:
+        raise NotImplementedError
+
+
 STAGES = ("images", "maps", "crops")  # the report's stages, in order
 
 
-class ReportProgress:
+class ReportProgress(Shown):
     """`actindex report`'s progress: the images through the model for the masks, then the projections and
     occlusion maps saved, then the crops saved. Disabled: nothing."""
 
@@ -78,14 +110,6 @@ class ReportProgress:
         first = next(stage for stage in STAGES if self.total[stage] or stage == "crops")
         self.stage_started = {stage: self.started if stage == first else None for stage in STAGES}
         self.lock = threading.Lock()
-
-    def __enter__(self) -> ReportProgress:
-        if self.enabled and self.terminal:
-            self._start_bar()
-        elif self.enabled:
-            self.log = LogLines(self.line, self.every)
-            self.log.start()
-        return self
 
     def advance(self, stage: str, n: int) -> None:
         with self.lock:
@@ -136,11 +160,3 @@ class ReportProgress:
         if self.total["maps"]:
             self.tasks["maps"] = self.bar.add_task(f"drawing {self.maps_label}", total=self.total["maps"])
         self.tasks["crops"] = self.bar.add_task("drawing crops", total=self.total["crops"])
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled and self.terminal:
-            self.bar.stop()
-        elif self.enabled:
-            self.log.stop()
-            if exc[0] is None:
-                print(self.line(final=True), file=sys.stderr, flush=True)
